@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.worldloop/torch_extensions
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+# torch first (the CPU wheel on disk; any other build pulls GBs of CUDA), then the project
+# with its dev extra, then DeepSpeed without prebuilt ops. Re-runs only when pyproject changes.
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation 'deepspeed>=0.14'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/worldloop demo
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .worldloop build *.egg-info

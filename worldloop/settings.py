@@ -1,0 +1,76 @@
+"""Where things live: one pydantic-settings object, read from ``WORLDLOOP_*`` variables (DESIGN.md §2).
+
+Nothing else in the project reads environment variables for platform settings; code asks
+:func:`get_settings` (or takes a :class:`Settings` argument in tests).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Profile(str, Enum):
+    """``local`` runs everything embedded on one machine; ``cluster`` talks to Kubernetes services."""
+
+    local = "local"
+    cluster = "cluster"
+
+
+class Settings(BaseSettings):
+    """Platform settings. Every field can be set as ``WORLDLOOP_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="WORLDLOOP_", extra="forbid", frozen=True)
+
+    profile: Profile = Field(Profile.local, description="local (embedded defaults) or cluster.")
+    home: Path = Field(Path(".worldloop"), description="Working directory for local state.")
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; local profile default: sqlite under home."
+    )
+    storage_root: str | None = Field(
+        None, description="Root for datasets/checkpoints: a path or s3://bucket/prefix."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, local test servers).")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    s3_access_key_id: SecretStr | None = Field(None, description="S3 access key (or boto3's chain).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    kfp_host: str | None = Field(None, description="Kubeflow Pipelines API URL (cluster profile).")
+
+    @field_validator("mlflow_uri", "kfp_host", "s3_endpoint_url")
+    @classmethod
+    def _no_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank; unset the variable to use the default")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_services(self) -> Settings:
+        if self.profile is Profile.cluster:
+            required = {"mlflow_uri": self.mlflow_uri, "storage_root": self.storage_root}
+            missing = [name for name, value in required.items() if value is None]
+            if missing:
+                names = ", ".join(f"WORLDLOOP_{n.upper()}" for n in missing)
+                raise ValueError(f"profile 'cluster' needs {names} (no embedded defaults on a cluster)")
+        return self
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        """The tracking URI in use: explicit, else MLflow on sqlite under ``home``."""
+        if self.mlflow_uri:
+            return self.mlflow_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def resolved_storage_root(self) -> str:
+        """Where artifacts go: explicit, else ``home/store``."""
+        return self.storage_root or str((self.home / "store").resolve())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests build :class:`Settings` directly instead."""
+    return Settings()
