@@ -18,6 +18,10 @@ WALL_WORDS = {"brick": "red brick", "stone": "grey stone", "wood": "wood-panelle
               "plaster": "pale plaster", "tile": "green-tiled"}
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def scene_facts(world: WorldMap, shot: Shot) -> SceneRecord:
     room_index = world.room_at(float(shot.start[0]), float(shot.start[2]))
     if room_index is None:
@@ -56,11 +60,11 @@ def describe_motion(shot: Shot) -> str:
 
 
 def scene_captions(facts: SceneRecord, shot: Shot) -> Captions:
-    place = "a narrow stone corridor" if facts.place == "corridor" else f"a {facts.place}"
+    place = "a narrow stone corridor" if facts.place == "corridor" else _a(facts.place)
     walls, floor = WALL_WORDS.get(facts.walls, facts.walls), FLOOR_WORDS.get(facts.floor, facts.floor)
     long = [f"A first-person view inside {place} with {walls} walls and a {floor} floor."]
     if facts.props:
-        items = [f"a {p}" for p in facts.props]
+        items = [_a(p) for p in facts.props]
         listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
         long.append(f"{listed[0].upper()}{listed[1:]} stand{'s' if len(items) == 1 else ''} near the walls.")
     if facts.doors:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -26,6 +26,7 @@ MAX_ATTEMPTS = 16
 @dataclass(frozen=True)
 class Clip:
     seed: int
+    world: WorldMap
     frames: np.ndarray  # (F, H, W, 3) uint8
     intrinsics: np.ndarray  # (F, 3, 3)
     c2w: np.ndarray  # (F, 4, 4), OpenCV, frame 0 = identity
@@ -66,6 +67,16 @@ def render_shot(world: WorldMap, shot: Shot, cfg: SynthConfig, seed: int) -> tup
     return frames, masks
 
 
+def render_without_event(clip: Clip, cfg: SynthConfig) -> np.ndarray:
+    """The same shot with the event never triggered (its onset moved past the end): the
+    counterfactual that InterBench's trigger test and the mask tests compare against."""
+    if clip.event is None:
+        return clip.frames
+    never = replace(clip.event, onset=cfg.frames, full=cfg.frames)
+    frames, _ = render_shot(clip.world, replace(clip.shot, event=never), cfg, clip.seed)
+    return frames
+
+
 def choose_kind(cfg: SynthConfig, rng: np.random.Generator) -> EventKind | None:
     if rng.random() >= cfg.event_probability:
         return None
@@ -96,7 +107,7 @@ def generate_clip(cfg: SynthConfig, seed: int, *, kind: EventKind | None = None,
         facts = scene_facts(world, shot)
         K = intrinsics_from_fov(cfg.size, cfg.size, cfg.fov_deg)
         return Clip(
-            seed=seed, frames=frames, intrinsics=np.repeat(K[None], cfg.frames, 0), c2w=shot.c2w, shot=shot,
+            seed=seed, world=world, frames=frames, intrinsics=np.repeat(K[None], cfg.frames, 0), c2w=shot.c2w, shot=shot,
             masks=masks, scene=facts, captions=scene_captions(facts, shot),
             interaction=interaction_caption(shot.event) if shot.event else None,
         )

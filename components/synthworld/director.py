@@ -150,8 +150,9 @@ def plan_shot(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np
         chosen = [ActionFrame()] * length  # standing still is always safe
         for attempt in range(8):
             keys = KEY_CHOICES[int(rng.choice(len(KEY_CHOICES), p=weights / weights.sum()))][0]
-            dx = float(rng.normal(0.0, 1.2 if attempt < 4 else 0.5))
-            dy = float(rng.normal(0.0, 0.3))
+            # Players often hold a key without touching the mouse, and rarely tilt the view.
+            dx = float(rng.normal(0.0, 1.2 if attempt < 4 else 0.5)) if rng.random() < 0.6 else 0.0
+            dy = float(rng.normal(0.0, 0.3)) if rng.random() < 0.3 else 0.0
             candidate = [ActionFrame(keys=keys, mouse_dx=dx, mouse_dy=dy)] * length
             poses = integrate_poses(track + candidate, cfg.motion)
             if acceptable(poses, len(track)):

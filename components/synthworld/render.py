@@ -160,6 +160,8 @@ class Renderer:
                 inside = floor & (((pts[..., 0] - c[0]) ** 2 + (pts[..., 2] - c[2]) ** 2) < decal.radius**2)
             else:
                 inside = wall & (((pts - c) ** 2).sum(-1) < decal.radius**2)
+            if not inside.any():
+                continue
             color[inside] = color[inside] * 0.25 + 0.75 * np.asarray(decal.color, np.float32) * color[inside].mean()
             tags[inside] = decal.tag
 

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): numbers are measured in one run and printed, never asserted."""

@@ -1,0 +1,110 @@
+"""Writes labelled clips: ``NAME.mp4``, ``NAME.json`` (ClipRecord), ``NAME.masks.npz`` and
+``index.jsonl``. A clip's JSON is written last, so a present JSON means a complete clip and a
+re-run skips it (resume after a kill)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from worldloop.components.synthworld.clip import Clip, generate_clip
+from worldloop.components.synthworld.config import SynthConfig
+from worldloop.components.synthworld.schema import ActionRecord, ClipRecord, EventRecord
+from worldloop.video import encode_mp4
+
+INDEX = "index.jsonl"
+
+
+def clip_seed(seed: int, index: int) -> int:
+    """Independent, reproducible per-clip seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def clip_name(index: int) -> str:
+    return f"clip_{index:05d}"
+
+
+def atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clip_record(clip: Clip, name: str, cfg: SynthConfig) -> ClipRecord:
+    events = []
+    if clip.event is not None and clip.interaction is not None and clip.masks is not None:
+        ev = clip.event
+        events.append(EventRecord(
+            kind=ev.kind.value, category=ev.spec.category.value, onset_frame=ev.onset, full_frame=ev.full,
+            end_state=ev.spec.end_state, caption=clip.interaction, mask_file=f"{name}.masks.npz",
+            mask_pixels=[int(n) for n in clip.masks.reshape(len(clip.masks), -1).sum(1)],
+        ))
+    return ClipRecord(
+        name=name, seed=clip.seed, frames=cfg.frames, fps=cfg.fps, width=cfg.size, height=cfg.size,
+        video=f"{name}.mp4", intrinsics=clip.intrinsics.round(6).tolist(), c2w=clip.c2w.round(9).tolist(),
+        actions=[ActionRecord(keys=sorted(k.value for k in a.keys), mouse=(a.mouse_dx, a.mouse_dy)) for a in clip.shot.actions],
+        captions=clip.captions, events=events, scene=clip.scene,
+    )
+
+
+def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> ClipRecord:
+    name = clip_name(index)
+    meta = out / f"{name}.json"
+    if meta.exists():
+        return ClipRecord.model_validate_json(meta.read_text(encoding="utf-8"))
+    clip = generate_clip(cfg, clip_seed(seed, index))
+    encode_mp4(clip.frames, out / f"{name}.mp4", fps=cfg.fps, crf=cfg.crf)
+    if clip.masks is not None:
+        tmp = out / f".{name}.masks.tmp.npz"
+        np.savez_compressed(tmp, masks=np.packbits(clip.masks, axis=-1), shape=np.array(clip.masks.shape))
+        os.replace(tmp, out / f"{name}.masks.npz")
+    record = clip_record(clip, name, cfg)
+    atomic_text(meta, record.model_dump_json(indent=1))
+    return record
+
+
+def load_masks(path: str | Path) -> np.ndarray:
+    """Inverse of the writer's mask packing: (F, H, W) bool."""
+    with np.load(path) as data:
+        shape = tuple(int(s) for s in data["shape"])
+        return np.unpackbits(data["masks"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+
+
+def index_entry(record: ClipRecord) -> dict[str, object]:
+    ev = record.events[0] if record.events else None
+    return {"name": record.name, "video": record.video, "meta": f"{record.name}.json", "frames": record.frames,
+            "seed": record.seed, "event": ev.kind if ev else None, "category": ev.category if ev else None}
+
+
+def _one(args: tuple[Path, SynthConfig, int, int]) -> ClipRecord:
+    return write_clip(*args)
+
+
+def write_dataset(out: str | Path, cfg: SynthConfig, *, clips: int, seed: int, workers: int = 1,
+                  progress: Callable[[ClipRecord], None] | None = None) -> list[ClipRecord]:
+    """Generate ``clips`` labelled clips into ``out`` (skipping finished ones) and its index."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(out, cfg, seed, i) for i in range(clips)]
+    results: Iterator[ClipRecord]
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_one, jobs)
+    else:
+        pool, results = None, map(_one, jobs)
+    records = []
+    try:
+        for record in results:
+            records.append(record)
+            if progress:
+                progress(record)
+    finally:
+        if pool:
+            pool.shutdown()
+    atomic_text(out / INDEX, "".join(json.dumps(index_entry(r)) + "\n" for r in records))
+    return records

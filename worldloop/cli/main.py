@@ -1,0 +1,73 @@
+"""The ``worldloop`` command. ``run`` is the console entry point: usage and input errors print one
+line (``worldloop: error: ...``) and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from pydantic import ValidationError
+
+from worldloop import __version__
+from worldloop.cli import planned
+from worldloop.cli.synth import demo, synth
+
+app = typer.Typer(
+    name="worldloop",
+    help="Build, evaluate and serve instruction-driven interactive game world models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"worldloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+app.command(help="Render SynthWorld clips: labelled (MP4 + JSON ground truth) or --raw text-video pairs.")(synth)
+app.command(help="Run the local demo end to end and print where its outputs went.")(demo)
+for name, sub in planned.SUBCOMMANDS.items():
+    app.add_typer(sub, name=name)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()]
+        return "invalid input: " + "; ".join(parts)
+    return str(exc).strip().replace("\n", " ")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Console entry point: returns the exit code."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="worldloop", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        print("worldloop: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as err:  # usage errors: unknown option, bad value, missing argument
+        print(f"worldloop: error: {err.format_message()} (see 'worldloop --help')", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"worldloop: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,110 @@
+"""Subcommands whose engines are built by later issues. Their ``--help`` documents the interface
+now; running one says which issue delivers it and exits with status 3."""
+
+from __future__ import annotations
+
+import typer
+
+def _later(what: str, issue: int) -> None:
+    typer.echo(f"worldloop: {what} is not available in this version (delivered by issue #{issue}).", err=True)
+    raise typer.Exit(3)
+
+
+curate = typer.Typer(help="Curate raw text-video pairs into an interactive dataset (Ray Data).", no_args_is_help=True)
+train = typer.Typer(help="Run a training stage: action-injection, instruction-sft, ar-distillation, long-extension.", no_args_is_help=True)
+evaluate = typer.Typer(help="InterBench and general video metrics.", no_args_is_help=True)
+pipeline = typer.Typer(help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True)
+models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
+serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
+infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
+
+
+@curate.command("run", help="decode → shots → filters → camera → interactions → captions → shards.")
+def curate_run(
+    input: str = typer.Option(..., "--input", help="Directory or s3:// prefix of MP4 + caption pairs."),
+    out: str = typer.Option(..., "--out", help="Output directory or s3:// prefix."),
+    workers: int = typer.Option(1, "--workers", help="Ray Data parallelism."),
+) -> None:
+    _later("curation", 4)
+
+
+@train.command("stage", help="Train one stage from a config; resumable; tracked in MLflow.")
+def train_stage(
+    stage: str = typer.Argument(..., help="action-injection | instruction-sft | ar-distillation | long-extension"),
+    config: str = typer.Option(None, "--config", help="TrainConfig YAML."),
+    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny | small | a14b."),
+) -> None:
+    _later("training", 5)
+
+
+@evaluate.command("interbench", help="Score a model on InterBench; writes report.html, radar PNG, scores.json.")
+def eval_interbench(
+    model: str = typer.Option(..., "--model", help="Checkpoint path, models:/name@alias or preset:NAME."),
+    cases: int = typer.Option(None, "--cases", help="Number of cases (default: the whole suite)."),
+    judge: str = typer.Option("synthworld", "--judge", help="synthworld | vlm"),
+    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for --judge vlm."),
+    out: str = typer.Option(..., "--out", help="Report directory."),
+) -> None:
+    _later("InterBench", 6)
+
+
+@evaluate.command("compare", help="Side-by-side table of two score files.")
+def eval_compare(a: str = typer.Argument(...), b: str = typer.Argument(...)) -> None:
+    _later("InterBench", 6)
+
+
+@pipeline.command("run", help="Run a pipeline locally (kfp.local) or on a KFP cluster with --host.")
+def pipeline_run(
+    name: str = typer.Argument(..., help="full | curation | evaluation"),
+    preset: str = typer.Option("tiny", "--preset"),
+    host: str = typer.Option(None, "--host", help="KFP API server URL; omit to run locally."),
+) -> None:
+    _later("pipelines", 7)
+
+
+@pipeline.command("compile", help="Compile a pipeline to reproducible IR YAML.")
+def pipeline_compile(name: str = typer.Argument(...), out: str = typer.Option(..., "--out")) -> None:
+    _later("pipelines", 7)
+
+
+@models.command("list", help="Registered versions with aliases and InterBench scores.")
+def models_list() -> None:
+    _later("the model registry", 7)
+
+
+@models.command("approve", help="Record an approval (identity, reason, time) for a version.")
+def models_approve(version: str = typer.Argument(...), reason: str = typer.Option(..., "--reason")) -> None:
+    _later("the model registry", 7)
+
+
+@models.command("promote", help="Move 'champion' to a version that passed the gate and was approved.")
+def models_promote(version: str = typer.Argument(...)) -> None:
+    _later("the model registry", 7)
+
+
+@models.command("rollback", help="Restore the previous champion.")
+def models_rollback() -> None:
+    _later("the model registry", 7)
+
+
+@serve.command("run", help="Start the Ray Serve app (REST, WebSocket play, KServe v2, web page).")
+def serve_run(
+    model: str = typer.Option("models:/worldloop@champion", "--model"),
+    port: int = typer.Option(8000, "--port"),
+    devices: int = typer.Option(1, "--devices", help="Sequence-parallel degree per replica."),
+) -> None:
+    _later("serving", 8)
+
+
+@infra.command("render", help="Render kustomize manifests from settings.")
+def infra_render(overlay: str = typer.Option("dev", "--overlay"), out: str = typer.Option(..., "--out")) -> None:
+    _later("infra", 9)
+
+
+@infra.command("validate", help="Validate rendered manifests offline (kubernetes-validate + KubeRay CRDs).")
+def infra_validate(path: str = typer.Argument(...)) -> None:
+    _later("infra", 9)
+
+
+SUBCOMMANDS = {"curate": curate, "train": train, "eval": evaluate, "pipeline": pipeline, "models": models,
+               "serve": serve, "infra": infra}
