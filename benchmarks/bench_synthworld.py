@@ -12,6 +12,7 @@ from worldloop.components.synthworld import SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_shot
 from worldloop.components.synthworld.director import PlanRejected, plan_shot
 from worldloop.components.synthworld.world import generate_world
+
 from worldloop.video import encode_mp4
 
 GOAL_FPS = 200.0
@@ -51,8 +52,10 @@ def main(size: int = 128, frames: int = 33, clips: int = 12) -> None:
         ("H.264 encode", n / encode_s),
         ("clip + encode (what `synth` does)", n / (clip_s + encode_s)),
     ]
-    print(f"SynthWorld at {size}x{size}, {clips} clips x {frames} frames, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, one process")
+    print(
+        f"SynthWorld at {size}x{size}, {clips} clips x {frames} frames, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, one process"
+    )
     for name, fps in rows:
         print(f"  {name:<40} {fps:8.0f} frames/s   {fps / GOAL_FPS:5.2f}x the {GOAL_FPS:.0f} fps goal")
 

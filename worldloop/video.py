@@ -16,7 +16,9 @@ def encode_mp4(frames: np.ndarray, path: str | Path, *, fps: int, crf: int = 18)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise ValueError(f"H.264 yuv420p needs even width and height, got {frames.shape[2]}x{frames.shape[1]}")
+        raise ValueError(
+            f"H.264 yuv420p needs even width and height, got {frames.shape[2]}x{frames.shape[1]}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".mp4")

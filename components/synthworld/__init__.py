@@ -8,5 +8,16 @@ from worldloop.components.synthworld.raw import Defect, RawTruth, write_raw
 from worldloop.components.synthworld.schema import ClipRecord
 from worldloop.components.synthworld.writer import load_masks, write_dataset
 
-__all__ = ["Category", "Clip", "ClipRecord", "Defect", "EventKind", "RawTruth", "SynthConfig", "generate_clip",
-           "load_masks", "write_dataset", "write_raw"]
+__all__ = [
+    "Category",
+    "Clip",
+    "ClipRecord",
+    "Defect",
+    "EventKind",
+    "RawTruth",
+    "SynthConfig",
+    "generate_clip",
+    "load_masks",
+    "write_dataset",
+    "write_raw",
+]

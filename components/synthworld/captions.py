@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from worldloop.components.synthworld.director import Shot
 from worldloop.components.synthworld.events import EventPlan
 from worldloop.components.synthworld.schema import Captions, InteractionCaption, SceneRecord
@@ -13,9 +12,20 @@ from worldloop.components.synthworld.textures import FLOOR_MATERIALS, WALL_MATER
 from worldloop.components.synthworld.world import WorldMap
 from worldloop.model.camera import Key
 
-FLOOR_WORDS = {"checker": "black-and-white checkered", "planks": "wooden plank", "flagstone": "flagstone", "carpet": "red carpeted"}
-WALL_WORDS = {"brick": "red brick", "stone": "grey stone", "wood": "wood-panelled", "metal": "riveted metal",
-              "plaster": "pale plaster", "tile": "green-tiled"}
+FLOOR_WORDS = {
+    "checker": "black-and-white checkered",
+    "planks": "wooden plank",
+    "flagstone": "flagstone",
+    "carpet": "red carpeted",
+}
+WALL_WORDS = {
+    "brick": "red brick",
+    "stone": "grey stone",
+    "wood": "wood-panelled",
+    "metal": "riveted metal",
+    "plaster": "pale plaster",
+    "tile": "green-tiled",
+}
 
 
 def _a(word: str) -> str:
@@ -29,8 +39,13 @@ def scene_facts(world: WorldMap, shot: Shot) -> SceneRecord:
     room = world.rooms[room_index]
     props = sorted({p.kind for p in world.props if room.contains(p.x, p.z)})
     doors = sum(1 for d in world.doors if d.room == room_index)
-    return SceneRecord(place=room.style, walls=WALL_MATERIALS[room.wall_material - 1],
-                       floor=FLOOR_MATERIALS[room.floor_material], props=props, doors=doors)
+    return SceneRecord(
+        place=room.style,
+        walls=WALL_MATERIALS[room.wall_material - 1],
+        floor=FLOOR_MATERIALS[room.floor_material],
+        props=props,
+        doors=doors,
+    )
 
 
 def describe_motion(shot: Shot) -> str:
@@ -41,8 +56,13 @@ def describe_motion(shot: Shot) -> str:
             counts[key.value] = counts.get(key.value, 0) + 1
     total = max(1, len(shot.actions) - 1)
     parts = []
-    words = {Key.W.value: "moves forward", Key.S.value: "backs up", Key.A.value: "strafes left",
-             Key.D.value: "strafes right", Key.SPACE.value: "rises briefly"}
+    words = {
+        Key.W.value: "moves forward",
+        Key.S.value: "backs up",
+        Key.A.value: "strafes left",
+        Key.D.value: "strafes right",
+        Key.SPACE.value: "rises briefly",
+    }
     for key, word in words.items():
         if counts.get(key, 0) >= 0.25 * total:
             parts.append(word)
@@ -68,7 +88,11 @@ def scene_captions(facts: SceneRecord, shot: Shot) -> Captions:
         listed = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
         long.append(f"{listed[0].upper()}{listed[1:]} stand{'s' if len(items) == 1 else ''} near the walls.")
     if facts.doors:
-        long.append("A sliding door leads out of the room." if facts.doors == 1 else f"{facts.doors} sliding doors lead out of the room.")
+        long.append(
+            "A sliding door leads out of the room."
+            if facts.doors == 1
+            else f"{facts.doors} sliding doors lead out of the room."
+        )
     long.append(describe_motion(shot))
     short = f"First-person view of {place} with {walls} walls."
     return Captions(long=" ".join(long), short=short)
@@ -80,5 +104,11 @@ def interaction_caption(plan: EventPlan) -> InteractionCaption:
     text = f"{spec.agent[0].upper()}{spec.agent[1:]} {spec.action} {obj}: {spec.state_change}."
     if spec.object in ("the room", "the floor ahead"):
         text = f"{spec.agent[0].upper()}{spec.agent[1:]} {spec.action}; {spec.state_change}."
-    return InteractionCaption(agent=spec.agent, action=spec.action, object=obj, state_change=spec.state_change,
-                              text=text, instruction=spec.instruction)
+    return InteractionCaption(
+        agent=spec.agent,
+        action=spec.action,
+        object=obj,
+        state_change=spec.state_change,
+        text=text,
+        instruction=spec.instruction,
+    )

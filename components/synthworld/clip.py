@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
-
 from worldloop.components.synthworld import events
 from worldloop.components.synthworld.captions import interaction_caption, scene_captions, scene_facts
 from worldloop.components.synthworld.config import SynthConfig
@@ -45,15 +44,22 @@ def frame_states(world: WorldMap, shot: Shot, seed: int, frames: range) -> list[
     out = []
     for i in frames:
         rot, pos = shot.map_pose(i)
-        state = FrameState(rotation=rot, position=pos, door_open=np.zeros(len(world.doors)),
-                           frame_index=i, particle_seed=seed)
+        state = FrameState(
+            rotation=rot,
+            position=pos,
+            door_open=np.zeros(len(world.doors)),
+            frame_index=i,
+            particle_seed=seed,
+        )
         if shot.event is not None:
             events.apply(shot.event, state, i)
         out.append(state)
     return out
 
 
-def render_shot(world: WorldMap, shot: Shot, cfg: SynthConfig, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+def render_shot(
+    world: WorldMap, shot: Shot, cfg: SynthConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Frames (F, H, W, 3) uint8 and, with an event, its masks (F, H, W) bool."""
     renderer = Renderer(world, cfg)
     frames = np.empty((cfg.frames, cfg.size, cfg.size, 3), np.uint8)
@@ -83,7 +89,9 @@ def choose_kind(cfg: SynthConfig, rng: np.random.Generator) -> EventKind | None:
     return cfg.event_kinds[int(rng.integers(len(cfg.event_kinds)))]
 
 
-def generate_clip(cfg: SynthConfig, seed: int, *, kind: EventKind | None = None, any_event: bool = True) -> Clip:
+def generate_clip(
+    cfg: SynthConfig, seed: int, *, kind: EventKind | None = None, any_event: bool = True
+) -> Clip:
     """Render clip ``seed``. ``kind`` forces the event; with ``any_event`` False and no kind, none.
 
     Attempts are drawn from one generator, so the result depends on ``seed`` alone.
@@ -107,8 +115,15 @@ def generate_clip(cfg: SynthConfig, seed: int, *, kind: EventKind | None = None,
         facts = scene_facts(world, shot)
         K = intrinsics_from_fov(cfg.size, cfg.size, cfg.fov_deg)
         return Clip(
-            seed=seed, world=world, frames=frames, intrinsics=np.repeat(K[None], cfg.frames, 0), c2w=shot.c2w, shot=shot,
-            masks=masks, scene=facts, captions=scene_captions(facts, shot),
+            seed=seed,
+            world=world,
+            frames=frames,
+            intrinsics=np.repeat(K[None], cfg.frames, 0),
+            c2w=shot.c2w,
+            shot=shot,
+            masks=masks,
+            scene=facts,
+            captions=scene_captions(facts, shot),
             interaction=interaction_caption(shot.event) if shot.event else None,
         )
     raise RuntimeError(f"SynthWorld could not stage a {kind} clip for seed {seed} in {MAX_ATTEMPTS} attempts")

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.events import SPECS, EventKind, EventPlan, Target, schedule
 from worldloop.components.synthworld.textures import DOOR_MATERIALS
@@ -52,12 +51,16 @@ def _heading(dx: float, dz: float) -> float:
 def _free_distance(world: WorldMap, x: float, z: float, yaw: float, limit: float = 6.0) -> float:
     step = 0.1
     d = 0.0
-    while d < limit and world.is_free(x + math.sin(yaw) * (d + step), z + math.cos(yaw) * (d + step), CAMERA_RADIUS):
+    while d < limit and world.is_free(
+        x + math.sin(yaw) * (d + step), z + math.cos(yaw) * (d + step), CAMERA_RADIUS
+    ):
         d += step
     return d
 
 
-def _place(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np.random.Generator) -> tuple[np.ndarray, float, int, tuple[float, float]]:
+def _place(
+    world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np.random.Generator
+) -> tuple[np.ndarray, float, int, tuple[float, float]]:
     """Start position, heading, door index (or −1) and the floor target (x, z) if any."""
     target = SPECS[kind].target if kind else Target.none
     if target is Target.door and not world.doors:
@@ -68,7 +71,9 @@ def _place(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np.ra
             door = world.doors[di]
             room = world.rooms[door.room]
             cx, cz = door.centre
-            inward = np.sign(np.array(room.centre) - np.array([cx, cz])) * (np.array([0, 1]) if door.axis == "z" else np.array([1, 0]))
+            inward = np.sign(np.array(room.centre) - np.array([cx, cz])) * (
+                np.array([0, 1]) if door.axis == "z" else np.array([1, 0])
+            )
             back, side = float(rng.uniform(2.0, 3.4)), float(rng.uniform(-0.5, 0.5))
             x = cx + inward[0] * back + (side if door.axis == "z" else 0.0)
             z = cz + inward[1] * back + (side if door.axis == "x" else 0.0)
@@ -77,7 +82,10 @@ def _place(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np.ra
             yaw = _heading(cx - x, cz - z) + math.radians(float(rng.uniform(-8, 8)))
             return np.array([x, -cfg.eye_height, z]), yaw, di, (cx, cz)
         room = world.rooms[int(rng.integers(len(world.rooms)))]
-        x, z = float(rng.uniform(room.x0 + 0.5, room.x1 - 0.5)), float(rng.uniform(room.z0 + 0.5, room.z1 - 0.5))
+        x, z = (
+            float(rng.uniform(room.x0 + 0.5, room.x1 - 0.5)),
+            float(rng.uniform(room.z0 + 0.5, room.z1 - 0.5)),
+        )
         yaw = float(rng.uniform(-math.pi, math.pi))
         ahead = _free_distance(world, x, z, yaw)
         if not world.is_free(x, z, CAMERA_RADIUS) or ahead < 1.5:
@@ -103,7 +111,9 @@ def _visible(K: np.ndarray, size: int, rot: np.ndarray, pos: np.ndarray, point: 
     return margin <= u <= size - margin and margin <= v <= size - margin
 
 
-def _wall_point(world: WorldMap, cfg: SynthConfig, rot: np.ndarray, pos: np.ndarray) -> tuple[float, float, float] | None:
+def _wall_point(
+    world: WorldMap, cfg: SynthConfig, rot: np.ndarray, pos: np.ndarray
+) -> tuple[float, float, float] | None:
     """Where the optical axis meets a wall, if at 0.8–4 units and between floor and ceiling."""
     fwd = rot[:, 2]
     horiz = math.hypot(fwd[0], fwd[2])
@@ -141,7 +151,11 @@ def plan_shot(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np
                     return False
                 if not world.line_of_sight((pos[0], pos[2]), (tx, tz), ignore_cell=ignore):
                     return False
-            if target_kind is Target.wall_ahead and wall is not None and not _visible(K, cfg.size, rot, pos, np.array(wall)):
+            if (
+                target_kind is Target.wall_ahead
+                and wall is not None
+                and not _visible(K, cfg.size, rot, pos, np.array(wall))
+            ):
                 return False
         return True
 

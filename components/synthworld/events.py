@@ -12,7 +12,6 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
-
 from worldloop.components.synthworld.state import (
     TAG_DECAL,
     TAG_FLASH,
@@ -75,32 +74,116 @@ class EventSpec:
 
 
 SPECS: dict[EventKind, EventSpec] = {
-    EventKind.snow: EventSpec(Category.environment, Target.none, 1.5, "make it snow", "the weather", "turns to snow",
-                              "the room", "snow falls and the floor gradually turns white", "the floor is covered in snow"),
-    EventKind.rain: EventSpec(Category.environment, Target.none, 0.4, "make it rain", "the weather", "turns to rain",
-                              "the room", "rain pours down and the floor turns dark and wet", "rain falls on a wet floor"),
-    EventKind.night: EventSpec(Category.environment, Target.none, 1.0, "make it night", "the daylight", "fades",
-                               "the room", "the light dims until the scene is dark", "it is night and the room is dark"),
-    EventKind.explosion: EventSpec(Category.environment, Target.floor_ahead, 0.5, "trigger an explosion", "a charge",
-                                   "explodes", "the floor ahead", "a fireball flares up and leaves smoke and a scorch mark",
-                                   "smoke hangs over a scorched patch of floor"),
-    EventKind.open_door: EventSpec(Category.character_action, Target.door, 0.6, "open the door", "the player", "opens",
-                                   "the door", "the door slides open and reveals the space behind it", "the door is open"),
-    EventKind.draw_torch: EventSpec(Category.character_action, Target.none, 0.5, "draw a torch", "the player", "draws",
-                                    "a torch", "a burning torch rises into view and lights the surroundings",
-                                    "the player holds a lit torch"),
-    EventKind.shoot: EventSpec(Category.character_action, Target.wall_ahead, 0.15, "shoot", "the player", "fires",
-                               "the pistol", "a muzzle flash bursts and a bullet hole appears in the wall ahead",
-                               "a bullet hole marks the wall"),
-    EventKind.dragon: EventSpec(Category.entity_emergence, Target.floor_ahead, 0.6, "a dragon appears", "a dragon",
-                                "appears", "the floor ahead", "a green dragon materialises in front of the player",
-                                "a dragon stands in the room"),
-    EventKind.vehicle: EventSpec(Category.entity_emergence, Target.floor_ahead, 0.6, "a car appears", "a red car",
-                                 "appears", "the floor ahead", "a red car materialises in front of the player",
-                                 "a car stands in the room"),
-    EventKind.person: EventSpec(Category.entity_emergence, Target.floor_ahead, 0.6, "a person appears", "a person",
-                                "appears", "the floor ahead", "a person materialises in front of the player",
-                                "a person stands in the room"),
+    EventKind.snow: EventSpec(
+        Category.environment,
+        Target.none,
+        1.5,
+        "make it snow",
+        "the weather",
+        "turns to snow",
+        "the room",
+        "snow falls and the floor gradually turns white",
+        "the floor is covered in snow",
+    ),
+    EventKind.rain: EventSpec(
+        Category.environment,
+        Target.none,
+        0.4,
+        "make it rain",
+        "the weather",
+        "turns to rain",
+        "the room",
+        "rain pours down and the floor turns dark and wet",
+        "rain falls on a wet floor",
+    ),
+    EventKind.night: EventSpec(
+        Category.environment,
+        Target.none,
+        1.0,
+        "make it night",
+        "the daylight",
+        "fades",
+        "the room",
+        "the light dims until the scene is dark",
+        "it is night and the room is dark",
+    ),
+    EventKind.explosion: EventSpec(
+        Category.environment,
+        Target.floor_ahead,
+        0.5,
+        "trigger an explosion",
+        "a charge",
+        "explodes",
+        "the floor ahead",
+        "a fireball flares up and leaves smoke and a scorch mark",
+        "smoke hangs over a scorched patch of floor",
+    ),
+    EventKind.open_door: EventSpec(
+        Category.character_action,
+        Target.door,
+        0.6,
+        "open the door",
+        "the player",
+        "opens",
+        "the door",
+        "the door slides open and reveals the space behind it",
+        "the door is open",
+    ),
+    EventKind.draw_torch: EventSpec(
+        Category.character_action,
+        Target.none,
+        0.5,
+        "draw a torch",
+        "the player",
+        "draws",
+        "a torch",
+        "a burning torch rises into view and lights the surroundings",
+        "the player holds a lit torch",
+    ),
+    EventKind.shoot: EventSpec(
+        Category.character_action,
+        Target.wall_ahead,
+        0.15,
+        "shoot",
+        "the player",
+        "fires",
+        "the pistol",
+        "a muzzle flash bursts and a bullet hole appears in the wall ahead",
+        "a bullet hole marks the wall",
+    ),
+    EventKind.dragon: EventSpec(
+        Category.entity_emergence,
+        Target.floor_ahead,
+        0.6,
+        "a dragon appears",
+        "a dragon",
+        "appears",
+        "the floor ahead",
+        "a green dragon materialises in front of the player",
+        "a dragon stands in the room",
+    ),
+    EventKind.vehicle: EventSpec(
+        Category.entity_emergence,
+        Target.floor_ahead,
+        0.6,
+        "a car appears",
+        "a red car",
+        "appears",
+        "the floor ahead",
+        "a red car materialises in front of the player",
+        "a car stands in the room",
+    ),
+    EventKind.person: EventSpec(
+        Category.entity_emergence,
+        Target.floor_ahead,
+        0.6,
+        "a person appears",
+        "a person",
+        "appears",
+        "the floor ahead",
+        "a person materialises in front of the player",
+        "a person stands in the room",
+    ),
 }
 
 ENTITY_SIZE = {EventKind.dragon: (1.3, 1.0), EventKind.vehicle: (1.2, 0.7), EventKind.person: (0.45, 0.9)}
@@ -167,7 +250,10 @@ def apply(plan: EventPlan, state: FrameState, frame: int) -> None:
 
 def _explosion(plan: EventPlan, state: FrameState, frame: int, p: float) -> None:
     x, _, z = plan.point
-    fire, smoke = len(PROP_KINDS) + ENTITY_KINDS.index("fireball"), len(PROP_KINDS) + ENTITY_KINDS.index("smoke")
+    fire, smoke = (
+        len(PROP_KINDS) + ENTITY_KINDS.index("fireball"),
+        len(PROP_KINDS) + ENTITY_KINDS.index("smoke"),
+    )
     if frame < plan.full:
         size = 0.3 + 1.1 * p
         state.sprites.append(SpriteInstance(fire, x, z, size, size, EVENT_SPRITE_TAG, emissive=1.3))

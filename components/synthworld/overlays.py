@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-
 from worldloop.components.synthworld.state import TAG_FLASH, TAG_GUN, TAG_PARTICLE, TAG_TORCH, FrameState
 
 MAX_PARTICLES_PER_PIXEL = 1 / 24
@@ -23,7 +22,15 @@ def _screen(n: int) -> tuple[np.ndarray, np.ndarray]:
 def _particle_field(seed: int, count: int) -> np.ndarray:
     """(count, 4): x0, y0, fall speed, drift — fixed per clip so particles move continuously."""
     rng = np.random.default_rng(seed)
-    return np.stack([rng.random(count), rng.random(count), rng.uniform(0.02, 0.05, count), rng.uniform(-0.006, 0.006, count)], 1)
+    return np.stack(
+        [
+            rng.random(count),
+            rng.random(count),
+            rng.uniform(0.02, 0.05, count),
+            rng.uniform(-0.006, 0.006, count),
+        ],
+        1,
+    )
 
 
 def draw_particles(state: FrameState, color: np.ndarray, tags: np.ndarray) -> None:
@@ -49,7 +56,9 @@ def draw_particles(state: FrameState, color: np.ndarray, tags: np.ndarray) -> No
             tags[yy, xx] = TAG_PARTICLE
 
 
-def _segment_distance(u: np.ndarray, v: np.ndarray, a: tuple[float, float], b: tuple[float, float]) -> np.ndarray:
+def _segment_distance(
+    u: np.ndarray, v: np.ndarray, a: tuple[float, float], b: tuple[float, float]
+) -> np.ndarray:
     ab = np.array(b) - np.array(a)
     t = np.clip(((u - a[0]) * ab[0] + (v - a[1]) * ab[1]) / float(ab @ ab), 0.0, 1.0)
     return np.hypot(u - (a[0] + t * ab[0]), v - (a[1] + t * ab[1]))
@@ -70,7 +79,10 @@ def draw_overlays(state: FrameState, color: np.ndarray, tags: np.ndarray) -> Non
         color[stick] = np.array([0.42, 0.26, 0.12], np.float32) * lit
         color[hand] = np.array([0.85, 0.66, 0.52], np.float32) * lit
         core = np.clip(1.0 - r2, 0.0, 1.0)[flame, None]
-        color[flame] = np.array([1.0, 0.55, 0.1], np.float32) * (1 - core) + np.array([1.0, 0.95, 0.6], np.float32) * core
+        color[flame] = (
+            np.array([1.0, 0.55, 0.1], np.float32) * (1 - core)
+            + np.array([1.0, 0.95, 0.6], np.float32) * core
+        )
         tags[stick | hand | flame] = TAG_TORCH
     if state.gun:
         body = ((u > 0.52) & (u < 0.60) & (v > 0.70) & (v < 0.84)) | ((u > 0.54) & (u < 0.62) & (v >= 0.84))

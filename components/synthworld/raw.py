@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
-
 from worldloop.components.synthworld.clip import Clip, generate_clip
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.writer import atomic_text, clip_name, clip_record, clip_seed
+
 from worldloop.video import encode_mp4
 
 TRUTH = "_truth"
@@ -60,7 +60,9 @@ def assign_defects(clips: int, seed: int, bad_fraction: float) -> list[Defect]:
     return roles
 
 
-def _frames_for(defect: Defect, clip: Clip, cfg: SynthConfig, seed: int, index: int) -> tuple[np.ndarray, int | None]:
+def _frames_for(
+    defect: Defect, clip: Clip, cfg: SynthConfig, seed: int, index: int
+) -> tuple[np.ndarray, int | None]:
     frames, cut = clip.frames, None
     if defect is Defect.black:
         frames = np.zeros_like(frames)
@@ -70,7 +72,9 @@ def _frames_for(defect: Defect, clip: Clip, cfg: SynthConfig, seed: int, index: 
         frames = frames[: max(2, min(5, len(frames) // 6))]
     elif defect is Defect.scene_cut:
         other = generate_clip(cfg, clip_seed(seed + 7919, index), any_event=False).frames
-        cut = int(np.random.default_rng([seed, index, 2]).integers(len(frames) // 3, 2 * len(frames) // 3 + 1))
+        cut = int(
+            np.random.default_rng([seed, index, 2]).integers(len(frames) // 3, 2 * len(frames) // 3 + 1)
+        )
         frames = np.concatenate([frames[:cut], other[cut:]])
     return frames, cut
 
@@ -98,8 +102,15 @@ def write_raw_item(out: Path, cfg: SynthConfig, seed: int, index: int, defect: D
     return RawTruth(name=name, defect=defect, frames=written, cut_frame=cut, caption=caption)
 
 
-def write_raw(out: str | Path, cfg: SynthConfig, *, clips: int, seed: int, bad_fraction: float = 0.4,
-              progress: Callable[[RawTruth], None] | None = None) -> list[RawTruth]:
+def write_raw(
+    out: str | Path,
+    cfg: SynthConfig,
+    *,
+    clips: int,
+    seed: int,
+    bad_fraction: float = 0.4,
+    progress: Callable[[RawTruth], None] | None = None,
+) -> list[RawTruth]:
     if not 0.0 <= bad_fraction <= 1.0:
         raise ValueError(f"bad_fraction must be in [0, 1], got {bad_fraction}")
     out = Path(out)
@@ -110,5 +121,7 @@ def write_raw(out: str | Path, cfg: SynthConfig, *, clips: int, seed: int, bad_f
         truths.append(truth)
         if progress:
             progress(truth)
-    atomic_text(out / TRUTH / "index.jsonl", "".join(json.dumps(t.model_dump(mode="json")) + "\n" for t in truths))
+    atomic_text(
+        out / TRUTH / "index.jsonl", "".join(json.dumps(t.model_dump(mode="json")) + "\n" for t in truths)
+    )
     return truths

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.overlays import draw_overlays, draw_particles
 from worldloop.components.synthworld.raycast import SIDE_DOOR, SIDE_X, cast_walls
@@ -45,7 +44,9 @@ class Renderer:
         self.bank = bank or texture_bank()
         n = cfg.size
         self.K = intrinsics_from_fov(n, n, cfg.fov_deg).astype(np.float32)
-        v, u = np.meshgrid(np.arange(n, dtype=np.float32) + 0.5, np.arange(n, dtype=np.float32) + 0.5, indexing="ij")
+        v, u = np.meshgrid(
+            np.arange(n, dtype=np.float32) + 0.5, np.arange(n, dtype=np.float32) + 0.5, indexing="ij"
+        )
         pix = np.stack([u, v, np.ones_like(u)], -1)
         self.rays_cam = pix @ np.linalg.inv(self.K).T  # (H, W, 3), z = 1
         # One atlas so every pixel's albedo is a single gather: walls, floors, ceiling, doors.
@@ -76,14 +77,21 @@ class Renderer:
         def pick(a: np.ndarray) -> np.ndarray:
             return np.take_along_axis(a, k, axis=1).reshape(bsz, n, n)
 
-        wall_t, wall_u, wall_mat, wall_side = pick(hits.dist), pick(hits.u), pick(hits.material), pick(hits.side)
+        wall_t, wall_u, wall_mat, wall_side = (
+            pick(hits.dist),
+            pick(hits.u),
+            pick(hits.material),
+            pick(hits.side),
+        )
         cross_t, cross_id = pick(hits.door_cross), pick(hits.door_cross_id)
 
         # 2. Floor (y = 0) and ceiling (y = −wall_height) planes; y points down.
         py = pos[:, 1, None, None]
         slope = dy / horiz
         with np.errstate(divide="ignore", invalid="ignore"):
-            t_plane = np.where(slope > 0, -py / slope, np.where(slope < 0, (-cfg.wall_height - py) / slope, np.inf))
+            t_plane = np.where(
+                slope > 0, -py / slope, np.where(slope < 0, (-cfg.wall_height - py) / slope, np.inf)
+            )
         sees_wall = wall_t <= t_plane
         t_h = np.where(sees_wall, wall_t, t_plane)
         depth = (t_h / horiz).astype(np.float32)  # camera z-depth: rays_cam has z = 1
@@ -106,13 +114,21 @@ class Renderer:
         ti = lambda c: np.clip((c * TEX).astype(np.int64), 0, TEX - 1)  # noqa: E731
         albedo = self.atlas[tex, ti(tv), ti(tu)]  # (B, H, W, 3)
 
-        tags = np.where(sees_wall, np.where(is_door, TAG_DOOR + door_id, TAG_WALL), np.where(is_floor, TAG_FLOOR, TAG_CEILING))
+        tags = np.where(
+            sees_wall,
+            np.where(is_door, TAG_DOOR + door_id, TAG_WALL),
+            np.where(is_floor, TAG_FLOOR, TAG_CEILING),
+        )
         tags = tags.astype(np.int16)
         albedo = self._weather_floor(albedo, pts, is_floor, states)
 
         # 4. Light: ambient × distance falloff × face shading, plus the torch and explosion lights.
         dist = depth * np.linalg.norm(d, axis=-1)
-        shade = np.where(sees_wall, np.where(wall_side == SIDE_X, 0.8, np.where(wall_side == SIDE_DOOR, 0.95, 1.0)), np.where(is_floor, 0.9, 0.65))
+        shade = np.where(
+            sees_wall,
+            np.where(wall_side == SIDE_X, 0.8, np.where(wall_side == SIDE_DOOR, 0.95, 1.0)),
+            np.where(is_floor, 0.9, 0.65),
+        )
         light = self._lighting(states, dist, pts, shade.astype(np.float32))
         color = albedo * light
 
@@ -126,7 +142,9 @@ class Renderer:
         rgb = (np.clip(color, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return RenderOutput(rgb=rgb, tags=tags, door_aperture=aperture, depth=depth)
 
-    def _weather_floor(self, albedo: np.ndarray, pts: np.ndarray, is_floor: np.ndarray, states: list[FrameState]) -> np.ndarray:
+    def _weather_floor(
+        self, albedo: np.ndarray, pts: np.ndarray, is_floor: np.ndarray, states: list[FrameState]
+    ) -> np.ndarray:
         cover = np.array([s.snow_cover for s in states], np.float32)
         rain = np.array([s.rain for s in states], np.float32)
         if not cover.any() and not rain.any():
@@ -136,13 +154,19 @@ class Renderer:
         snowy = is_floor & (self.snow_noise[nz, nx] < cover[:, None, None])
         albedo = np.where(snowy[..., None], np.float32(0.93), albedo)
         wet = (is_floor & (rain[:, None, None] > 0))[..., None]
-        return np.where(wet, albedo * (1.0 - 0.35 * rain[:, None, None, None]) + 0.04 * rain[:, None, None, None], albedo)
+        return np.where(
+            wet, albedo * (1.0 - 0.35 * rain[:, None, None, None]) + 0.04 * rain[:, None, None, None], albedo
+        )
 
-    def _lighting(self, states: list[FrameState], dist: np.ndarray, pts: np.ndarray, shade: np.ndarray) -> np.ndarray:
+    def _lighting(
+        self, states: list[FrameState], dist: np.ndarray, pts: np.ndarray, shade: np.ndarray
+    ) -> np.ndarray:
         night = np.array([s.night for s in states], np.float32)[:, None, None, None]
         torch = np.array([s.torch for s in states], np.float32)[:, None, None, None]
         fog = 1.0 / (1.0 + (dist / self.cfg.fog_distance) ** 2)
-        ambient = (1.0 - 0.88 * night) * np.array([1.0, 1.0, 1.0], np.float32) - night * np.array([0.05, 0.02, -0.08], np.float32)
+        ambient = (1.0 - 0.88 * night) * np.array([1.0, 1.0, 1.0], np.float32) - night * np.array(
+            [0.05, 0.02, -0.08], np.float32
+        )
         light = ambient * (shade * fog)[..., None]
         if torch.any():
             light = light + torch * TORCH_RGB * (0.9 / (1.0 + (dist / 1.6) ** 2))[..., None]
@@ -153,7 +177,15 @@ class Renderer:
                 light[b] += s.glow.intensity * GLOW_RGB * (1.6 / (1.0 + r2 / 1.5))[..., None]
         return light.astype(np.float32)
 
-    def _decals(self, state: FrameState, pts: np.ndarray, wall: np.ndarray, floor: np.ndarray, color: np.ndarray, tags: np.ndarray) -> None:
+    def _decals(
+        self,
+        state: FrameState,
+        pts: np.ndarray,
+        wall: np.ndarray,
+        floor: np.ndarray,
+        color: np.ndarray,
+        tags: np.ndarray,
+    ) -> None:
         for decal in state.decals:
             c = np.array([decal.x, decal.y, decal.z], np.float32)
             if decal.on_floor:
@@ -162,10 +194,20 @@ class Renderer:
                 inside = wall & (((pts - c) ** 2).sum(-1) < decal.radius**2)
             if not inside.any():
                 continue
-            color[inside] = color[inside] * 0.25 + 0.75 * np.asarray(decal.color, np.float32) * color[inside].mean()
+            color[inside] = (
+                color[inside] * 0.25 + 0.75 * np.asarray(decal.color, np.float32) * color[inside].mean()
+            )
             tags[inside] = decal.tag
 
-    def _sprite(self, sp: SpriteInstance, state: FrameState, d: np.ndarray, depth: np.ndarray, color: np.ndarray, tags: np.ndarray) -> None:
+    def _sprite(
+        self,
+        sp: SpriteInstance,
+        state: FrameState,
+        d: np.ndarray,
+        depth: np.ndarray,
+        color: np.ndarray,
+        tags: np.ndarray,
+    ) -> None:
         """Billboard facing the camera horizontally; exact ray–plane intersection per pixel."""
         p = state.position.astype(np.float32)
         to = np.array([sp.x - p[0], sp.z - p[2]], np.float32)
@@ -186,7 +228,10 @@ class Renderer:
             return
         img = self.bank.sprites[sp.image]
         size = img.shape[0]
-        texel = img[np.clip((sv[inside] * size).astype(np.int64), 0, size - 1), np.clip((su[inside] * size).astype(np.int64), 0, size - 1)]
+        texel = img[
+            np.clip((sv[inside] * size).astype(np.int64), 0, size - 1),
+            np.clip((su[inside] * size).astype(np.int64), 0, size - 1),
+        ]
         alpha = texel[:, 3] * sp.alpha
         if sp.emissive > 0:
             rgb = texel[:, :3] * sp.emissive

@@ -29,7 +29,9 @@ def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     return u / n, v / n  # texel centres not needed: textures are sampled nearest
 
 
-def _brick(rng: np.random.Generator, base: tuple[float, float, float], rows: int, mortar: float) -> np.ndarray:
+def _brick(
+    rng: np.random.Generator, base: tuple[float, float, float], rows: int, mortar: float
+) -> np.ndarray:
     u, v = _grid(TEX)
     row = np.floor(v * rows)
     shifted = (u + 0.5 * (row % 2) / 2) % 1.0
@@ -105,9 +107,17 @@ def _sprite_images(rng: np.random.Generator) -> np.ndarray:
 
     # props
     paint(0, (u > 0.15) & (u < 0.85) & (v > 0.35), (0.55, 0.38, 0.2))
-    paint(0, (u > 0.15) & (u < 0.85) & (v > 0.35) & ((np.abs(u - v + 0.35) < 0.05) | (v < 0.4)), (0.35, 0.22, 0.1))
+    paint(
+        0,
+        (u > 0.15) & (u < 0.85) & (v > 0.35) & ((np.abs(u - v + 0.35) < 0.05) | (v < 0.4)),
+        (0.35, 0.22, 0.1),
+    )
     paint(1, (u > 0.25) & (u < 0.75) & (v > 0.3), (0.35, 0.45, 0.3))
-    paint(1, (u > 0.25) & (u < 0.75) & (v > 0.3) & ((np.abs(v - 0.45) < 0.03) | (np.abs(v - 0.85) < 0.03)), (0.2, 0.2, 0.2))
+    paint(
+        1,
+        (u > 0.25) & (u < 0.75) & (v > 0.3) & ((np.abs(v - 0.45) < 0.03) | (np.abs(v - 0.85) < 0.03)),
+        (0.2, 0.2, 0.2),
+    )
     paint(2, (u > 0.35) & (u < 0.65), (0.75, 0.72, 0.65))
     paint(2, ((u > 0.3) & (u < 0.7)) & ((v < 0.06) | (v > 0.94)), (0.6, 0.58, 0.52))
     paint(3, (u > 0.4) & (u < 0.6) & (v > 0.75), (0.55, 0.3, 0.15))
@@ -115,22 +125,40 @@ def _sprite_images(rng: np.random.Generator) -> np.ndarray:
     # entities
     d = len(PROP_KINDS)
     paint(d, _ellipse(u, v, 0.5, 0.62, 0.32, 0.18), (0.2, 0.55, 0.15))  # dragon body
-    paint(d, _ellipse(u, v, 0.82, 0.38, 0.1, 0.09) | ((np.abs(u - 0.72) < 0.05) & (v > 0.38) & (v < 0.6)), (0.2, 0.55, 0.15))
+    paint(
+        d,
+        _ellipse(u, v, 0.82, 0.38, 0.1, 0.09) | ((np.abs(u - 0.72) < 0.05) & (v > 0.38) & (v < 0.6)),
+        (0.2, 0.55, 0.15),
+    )
     paint(d, (v < 0.55) & (v > 0.15) & (np.abs(u - 0.45) < (0.55 - v) * 0.9), (0.45, 0.12, 0.1))  # wings
     paint(d, ((np.abs(u - 0.35) < 0.04) | (np.abs(u - 0.62) < 0.04)) & (v > 0.7), (0.15, 0.4, 0.1))
     paint(d, _ellipse(u, v, 0.86, 0.36, 0.025, 0.025), (1.0, 0.9, 0.1))
     paint(d + 1, (v > 0.45) & (v < 0.85) & (u > 0.05) & (u < 0.95), (0.75, 0.1, 0.1))  # car body
     paint(d + 1, (v > 0.28) & (v < 0.5) & (u > 0.25) & (u < 0.75), (0.6, 0.08, 0.08))
     paint(d + 1, (v > 0.32) & (v < 0.47) & (u > 0.3) & (u < 0.7), (0.55, 0.75, 0.9))
-    paint(d + 1, _ellipse(u, v, 0.25, 0.86, 0.1, 0.12) | _ellipse(u, v, 0.75, 0.86, 0.1, 0.12), (0.08, 0.08, 0.08))
+    paint(
+        d + 1,
+        _ellipse(u, v, 0.25, 0.86, 0.1, 0.12) | _ellipse(u, v, 0.75, 0.86, 0.1, 0.12),
+        (0.08, 0.08, 0.08),
+    )
     paint(d + 2, _ellipse(u, v, 0.5, 0.12, 0.1, 0.1), (0.9, 0.72, 0.58))  # person head
     paint(d + 2, (v > 0.22) & (v < 0.6) & (np.abs(u - 0.5) < 0.17), (0.2, 0.35, 0.75))
     paint(d + 2, (v >= 0.6) & (np.abs(u - 0.5) < 0.15) & (np.abs(u - 0.5) > 0.02), (0.25, 0.25, 0.3))
-    paint(d + 2, (v > 0.24) & (v < 0.55) & (np.abs(u - 0.5) > 0.19) & (np.abs(u - 0.5) < 0.25), (0.9, 0.72, 0.58))
+    paint(
+        d + 2,
+        (v > 0.24) & (v < 0.55) & (np.abs(u - 0.5) > 0.19) & (np.abs(u - 0.5) < 0.25),
+        (0.9, 0.72, 0.58),
+    )
     r = np.sqrt((u - 0.5) ** 2 + (v - 0.5) ** 2)
     fire = r < 0.48
     out[d + 3][fire] = np.stack(
-        [np.ones_like(r), np.clip(1.1 - 1.6 * r, 0.2, 1.0), np.clip(0.6 - 1.8 * r, 0.0, 1.0), np.ones_like(r)], -1
+        [
+            np.ones_like(r),
+            np.clip(1.1 - 1.6 * r, 0.2, 1.0),
+            np.clip(0.6 - 1.8 * r, 0.0, 1.0),
+            np.ones_like(r),
+        ],
+        -1,
     )[fire]
     smoke = r < 0.46
     grey = 0.35 + 0.1 * np.sin(u * 19) * np.cos(v * 17) + _noise(rng, r.shape, 0.03)
@@ -148,7 +176,9 @@ def texture_bank() -> TextureBank:
             _brick(rng, (0.5, 0.5, 0.52), rows=4, mortar=0.32),
             _planks(rng, (0.58, 0.4, 0.22), horizontal=True),
             _panels(rng, (0.42, 0.5, 0.6)),
-            np.clip(np.full((TEX, TEX, 3), (0.85, 0.8, 0.68), np.float32) + _noise(rng, (TEX, TEX, 1), 0.04), 0, 1),
+            np.clip(
+                np.full((TEX, TEX, 3), (0.85, 0.8, 0.68), np.float32) + _noise(rng, (TEX, TEX, 1), 0.04), 0, 1
+            ),
             _checker(rng, (0.3, 0.6, 0.5), (0.85, 0.9, 0.88), 4),
         ]
     )
@@ -157,12 +187,19 @@ def texture_bank() -> TextureBank:
             _checker(rng, (0.2, 0.2, 0.22), (0.8, 0.8, 0.78), 2),
             _planks(rng, (0.5, 0.34, 0.2), horizontal=False),
             _brick(rng, (0.45, 0.43, 0.4), rows=2, mortar=0.25),
-            np.clip(np.full((TEX, TEX, 3), (0.55, 0.12, 0.14), np.float32) + _noise(rng, (TEX, TEX, 1), 0.03), 0, 1),
+            np.clip(
+                np.full((TEX, TEX, 3), (0.55, 0.12, 0.14), np.float32) + _noise(rng, (TEX, TEX, 1), 0.03),
+                0,
+                1,
+            ),
         ]
     )
     ceiling = _panels(rng, (0.32, 0.32, 0.34))
     doors = np.stack([_door(rng, (0.5, 0.3, 0.15), steel=False), _door(rng, (0.45, 0.48, 0.52), steel=True)])
     return TextureBank(
-        walls=np.clip(walls, 0, 1), floors=np.clip(floors, 0, 1), ceiling=np.clip(ceiling, 0, 1),
-        doors=np.clip(doors, 0, 1), sprites=_sprite_images(rng),
+        walls=np.clip(walls, 0, 1),
+        floors=np.clip(floors, 0, 1),
+        ceiling=np.clip(ceiling, 0, 1),
+        doors=np.clip(doors, 0, 1),
+        sprites=_sprite_images(rng),
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from worldloop.components.synthworld.textures import (
     DOOR_MATERIALS,
     FLOOR_MATERIALS,
@@ -91,7 +90,9 @@ class WorldMap:
                     return False
         return all((p.x - x) ** 2 + (p.z - z) ** 2 >= (p.radius + radius) ** 2 for p in self.props)
 
-    def line_of_sight(self, a: tuple[float, float], b: tuple[float, float], *, ignore_cell: tuple[int, int] | None = None) -> bool:
+    def line_of_sight(
+        self, a: tuple[float, float], b: tuple[float, float], *, ignore_cell: tuple[int, int] | None = None
+    ) -> bool:
         """No wall cell on the segment a→b (sampled at 1/8 cell), except ``ignore_cell`` (ix, iz)."""
         n = max(2, int(np.hypot(b[0] - a[0], b[1] - a[1]) * 8))
         for t in np.linspace(0.0, 1.0, n):
@@ -116,7 +117,10 @@ def _place_rooms(rng: np.random.Generator, g: int) -> list[Room]:
             continue
         rooms.append(
             Room(
-                x0, z0, x0 + w, z0 + d,
+                x0,
+                z0,
+                x0 + w,
+                z0 + d,
                 style=ROOM_STYLES[int(rng.integers(len(ROOM_STYLES)))],
                 wall_material=int(rng.integers(1, len(WALL_MATERIALS) + 1)),
                 floor_material=int(rng.integers(len(FLOOR_MATERIALS))),
@@ -138,7 +142,9 @@ def _carve_corridor(free: np.ndarray, a: tuple[int, int], b: tuple[int, int], x_
                 free[z, x] = True
 
 
-def _door_cells(free: np.ndarray, room_mask: np.ndarray, rooms: list[Room]) -> list[tuple[int, int, str, int]]:
+def _door_cells(
+    free: np.ndarray, room_mask: np.ndarray, rooms: list[Room]
+) -> list[tuple[int, int, str, int]]:
     """Corridor cells right outside a room whose two side neighbours are walls: a door frame."""
     found = []
     for ri, r in enumerate(rooms):
@@ -164,7 +170,7 @@ def generate_world(rng: np.random.Generator, map_cells: int) -> WorldMap:
         room_mask[r.z0 : r.z1, r.x0 : r.x1] = True
         owner[max(r.z0 - 1, 0) : r.z1 + 1, max(r.x0 - 1, 0) : r.x1 + 1] = i
     order = sorted(range(len(rooms)), key=lambda i: rooms[i].centre)
-    for a, b in zip(order, order[1:]):
+    for a, b in zip(order, order[1:], strict=False):
         ca = tuple(int(c) for c in rooms[a].centre)
         cb = tuple(int(c) for c in rooms[b].centre)
         _carve_corridor(free, ca, cb, x_first=bool(rng.integers(2)))  # type: ignore[arg-type]
@@ -172,7 +178,7 @@ def generate_world(rng: np.random.Generator, map_cells: int) -> WorldMap:
 
     cells = np.zeros((g, g), np.int16)
     floor = np.full((g, g), CORRIDOR_FLOOR, np.int16)
-    for i, r in enumerate(rooms):
+    for r in rooms:
         floor[r.z0 : r.z1, r.x0 : r.x1] = r.floor_material
     walls = ~free
     cells[walls] = CORRIDOR_WALL
@@ -195,7 +201,12 @@ def generate_world(rng: np.random.Generator, map_cells: int) -> WorldMap:
 
 
 def _place_props(rng: np.random.Generator, world: WorldMap) -> list[Prop]:
-    sizes = {"crate": (0.5, 0.45, 0.25), "barrel": (0.45, 0.55, 0.22), "pillar": (0.35, 1.2, 0.18), "plant": (0.45, 0.6, 0.2)}
+    sizes = {
+        "crate": (0.5, 0.45, 0.25),
+        "barrel": (0.45, 0.55, 0.22),
+        "pillar": (0.35, 1.2, 0.18),
+        "plant": (0.45, 0.6, 0.2),
+    }
     props: list[Prop] = []
     for r in world.rooms:
         for _ in range(int(rng.integers(0, 3))):

@@ -11,10 +11,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from worldloop.components.synthworld.clip import Clip, generate_clip
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.schema import ActionRecord, ClipRecord, EventRecord
+
 from worldloop.video import encode_mp4
 
 INDEX = "index.jsonl"
@@ -39,16 +39,35 @@ def clip_record(clip: Clip, name: str, cfg: SynthConfig) -> ClipRecord:
     events = []
     if clip.event is not None and clip.interaction is not None and clip.masks is not None:
         ev = clip.event
-        events.append(EventRecord(
-            kind=ev.kind.value, category=ev.spec.category.value, onset_frame=ev.onset, full_frame=ev.full,
-            end_state=ev.spec.end_state, caption=clip.interaction, mask_file=f"{name}.masks.npz",
-            mask_pixels=[int(n) for n in clip.masks.reshape(len(clip.masks), -1).sum(1)],
-        ))
+        events.append(
+            EventRecord(
+                kind=ev.kind.value,
+                category=ev.spec.category.value,
+                onset_frame=ev.onset,
+                full_frame=ev.full,
+                end_state=ev.spec.end_state,
+                caption=clip.interaction,
+                mask_file=f"{name}.masks.npz",
+                mask_pixels=[int(n) for n in clip.masks.reshape(len(clip.masks), -1).sum(1)],
+            )
+        )
     return ClipRecord(
-        name=name, seed=clip.seed, frames=cfg.frames, fps=cfg.fps, width=cfg.size, height=cfg.size,
-        video=f"{name}.mp4", intrinsics=clip.intrinsics.round(6).tolist(), c2w=clip.c2w.round(9).tolist(),
-        actions=[ActionRecord(keys=sorted(k.value for k in a.keys), mouse=(a.mouse_dx, a.mouse_dy)) for a in clip.shot.actions],
-        captions=clip.captions, events=events, scene=clip.scene,
+        name=name,
+        seed=clip.seed,
+        frames=cfg.frames,
+        fps=cfg.fps,
+        width=cfg.size,
+        height=cfg.size,
+        video=f"{name}.mp4",
+        intrinsics=clip.intrinsics.round(6).tolist(),
+        c2w=clip.c2w.round(9).tolist(),
+        actions=[
+            ActionRecord(keys=sorted(k.value for k in a.keys), mouse=(a.mouse_dx, a.mouse_dy))
+            for a in clip.shot.actions
+        ],
+        captions=clip.captions,
+        events=events,
+        scene=clip.scene,
     )
 
 
@@ -77,16 +96,30 @@ def load_masks(path: str | Path) -> np.ndarray:
 
 def index_entry(record: ClipRecord) -> dict[str, object]:
     ev = record.events[0] if record.events else None
-    return {"name": record.name, "video": record.video, "meta": f"{record.name}.json", "frames": record.frames,
-            "seed": record.seed, "event": ev.kind if ev else None, "category": ev.category if ev else None}
+    return {
+        "name": record.name,
+        "video": record.video,
+        "meta": f"{record.name}.json",
+        "frames": record.frames,
+        "seed": record.seed,
+        "event": ev.kind if ev else None,
+        "category": ev.category if ev else None,
+    }
 
 
 def _one(args: tuple[Path, SynthConfig, int, int]) -> ClipRecord:
     return write_clip(*args)
 
 
-def write_dataset(out: str | Path, cfg: SynthConfig, *, clips: int, seed: int, workers: int = 1,
-                  progress: Callable[[ClipRecord], None] | None = None) -> list[ClipRecord]:
+def write_dataset(
+    out: str | Path,
+    cfg: SynthConfig,
+    *,
+    clips: int,
+    seed: int,
+    workers: int = 1,
+    progress: Callable[[ClipRecord], None] | None = None,
+) -> list[ClipRecord]:
     """Generate ``clips`` labelled clips into ``out`` (skipping finished ones) and its index."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,9 @@ def integrate_poses(actions: Sequence[ActionFrame], motion: CameraMotion | None 
     for i in range(1, len(actions)):
         act = actions[i]
         yaw += math.radians(act.mouse_dx * motion.degrees_per_mouse_unit)
-        pitch = min(max(pitch - math.radians(act.mouse_dy * motion.degrees_per_mouse_unit), -max_pitch), max_pitch)
+        pitch = min(
+            max(pitch - math.radians(act.mouse_dy * motion.degrees_per_mouse_unit), -max_pitch), max_pitch
+        )
         # Heading and strafe axes in the horizontal plane (columns of R_y(yaw)).
         forward = np.array([math.sin(yaw), 0.0, math.cos(yaw)])
         right = np.array([math.cos(yaw), 0.0, -math.sin(yaw)])

@@ -2,8 +2,14 @@ import math
 
 import numpy as np
 import pytest
-
-from worldloop.model.camera import ActionFrame, CameraMotion, Key, integrate_poses, intrinsics_from_fov, parse_action
+from worldloop.model.camera import (
+    ActionFrame,
+    CameraMotion,
+    Key,
+    integrate_poses,
+    intrinsics_from_fov,
+    parse_action,
+)
 
 MOTION = CameraMotion()
 
@@ -56,7 +62,9 @@ def test_mouse_dy_looks_down_and_pitch_is_clamped() -> None:
 
 
 def test_w_ignores_pitch_and_space_lifts_then_settles() -> None:
-    looking_down = integrate_poses([ActionFrame()] + [parse_action("none", mouse_dy=4.0)] * 5 + [parse_action("w")] * 5)
+    looking_down = integrate_poses(
+        [ActionFrame()] + [parse_action("none", mouse_dy=4.0)] * 5 + [parse_action("w")] * 5
+    )
     assert looking_down[-1, 1, 3] == pytest.approx(0.0)  # walking, not flying into the floor
     track = [ActionFrame()] + [parse_action("space")] * 20 + [parse_action("none")] * 20
     poses = integrate_poses(track, MOTION)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from worldloop.components.synthworld import ClipRecord
+
 from worldloop.video import decode_video
 
 EXE = str(Path(sys.executable).with_name("worldloop"))
@@ -29,8 +29,12 @@ def test_help_lists_the_eight_subcommands_and_version() -> None:
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path) -> None:
-    for args in (["--bogus"], ["synth", "--out", str(tmp_path), "--size", "63"], ["synth", "--clips", "x"],
-                 ["synth", "--out", str(tmp_path), "--events", "teleport"]):
+    for args in (
+        ["--bogus"],
+        ["synth", "--out", str(tmp_path), "--size", "63"],
+        ["synth", "--clips", "x"],
+        ["synth", "--out", str(tmp_path), "--events", "teleport"],
+    ):
         out = run(*args)
         assert out.returncode == 2, args
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -38,7 +42,9 @@ def test_bad_input_is_one_line_without_traceback(tmp_path) -> None:
 
 
 def test_synth_acceptance(tmp_path) -> None:
-    out = run("synth", "--out", str(tmp_path), "--clips", "4", "--frames", "33", "--size", "64", "--seed", "1")
+    out = run(
+        "synth", "--out", str(tmp_path), "--clips", "4", "--frames", "33", "--size", "64", "--seed", "1"
+    )
     assert out.returncode == 0, out.stderr
     videos = sorted(tmp_path.glob("*.mp4"))
     assert len(videos) == 4 and len((tmp_path / "index.jsonl").read_text().splitlines()) == 4

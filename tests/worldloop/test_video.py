@@ -1,3 +1,4 @@
+import av
 import numpy as np
 import pytest
 
@@ -25,5 +26,5 @@ def test_bad_frames_are_rejected_without_writing(tmp_path) -> None:
 
 def test_undecodable_file_raises(tmp_path) -> None:
     (tmp_path / "empty.mp4").write_bytes(b"")
-    with pytest.raises(Exception):
+    with pytest.raises((av.error.FFmpegError, ValueError)):
         decode_video(tmp_path / "empty.mp4")

@@ -31,13 +31,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
-app.command(help="Render SynthWorld clips: labelled (MP4 + JSON ground truth) or --raw text-video pairs.")(synth)
+app.command(help="Render SynthWorld clips: labelled (MP4 + JSON ground truth) or --raw text-video pairs.")(
+    synth
+)
 app.command(help="Run the local demo end to end and print where its outputs went.")(demo)
 for name, sub in planned.SUBCOMMANDS.items():
     app.add_typer(sub, name=name)
@@ -54,7 +60,9 @@ def run(argv: list[str] | None = None) -> int:
     """Console entry point: returns the exit code."""
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="worldloop", standalone_mode=False)
+        result = command.main(
+            args=argv if argv is not None else sys.argv[1:], prog_name="worldloop", standalone_mode=False
+        )
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import typer
 
+
 def _later(what: str, issue: int) -> None:
     typer.echo(f"worldloop: {what} is not available in this version (delivered by issue #{issue}).", err=True)
     raise typer.Exit(3)
 
 
-curate = typer.Typer(help="Curate raw text-video pairs into an interactive dataset (Ray Data).", no_args_is_help=True)
-train = typer.Typer(help="Run a training stage: action-injection, instruction-sft, ar-distillation, long-extension.", no_args_is_help=True)
+curate = typer.Typer(
+    help="Curate raw text-video pairs into an interactive dataset (Ray Data).", no_args_is_help=True
+)
+train = typer.Typer(
+    help="Run a training stage: action-injection, instruction-sft, ar-distillation, long-extension.",
+    no_args_is_help=True,
+)
 evaluate = typer.Typer(help="InterBench and general video metrics.", no_args_is_help=True)
-pipeline = typer.Typer(help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True)
+pipeline = typer.Typer(
+    help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True
+)
 models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
 serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
@@ -30,14 +38,18 @@ def curate_run(
 
 @train.command("stage", help="Train one stage from a config; resumable; tracked in MLflow.")
 def train_stage(
-    stage: str = typer.Argument(..., help="action-injection | instruction-sft | ar-distillation | long-extension"),
+    stage: str = typer.Argument(
+        ..., help="action-injection | instruction-sft | ar-distillation | long-extension"
+    ),
     config: str = typer.Option(None, "--config", help="TrainConfig YAML."),
     preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny | small | a14b."),
 ) -> None:
     _later("training", 5)
 
 
-@evaluate.command("interbench", help="Score a model on InterBench; writes report.html, radar PNG, scores.json.")
+@evaluate.command(
+    "interbench", help="Score a model on InterBench; writes report.html, radar PNG, scores.json."
+)
 def eval_interbench(
     model: str = typer.Option(..., "--model", help="Checkpoint path, models:/name@alias or preset:NAME."),
     cases: int = typer.Option(None, "--cases", help="Number of cases (default: the whole suite)."),
@@ -97,7 +109,9 @@ def serve_run(
 
 
 @infra.command("render", help="Render kustomize manifests from settings.")
-def infra_render(overlay: str = typer.Option("dev", "--overlay"), out: str = typer.Option(..., "--out")) -> None:
+def infra_render(
+    overlay: str = typer.Option("dev", "--overlay"), out: str = typer.Option(..., "--out")
+) -> None:
     _later("infra", 9)
 
 
@@ -106,5 +120,12 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
     _later("infra", 9)
 
 
-SUBCOMMANDS = {"curate": curate, "train": train, "eval": evaluate, "pipeline": pipeline, "models": models,
-               "serve": serve, "infra": infra}
+SUBCOMMANDS = {
+    "curate": curate,
+    "train": train,
+    "eval": evaluate,
+    "pipeline": pipeline,
+    "models": models,
+    "serve": serve,
+    "infra": infra,
+}

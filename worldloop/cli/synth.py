@@ -18,8 +18,14 @@ console = Console()
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def synth(
@@ -29,10 +35,17 @@ def synth(
     size: int = typer.Option(128, "--size", help="Frame width and height (even, 32–512)."),
     seed: int = typer.Option(0, "--seed", help="Same seed ⇒ byte-identical frames."),
     fps: int = typer.Option(16, "--fps", help="Frame rate of the written videos."),
-    events: str = typer.Option("", "--events", help="Comma-separated event kinds (default: all). "
-                               + ", ".join(k.value for k in EventKind)),
-    raw: bool = typer.Option(False, "--raw", help="Write unstructured MP4 + caption pairs with bad clips mixed in."),
-    bad_fraction: float = typer.Option(0.4, "--bad-fraction", help="Share of deliberately bad items with --raw."),
+    events: str = typer.Option(
+        "",
+        "--events",
+        help="Comma-separated event kinds (default: all). " + ", ".join(k.value for k in EventKind),
+    ),
+    raw: bool = typer.Option(
+        False, "--raw", help="Write unstructured MP4 + caption pairs with bad clips mixed in."
+    ),
+    bad_fraction: float = typer.Option(
+        0.4, "--bad-fraction", help="Share of deliberately bad items with --raw."
+    ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (labelled mode)."),
 ) -> None:
     kinds = tuple(EventKind(k.strip()) for k in events.split(",") if k.strip()) or tuple(EventKind)
@@ -41,12 +54,19 @@ def synth(
     with _progress() as bar:
         task = bar.add_task("raw pairs" if raw else "clips", total=clips)
         if raw:
-            truths = write_raw(out, cfg, clips=clips, seed=seed, bad_fraction=bad_fraction,
-                               progress=lambda _: bar.advance(task))
+            truths = write_raw(
+                out,
+                cfg,
+                clips=clips,
+                seed=seed,
+                bad_fraction=bad_fraction,
+                progress=lambda _: bar.advance(task),
+            )
             tally = Counter(t.defect.value for t in truths)
         else:
-            records = write_dataset(out, cfg, clips=clips, seed=seed, workers=workers,
-                                    progress=lambda _: bar.advance(task))
+            records = write_dataset(
+                out, cfg, clips=clips, seed=seed, workers=workers, progress=lambda _: bar.advance(task)
+            )
             tally = Counter(r.events[0].kind if r.events else "no event" for r in records)
     elapsed = time.perf_counter() - started
     table = Table(title=f"SynthWorld → {out}")
@@ -55,8 +75,10 @@ def synth(
     for name, count in sorted(tally.items()):
         table.add_row(name, str(count))
     console.print(table)
-    console.print(f"{clips} clips × {frames} frames at {size}×{size} in {elapsed:.1f} s "
-                  f"({clips * frames / elapsed:.0f} frames/s incl. encoding) → {out.resolve()}")
+    console.print(
+        f"{clips} clips × {frames} frames at {size}×{size} in {elapsed:.1f} s "
+        f"({clips * frames / elapsed:.0f} frames/s incl. encoding) → {out.resolve()}"
+    )
 
 
 def demo(
@@ -64,9 +86,29 @@ def demo(
 ) -> None:
     """Until the pipeline exists (issue #7), the demo renders SynthWorld data in both modes."""
     home = get_settings().home / "demo"
-    synth(out=home / "synthworld", clips=clips, frames=33, size=128, seed=0, fps=16, events="", raw=False,
-          bad_fraction=0.4, workers=1)
-    synth(out=home / "raw", clips=clips * 2, frames=33, size=128, seed=0, fps=16, events="", raw=True,
-          bad_fraction=0.4, workers=1)
+    synth(
+        out=home / "synthworld",
+        clips=clips,
+        frames=33,
+        size=128,
+        seed=0,
+        fps=16,
+        events="",
+        raw=False,
+        bad_fraction=0.4,
+        workers=1,
+    )
+    synth(
+        out=home / "raw",
+        clips=clips * 2,
+        frames=33,
+        size=128,
+        seed=0,
+        fps=16,
+        events="",
+        raw=True,
+        bad_fraction=0.4,
+        workers=1,
+    )
     console.print(f"Labelled clips (MP4 + JSON ground truth): {(home / 'synthworld').resolve()}")
     console.print(f"Raw text-video pairs for curation:        {(home / 'raw').resolve()}")

@@ -5,8 +5,16 @@ import json
 import av
 import numpy as np
 import pytest
+from worldloop.components.synthworld import (
+    ClipRecord,
+    Defect,
+    RawTruth,
+    SynthConfig,
+    load_masks,
+    write_dataset,
+    write_raw,
+)
 
-from worldloop.components.synthworld import ClipRecord, Defect, RawTruth, SynthConfig, load_masks, write_dataset, write_raw
 from worldloop.video import decode_video
 
 CFG = SynthConfig(size=64, frames=17)

@@ -1,5 +1,4 @@
 import numpy as np
-
 from worldloop.components.synthworld import SynthConfig, generate_clip
 
 CFG = SynthConfig(size=64, frames=17)

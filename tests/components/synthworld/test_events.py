@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from worldloop.components.synthworld import Category, EventKind, SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_without_event
 from worldloop.components.synthworld.events import SPECS
@@ -49,7 +48,9 @@ def test_end_states_hold() -> None:
     door = generate_clip(CFG, 5, kind=EventKind.open_door)
     assert door.event is not None and door.masks is not None
     assert door.masks[-1].sum() > 0 and door.event.full < CFG.frames
-    changed = np.abs(door.frames[-1].astype(int) - door.frames[door.event.onset - 1].astype(int))[door.masks[-1]]
+    changed = np.abs(door.frames[-1].astype(int) - door.frames[door.event.onset - 1].astype(int))[
+        door.masks[-1]
+    ]
     assert changed.mean() > 10  # the leaf slid away and the space behind shows
 
     torch = generate_clip(CFG, 6, kind=EventKind.draw_torch)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from worldloop.components.synthworld import EventKind, SynthConfig, generate_clip
 from worldloop.components.synthworld.render import Renderer
 from worldloop.components.synthworld.state import TAG_FLOOR, TAG_WALL, FrameState
@@ -13,8 +12,11 @@ CFG = SynthConfig(size=64, frames=17)
 
 
 def _state(world, x: float, z: float, yaw: float, pitch: float = 0.0) -> FrameState:
-    return FrameState(rotation=rotation_yaw_pitch(yaw, pitch), position=np.array([x, -CFG.eye_height, z]),
-                      door_open=np.zeros(len(world.doors)))
+    return FrameState(
+        rotation=rotation_yaw_pitch(yaw, pitch),
+        position=np.array([x, -CFG.eye_height, z]),
+        door_open=np.zeros(len(world.doors)),
+    )
 
 
 def test_floor_depth_matches_the_pinhole_model() -> None:
@@ -40,7 +42,9 @@ def test_back_projected_wall_pixels_lie_on_grid_faces(pitch: float) -> None:
     wall = out.tags[0] == TAG_WALL
     rays = renderer.rays_cam[wall] @ state.rotation.T
     points = state.position + out.depth[0][wall][:, None] * rays
-    off_grid = np.minimum(np.abs(points[:, 0] - np.round(points[:, 0])), np.abs(points[:, 2] - np.round(points[:, 2])))
+    off_grid = np.minimum(
+        np.abs(points[:, 0] - np.round(points[:, 0])), np.abs(points[:, 2] - np.round(points[:, 2]))
+    )
     # Within the angular quantisation of the wall table (a few thousandths of a cell).
     assert np.quantile(off_grid, 0.99) < 0.02
     heights = -points[:, 1]
