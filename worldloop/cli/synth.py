@@ -15,6 +15,7 @@ from worldloop.components.synthworld import EventKind, SynthConfig, write_datase
 from worldloop.settings import get_settings
 
 console = Console()
+EVENT_NAMES = ", ".join(k.value for k in EventKind)
 
 
 def _progress() -> Progress:
@@ -38,7 +39,7 @@ def synth(
     events: str = typer.Option(
         "",
         "--events",
-        help="Comma-separated event kinds (default: all). " + ", ".join(k.value for k in EventKind),
+        help=f"Comma-separated event kinds (default: all). {EVENT_NAMES}",
     ),
     raw: bool = typer.Option(
         False, "--raw", help="Write unstructured MP4 + caption pairs with bad clips mixed in."
