@@ -31,10 +31,16 @@ test: install
 bench: install
 	$(PY) -m benchmarks
 
+# mypy cannot follow setuptools' editable finder for the folder -> import-root mapping, so lint
+# type-checks a link tree that lays the folders out as the installed ``worldloop`` package.
+TYPECHECK := .worldloop/typecheck
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/worldloop
+	for f in worldloop/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/worldloop/; done
+	for d in model components pipelines serving; do ln -s "$(CURDIR)/$$d" $(TYPECHECK)/worldloop/$$d; done
+	MYPYPATH=$(TYPECHECK) $(VENV)/bin/mypy -p worldloop
 
 clean:
 	rm -rf $(VENV) .worldloop build *.egg-info

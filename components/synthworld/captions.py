@@ -63,8 +63,8 @@ def describe_motion(shot: Shot) -> str:
         Key.D.value: "strafes right",
         Key.SPACE.value: "rises briefly",
     }
-    for key, word in words.items():
-        if counts.get(key, 0) >= 0.25 * total:
+    for name, word in words.items():
+        if counts.get(name, 0) >= 0.25 * total:
             parts.append(word)
     fwd_end = shot.c2w[-1, :3, 2]
     turn = math.degrees(math.atan2(fwd_end[0], fwd_end[2]))
