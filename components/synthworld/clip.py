@@ -14,12 +14,13 @@ from worldloop.components.synthworld.events import EventKind
 from worldloop.components.synthworld.render import Renderer
 from worldloop.components.synthworld.schema import Captions, InteractionCaption, SceneRecord
 from worldloop.components.synthworld.state import FrameState
-from worldloop.components.synthworld.world import WorldMap, generate_world
+from worldloop.components.synthworld.world import WorldMap, WorldRejected, generate_world
 from worldloop.model.camera import intrinsics_from_fov
 
 log = logging.getLogger(__name__)
 RENDER_BATCH = 16  # frames rendered per vectorised call (bounds memory at large sizes)
 MAX_ATTEMPTS = 16
+REDRAW_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -94,16 +95,21 @@ def generate_clip(
 ) -> Clip:
     """Render clip ``seed``. ``kind`` forces the event; with ``any_event`` False and no kind, none.
 
-    Attempts are drawn from one generator, so the result depends on ``seed`` alone.
+    Attempts are drawn from one generator, so the result depends on ``seed`` alone. An event kind
+    drawn by chance (not forced) is redrawn every ``REDRAW_EVERY`` failed attempts, so a kind that
+    is hard to stage at this size (a bullet hole at 32 px) does not sink the clip.
     """
     rng = np.random.default_rng(seed)
-    if kind is None and any_event:
+    drawn = kind is None and any_event
+    if drawn:
         kind = choose_kind(cfg, rng)
     for attempt in range(MAX_ATTEMPTS):
-        world = generate_world(rng, cfg.map_cells)
+        if drawn and attempt and attempt % REDRAW_EVERY == 0:
+            kind = choose_kind(cfg, rng)
         try:
+            world = generate_world(rng, cfg.map_cells)
             shot = plan_shot(world, cfg, kind, rng)
-        except PlanRejected as why:
+        except (WorldRejected, PlanRejected) as why:
             log.debug("seed %d attempt %d: %s", seed, attempt, why)
             continue
         frames, masks = render_shot(world, shot, cfg, seed)

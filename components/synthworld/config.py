@@ -16,7 +16,7 @@ class SynthConfig(BaseModel):
     frames: int = Field(33, ge=2, le=2048, description="Frames per clip.")
     fps: int = Field(16, ge=1, le=120, description="Frame rate written to the video.")
     fov_deg: float = Field(90.0, ge=30.0, le=120.0, description="Horizontal field of view.")
-    map_cells: int = Field(24, ge=12, le=96, description="The world grid is map_cells × map_cells.")
+    map_cells: int = Field(24, ge=16, le=96, description="The world grid is map_cells × map_cells.")
     wall_height: float = Field(1.2, gt=0.5, le=4.0, description="Floor-to-ceiling height (world units).")
     eye_height: float = Field(0.5, gt=0.1, description="Camera height above the floor at rest.")
     fog_distance: float = Field(9.0, gt=0, description="Distance at which light falls to ~1/2.")

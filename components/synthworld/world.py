@@ -23,6 +23,10 @@ CORRIDOR_FLOOR = 2  # flagstone
 ROOM_STYLES = ("hall", "storeroom", "chapel", "workshop", "armory", "library")
 
 
+class WorldRejected(RuntimeError):
+    """This draw of the world is unusable (rooms did not fit): draw another from the same generator."""
+
+
 @dataclass(frozen=True)
 class Room:
     x0: int
@@ -129,7 +133,7 @@ def _place_rooms(rng: np.random.Generator, g: int) -> list[Room]:
         if len(rooms) >= max(3, g // 5):
             break
     if len(rooms) < 2:
-        raise RuntimeError("map too small to place two rooms; raise map_cells")
+        raise WorldRejected("map too small to place two rooms this time; a larger map_cells fails less")
     return rooms
 
 
