@@ -1,0 +1,106 @@
+"""Causal 3-D convolution and the typed per-layer time cache used by streaming decode.
+
+A causal conv pads only on the past side in time, so output frame ``t`` sees input frames
+``t - k_t + 1 .. t``. Streaming keeps the last ``k_t - 1`` input frames of every such conv in a
+:class:`DecodeCache`; feeding the next frames with that cache gives exactly what one pass over the
+whole sequence would (Wan2.1 VAE ``feat_cache``, here with a fixed slot per layer instead of a
+running index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class DecodeCache:
+    """Past input frames of every causal conv in a decoder, owned by the caller.
+
+    ``past[slot]`` is ``None`` before the first step, then always ``(B, C, k_t - 1, h, w)`` for
+    the conv holding that slot: the memory is fixed however many steps run.
+    """
+
+    past: list[Tensor | None]
+    num_latent_frames: int = field(default=0)
+
+    @property
+    def is_first_step(self) -> bool:
+        """True until a step has run: the first latent frame decodes to one video frame."""
+        return self.num_latent_frames == 0
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes held by the cached frames."""
+        return sum(t.numel() * t.element_size() for t in self.past if t is not None)
+
+    def time_lengths(self) -> list[int]:
+        """Cached time length per filled slot (each equals its conv's ``k_t - 1``)."""
+        return [t.shape[2] for t in self.past if t is not None]
+
+    def read(self, slot: int, like: Tensor, num_frames: int) -> Tensor:
+        """The ``num_frames`` frames before ``like`` (B, C, T, H, W): zeros before the first step."""
+        past = self.past[slot]
+        if past is None:
+            b, c, _, h, w = like.shape
+            return like.new_zeros(b, c, num_frames, h, w)
+        if past.shape[:2] != like.shape[:2] or past.shape[3:] != like.shape[3:]:
+            raise ValueError(
+                f"decode cache holds frames of shape {tuple(past.shape)} but the input is "
+                f"{tuple(like.shape)}; start a new stream with new_decode_cache()"
+            )
+        return past
+
+    def write(self, slot: int, frames: Tensor) -> None:
+        # clone so the slot keeps only its few frames, not the whole concatenated input alive.
+        self.past[slot] = frames.clone()
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d with zero padding on the past side in time and "same" padding in space.
+
+    ``cache_slot`` is assigned by the owning decoder; encoder convs keep ``None`` and always see
+    the whole sequence from its first frame.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int | tuple[int, int, int],
+    ) -> None:
+        kt, kh, kw = (kernel_size,) * 3 if isinstance(kernel_size, int) else kernel_size
+        super().__init__(in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2))
+        self.cache_slot: int | None = None
+
+    @property
+    def past_frames(self) -> int:
+        """Input frames before ``t`` that output frame ``t`` sees."""
+        return int(self.kernel_size[0]) - 1
+
+    def forward(self, x: Tensor, cache: DecodeCache | None = None) -> Tensor:
+        """(B, C_in, T, H, W) -> (B, C_out, T, H, W); with ``cache``, continue the cached stream."""
+        p = self.past_frames
+        if p == 0:
+            return super().forward(x)
+        if cache is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], p, *x.shape[3:])
+            return super().forward(torch.cat([past, x], dim=2))
+        if self.cache_slot is None:
+            raise RuntimeError("CausalConv3d got a cache but was never given a cache slot")
+        x = torch.cat([cache.read(self.cache_slot, x, p), x], dim=2)  # (B, C, p + T, H, W)
+        cache.write(self.cache_slot, x[:, :, -p:])
+        return super().forward(x)
+
+
+def assign_cache_slots(module: nn.Module) -> int:
+    """Give every time-mixing CausalConv3d under ``module`` its own cache slot; returns the count."""
+    num_slots = 0
+    for conv in module.modules():
+        if isinstance(conv, CausalConv3d) and conv.past_frames > 0:
+            conv.cache_slot = num_slots
+            num_slots += 1
+    return num_slots
