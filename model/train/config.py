@@ -1,0 +1,211 @@
+"""Training-stage configs (DESIGN.md §6) with presets per stage and scale.
+
+1. action injection — flow matching over a curriculum of clip lengths;
+2. instruction SFT — camera encoder frozen, only the expert layers (and the interaction extractor);
+3. AR distillation — Self-Forcing + DMD with a critic and per-expert learning rates;
+4. randomized long extension — rollouts to random lengths past the training length.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from worldloop.model.config import PRESETS
+
+
+class Stage(str, Enum):
+    action = "action"
+    instruction = "instruction"
+    distill = "distill"
+    long = "long"
+
+
+class ParamGroup(str, Enum):
+    """Parameter groups a stage may train (the rest are frozen)."""
+
+    experts = "experts"
+    camera = "camera"
+    interaction = "interaction"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class CurriculumPhase(BaseModel):
+    """Train on clips of ``frames`` video frames for ``steps`` optimiser steps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frames: int = Field(gt=0, description="Video frames per clip; must be 4k+1 (VAE: first frame alone).")
+    steps: int = Field(gt=0, description="Optimiser steps in this phase.")
+
+    @field_validator("frames")
+    @classmethod
+    def _four_k_plus_one(cls, frames: int) -> int:
+        if (frames - 1) % 4:
+            raise ValueError(f"{frames} frames is not 4k+1 (e.g. 9, 13, 17, 45, 81)")
+        return frames
+
+
+class DistillConfig(BaseModel):
+    """Self-Forcing + DMD (stage 3/4): student steps, critic schedule, teacher guidance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    student_steps: int = Field(4, ge=1, description="Denoising steps of the distilled student.")
+    steps_per_expert: tuple[int, int] = Field(
+        (2, 2), description="Student steps on the high-/low-noise side of the boundary."
+    )
+    critic_steps_per_generator: int = Field(5, ge=1, description="Critic updates per generator update.")
+    critic_lr: float = Field(2e-6, gt=0.0, description="Fake-score (critic) learning rate.")
+    guidance_scale: float = Field(3.0, ge=1.0, description="Classifier-free guidance of the real score.")
+
+    @model_validator(mode="after")
+    def _steps_add_up(self) -> DistillConfig:
+        if sum(self.steps_per_expert) != self.student_steps:
+            raise ValueError(
+                f"steps_per_expert {self.steps_per_expert} must add up to student_steps {self.student_steps}"
+            )
+        return self
+
+
+class LongExtensionConfig(BaseModel):
+    """Stage 4: roll out to random lengths, align sampled windows, mix in teacher forcing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_rollout_blocks: int = Field(gt=0, description="Shortest rollout, in generated blocks.")
+    max_rollout_blocks: int = Field(gt=0, description="Longest rollout, in generated blocks.")
+    window_blocks: int = Field(gt=0, description="Blocks per window aligned with DMD.")
+    teacher_forcing_prob: float = Field(0.5, ge=0.0, le=1.0, description="Share of teacher-forcing steps.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LongExtensionConfig:
+        if not self.min_rollout_blocks <= self.max_rollout_blocks:
+            raise ValueError("min_rollout_blocks must be <= max_rollout_blocks")
+        if self.window_blocks > self.min_rollout_blocks:
+            raise ValueError("window_blocks must fit in the shortest rollout (<= min_rollout_blocks)")
+        return self
+
+
+class TrainConfig(BaseModel):
+    """One training stage. YAML-loadable (worldloop.config_io); invalid fields are named."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: Stage
+    model_preset: str = Field("tiny", description="Model preset (worldloop.model.load_preset).")
+    seed: int = Field(0, ge=0)
+    height: int = Field(64, gt=0, description="Training resolution (pixels).")
+    width: int = Field(64, gt=0)
+    curriculum: tuple[CurriculumPhase, ...] = Field(description="Clip-length phases, increasing length.")
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    lr: float = Field(1e-4, gt=0.0, description="Learning rate (both experts unless expert_lr is set).")
+    expert_lr: tuple[float, float] | None = Field(
+        None, description="(high-noise, low-noise) expert learning rates; the paper trains high slower."
+    )
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    precision: Precision = Field(Precision.fp32, description="bf16 on GPU; fp32 on CPU.")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain DDP).")
+    trainable: frozenset[ParamGroup] = Field(description="Parameter groups updated by this stage.")
+    shift: float = Field(5.0, gt=0.0, description="Timestep shift of the flow-matching schedule.")
+    per_frame_sigma: bool = Field(False, description="Independent noise level per latent frame.")
+    long_caption_prob: float = Field(0.5, ge=0.0, le=1.0, description="P(long scene caption) vs short.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between (atomic) checkpoints.")
+    log_every: int = Field(10, ge=1, description="Steps between MLflow metric logs.")
+    distill: DistillConfig | None = Field(None, description="Required by stages distill and long.")
+    long: LongExtensionConfig | None = Field(None, description="Required by stage long.")
+
+    @field_validator("model_preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return name
+
+    @field_validator("curriculum")
+    @classmethod
+    def _increasing(cls, phases: tuple[CurriculumPhase, ...]) -> tuple[CurriculumPhase, ...]:
+        if not phases:
+            raise ValueError("needs at least one phase")
+        lengths = [p.frames for p in phases]
+        if any(b <= a for a, b in zip(lengths, lengths[1:], strict=False)):
+            raise ValueError(f"clip lengths must increase phase by phase, got {lengths}")
+        return phases
+
+    @model_validator(mode="after")
+    def _stage_rules(self) -> TrainConfig:
+        if not self.trainable:
+            raise ValueError("trainable must name at least one parameter group")
+        if self.stage is Stage.instruction and ParamGroup.camera in self.trainable:
+            raise ValueError("stage instruction keeps the camera encoder frozen (paper §stage 2)")
+        if self.stage in (Stage.distill, Stage.long) and self.distill is None:
+            raise ValueError(f"stage {self.stage.value} needs a 'distill' section")
+        if self.stage is Stage.long and self.long is None:
+            raise ValueError("stage long needs a 'long' section")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.curriculum)
+
+
+def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
+    """Defaults for ``stage`` at ``scale`` (tiny: CPU minutes; a14b: the paper's 45→81→149 @ 480p)."""
+    stage = Stage(stage)
+    if scale not in PRESETS:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(PRESETS)}")
+    big = scale != "tiny"
+    lengths = (45, 81, 149) if big else (9, 13, 17)
+    steps = (2000, 1000, 500) if big else (20, 10, 10)
+    curriculum = tuple(CurriculumPhase(frames=f, steps=s) for f, s in zip(lengths, steps, strict=True))
+    common = {
+        "stage": stage,
+        "model_preset": scale,
+        "height": 480 if big else 64,
+        "width": 832 if big else 64,
+        "precision": Precision.bf16 if big else Precision.fp32,
+        "zero_stage": 3 if big else 0,
+    }
+    if stage is Stage.action:
+        return TrainConfig(
+            **common, curriculum=curriculum, lr=1e-5 if big else 2e-4, trainable=frozenset(ParamGroup)
+        )
+    if stage is Stage.instruction:
+        return TrainConfig(
+            **common,
+            curriculum=curriculum[-1:],
+            lr=1e-5 if big else 2e-4,
+            trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
+        )
+    distill = DistillConfig()
+    expert_lr = (2e-6, 4e-6) if big else (5e-5, 1e-4)
+    if stage is Stage.distill:
+        return TrainConfig(
+            **common,
+            curriculum=curriculum[-1:],
+            lr=expert_lr[1],
+            expert_lr=expert_lr,
+            per_frame_sigma=True,
+            trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
+            distill=distill,
+        )
+    long = LongExtensionConfig(
+        min_rollout_blocks=8 if big else 4, max_rollout_blocks=40 if big else 8, window_blocks=4 if big else 2
+    )
+    return TrainConfig(
+        **common,
+        curriculum=curriculum[-1:],
+        lr=expert_lr[1],
+        expert_lr=expert_lr,
+        per_frame_sigma=True,
+        trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
+        distill=distill,
+        long=long,
+    )

@@ -1,0 +1,51 @@
+"""Settings: WORLDLOOP_* environment, local defaults, cluster requirements, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from worldloop.settings import Profile, Settings
+
+
+def test_local_defaults_live_under_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WORLDLOOP_HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.profile is Profile.local
+    assert settings.resolved_mlflow_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert settings.resolved_storage_root == str(tmp_path.resolve() / "store")
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLDLOOP_STORAGE_ROOT", "s3://bucket/prefix")
+    monkeypatch.setenv("WORLDLOOP_S3_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("WORLDLOOP_S3_SECRET_ACCESS_KEY", "hunter2")
+    settings = Settings()
+    assert settings.resolved_storage_root == "s3://bucket/prefix"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
+    assert "hunter2" not in repr(settings)  # secrets never print
+    assert settings.s3_secret_access_key is not None
+    assert settings.s3_secret_access_key.get_secret_value() == "hunter2"
+
+
+def test_cluster_profile_requires_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLDLOOP_PROFILE", "cluster")
+    with pytest.raises(ValidationError, match="WORLDLOOP_MLFLOW_URI, WORLDLOOP_STORAGE_ROOT"):
+        Settings()
+    monkeypatch.setenv("WORLDLOOP_MLFLOW_URI", "http://mlflow:5000")
+    monkeypatch.setenv("WORLDLOOP_STORAGE_ROOT", "s3://worldloop/runs")
+    assert Settings().resolved_mlflow_uri == "http://mlflow:5000"
+
+
+def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLDLOOP_PROFILE", "laptop")
+    with pytest.raises(ValidationError, match="profile"):
+        Settings()
+    monkeypatch.delenv("WORLDLOOP_PROFILE")
+    monkeypatch.setenv("WORLDLOOP_KFP_HOST", "  ")
+    with pytest.raises(ValidationError, match="kfp_host"):
+        Settings()
+    with pytest.raises(ValidationError, match="extra"):
+        Settings(unknown_field=1)  # type: ignore[call-arg]
