@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -76,32 +77,69 @@ def rotation_yaw_pitch(yaw: float, pitch: float) -> np.ndarray:
     return r_yaw @ r_pitch
 
 
+@dataclass(frozen=True)
+class CameraState:
+    """Where the camera is after some frames: enough to continue a stream without its history."""
+
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    yaw: float = 0.0  # radians, > 0 turned right
+    pitch: float = 0.0  # radians, > 0 looking up
+    rise: float = 0.0  # lift above the start height (world units)
+
+    def pose(self) -> np.ndarray:
+        """Camera-to-world (4, 4) float64."""
+        pose = np.eye(4)
+        pose[:3, :3] = rotation_yaw_pitch(self.yaw, self.pitch)
+        pose[:3, 3] = self.position
+        return pose
+
+
+def step_camera(state: CameraState, act: ActionFrame, motion: CameraMotion) -> CameraState:
+    """Apply one frame of input to ``state``."""
+    yaw = state.yaw + math.radians(act.mouse_dx * motion.degrees_per_mouse_unit)
+    max_pitch = math.radians(motion.max_pitch_deg)
+    pitch = state.pitch - math.radians(act.mouse_dy * motion.degrees_per_mouse_unit)
+    pitch = min(max(pitch, -max_pitch), max_pitch)
+    # Heading and strafe axes in the horizontal plane (columns of R_y(yaw)).
+    forward = np.array([math.sin(yaw), 0.0, math.cos(yaw)])
+    right = np.array([math.cos(yaw), 0.0, -math.sin(yaw)])
+    step = (int(Key.W in act.keys) - int(Key.S in act.keys)) * forward
+    step = step + (int(Key.D in act.keys) - int(Key.A in act.keys)) * right
+    position = np.array(state.position, dtype=np.float64)
+    norm = float(np.linalg.norm(step))
+    if norm > 0:
+        position += motion.move_per_frame * step / norm
+    if Key.SPACE in act.keys:
+        rise = min(state.rise + motion.rise_per_frame, motion.max_rise)
+    else:
+        rise = max(state.rise - motion.settle_per_frame, 0.0)
+    position[1] = -rise  # y points down: lifting is −y
+    return CameraState(
+        position=(float(position[0]), float(position[1]), float(position[2])), yaw=yaw, pitch=pitch, rise=rise
+    )
+
+
 def integrate_poses(actions: Sequence[ActionFrame], motion: CameraMotion | None = None) -> np.ndarray:
     """Camera-to-world poses (F, 4, 4), float64, for an action track of F frames."""
+    poses, _ = continue_poses(actions, CameraState(), motion=motion, first_is_origin=True)
+    return poses
+
+
+def continue_poses(
+    actions: Sequence[ActionFrame],
+    state: CameraState,
+    *,
+    motion: CameraMotion | None = None,
+    first_is_origin: bool = False,
+) -> tuple[np.ndarray, CameraState]:
+    """Poses (F, 4, 4) for ``actions`` continuing from ``state``, and the state after the last frame.
+
+    With ``first_is_origin`` the first action is ignored and frame 0 sits at ``state`` (a new stream).
+    """
     motion = motion or CameraMotion()
     poses = np.tile(np.eye(4), (len(actions), 1, 1))
-    position = np.zeros(3)
-    yaw = pitch = rise = 0.0
-    max_pitch = math.radians(motion.max_pitch_deg)
-    for i in range(1, len(actions)):
-        act = actions[i]
-        yaw += math.radians(act.mouse_dx * motion.degrees_per_mouse_unit)
-        pitch = min(
-            max(pitch - math.radians(act.mouse_dy * motion.degrees_per_mouse_unit), -max_pitch), max_pitch
-        )
-        # Heading and strafe axes in the horizontal plane (columns of R_y(yaw)).
-        forward = np.array([math.sin(yaw), 0.0, math.cos(yaw)])
-        right = np.array([math.cos(yaw), 0.0, -math.sin(yaw)])
-        step = (int(Key.W in act.keys) - int(Key.S in act.keys)) * forward
-        step = step + (int(Key.D in act.keys) - int(Key.A in act.keys)) * right
-        norm = float(np.linalg.norm(step))
-        if norm > 0:
-            position += motion.move_per_frame * step / norm
-        if Key.SPACE in act.keys:
-            rise = min(rise + motion.rise_per_frame, motion.max_rise)
-        else:
-            rise = max(rise - motion.settle_per_frame, 0.0)
-        position[1] = -rise  # y points down: lifting is −y
-        poses[i, :3, :3] = rotation_yaw_pitch(yaw, pitch)
-        poses[i, :3, 3] = position
-    return poses
+    for i, act in enumerate(actions):
+        if not (first_is_origin and i == 0):
+            state = step_camera(state, act, motion)
+        poses[i] = state.pose()
+    return poses, state

@@ -1,0 +1,147 @@
+"""One expert: a Wan2.x image-to-video DiT over latent tokens (DESIGN.md §5.1).
+
+The MoE world model holds one of these per noise regime. Module names mirror Wan2.x so a Wan2.2
+expert checkpoint maps onto it key for key (``worldloop.model.weights.wan``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+from torch import Tensor, nn
+from worldloop.model.arch.embeddings import (
+    TimeEmbedding,
+    init_linear_,
+    modulation_parameter,
+    patchify,
+    sinusoidal_embedding,
+    text_projection,
+    unpatchify,
+)
+from worldloop.model.arch.rope import rope_cos_sin, token_positions
+from worldloop.model.arch.transformer_block import DiTBlock
+from worldloop.model.config import ModelConfig
+
+KV = tuple[Tensor, Tensor]
+
+
+class Head(nn.Module):
+    """Final modulated LayerNorm + linear back to patch pixels (Wan ``head``)."""
+
+    def __init__(self, dim: int, out_features: int, *, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_features)
+        self.modulation = modulation_parameter(2, dim)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x (B, F·P, dim), e (B, F, dim) → (B, F·P, out_features)."""
+        f = e.shape[1]
+        shift, scale = (self.modulation.float() + e.float().unsqueeze(2)).unbind(dim=2)  # (B, F, dim)
+        h = self.norm(x).float().unflatten(1, (f, -1)) * (1 + scale[:, :, None]) + shift[:, :, None]
+        return self.head(h.flatten(1, 2).to(x.dtype))
+
+
+class ExpertTransformer(nn.Module):
+    """Patch embed → ``num_layers`` DiT blocks → head. Shapes are documented per method."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(
+            cfg.in_channels, d, kernel_size=cfg.patch_size, stride=cfg.patch_size
+        )
+        self.text_embedding = text_projection(cfg.text_dim, d)
+        time = TimeEmbedding(cfg.freq_dim, d)
+        self.time_embedding, self.time_projection = time.time_embedding, time.time_projection
+        self.blocks = nn.ModuleList(
+            DiTBlock(d, cfg.ffn_dim, cfg.num_heads, qk_norm=cfg.qk_norm, eps=cfg.eps)
+            for _ in range(cfg.num_layers)
+        )
+        out = cfg.latent_channels * cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+        self.head = Head(d, out, eps=cfg.eps)
+        init_linear_(self)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.head.head.weight)  # Wan initialises the output projection to zero
+
+    # -- context ------------------------------------------------------------------------------------
+    def context_kv(self, context_tokens: Tensor) -> list[KV]:
+        """Text + interaction tokens (B, Lc, text_dim) → per-layer cross-attention (k, v) (B, Lc, H, Dh)."""
+        context = self.text_embedding(context_tokens)
+        return [cast(DiTBlock, block).cross_attn.project_context(context) for block in self.blocks]
+
+    def time(self, timesteps: Tensor) -> tuple[Tensor, Tensor]:
+        """timesteps (B, F) in [0, 1000] → e (B, F, dim), e6 (B, F, 6, dim)."""
+        e = self.time_embedding(self._sinusoid(timesteps))
+        return e, self.time_projection(e).unflatten(-1, (6, -1))
+
+    def _sinusoid(self, timesteps: Tensor) -> Tensor:
+        return sinusoidal_embedding(timesteps, self.cfg.freq_dim).to(self.patch_embedding.weight.dtype)
+
+    # -- the transformer ----------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        timesteps: Tensor,
+        frame_start: int,
+        context_kv: Sequence[KV],
+        context_mask: Tensor,
+        camera_tokens: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        past: Sequence[KV | None] | None = None,
+    ) -> tuple[Tensor, list[KV]]:
+        """Predict the flow velocity of latent frames ``frame_start ..``.
+
+        Args:
+            x: (B, in_channels, F, h, w) — noisy latents ⊕ I2V mask ⊕ reference latents.
+            timesteps: (B, F) per latent frame, in [0, 1000].
+            context_kv: per layer (k, v) (B, Lc, H, Dh); context_mask (B, Lc) bool.
+            camera_tokens: (B, F·P, dim) from the camera encoder, added after patch embedding.
+            attn_mask: (F·P, Lpast + F·P) bool, or None for full attention.
+            past: per layer cached (k, v) (B, Lpast, H, Dh) or None.
+        Returns:
+            velocity (B, latent_channels, F, h, w) and this call's per-layer rotated (k, v).
+        """
+        cfg = self.cfg
+        # 1. patch & position embedding
+        tokens, grid = patchify(x, self.patch_embedding)  # (B, F·P, dim), grid (F, h', w')
+        if camera_tokens is not None:
+            tokens = tokens + camera_tokens.to(tokens.dtype)
+        positions = token_positions(frame_start, grid[0], grid[1], grid[2])
+        cos, sin = rope_cos_sin(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta)
+        # 2. timestep modulation, one vector per latent frame
+        e, e6 = self.time(timesteps)
+        # 3. blocks
+        new_kv: list[KV] = []
+        for i, block in enumerate(self.blocks):
+            tokens, k, v = block(
+                tokens,
+                e6=e6,
+                cos=cos,
+                sin=sin,
+                context_kv=context_kv[i],
+                context_mask=context_mask,
+                past_kv=None if past is None else past[i],
+                attn_mask=attn_mask,
+            )
+            new_kv.append((k, v))
+        # 4. head and unpatchify
+        out = self.head(tokens, e)  # (B, F·P, C·pt·ph·pw)
+        return unpatchify(out, grid, cfg.patch_size, cfg.latent_channels), new_kv
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> None:
+    """Point every attention layer of ``module`` at ``backend`` (sdpa / sage / auto)."""
+    from worldloop.model.arch.attention import AttentionBackend
+    from worldloop.model.arch.transformer_block import CrossAttention, SelfAttention
+
+    for m in module.modules():
+        if isinstance(m, SelfAttention | CrossAttention):
+            m.backend = AttentionBackend(backend)

@@ -1,0 +1,256 @@
+"""The instruction-driven world model: MoE DiT experts + camera encoder + interaction extractor.
+
+Entry points (STYLE.md): :meth:`WorldModel.forward` runs a whole clip for training (block-causal or
+bidirectional); :meth:`WorldModel.forward_step` runs one block against a caller-owned
+:class:`~worldloop.model.arch.kv_cache.KVCache`; :meth:`commit_block` writes a denoised block's clean
+KV (the t = 0 pass) and :meth:`recache` rebuilds the window for a new instruction (sinks protected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from worldloop.model.arch.camera_encoder import CameraEncoder
+from worldloop.model.arch.dit import ExpertTransformer, set_attention_backend
+from worldloop.model.arch.interaction import InteractionExtractor
+from worldloop.model.arch.kv_cache import BlockInputs, CacheLayout, KVCache
+from worldloop.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Encoded text: scene prompt tokens and (optionally) the current instruction's tokens."""
+
+    text_tokens: Tensor  # (B, Lt, text_dim)
+    text_mask: Tensor  # (B, Lt) bool, at least one True per row
+    instruction_tokens: Tensor | None = None  # (B, Li, text_dim)
+    instruction_mask: Tensor | None = None  # (B, Li) bool
+
+
+class WorldModel(nn.Module):
+    """``num_experts`` expert transformers sharing one camera encoder and interaction extractor."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.experts = nn.ModuleList(ExpertTransformer(cfg) for _ in range(cfg.num_experts))
+        self.camera_encoder = CameraEncoder(cfg)
+        self.interaction = InteractionExtractor(cfg)
+        set_attention_backend(self, cfg.attention.value)
+
+    # -- experts ------------------------------------------------------------------------------------
+    def expert_for(self, timestep: float) -> int:
+        """0 = high-noise expert when ``t ≥ boundary·1000`` (inclusive), else 1 (Wan2.2 MoE)."""
+        if self.cfg.num_experts == 1:
+            return 0
+        return 0 if timestep >= self.cfg.boundary * 1000.0 else 1
+
+    def expert(self, index: int) -> ExpertTransformer:
+        """The ``index``-th expert transformer (0 = high noise)."""
+        module = self.experts[index]
+        assert isinstance(module, ExpertTransformer)
+        return module
+
+    @property
+    def device(self) -> torch.device:
+        return self.camera_encoder.out.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.camera_encoder.out.weight.dtype
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups for freezing and per-expert learning rates (stages 2–4)."""
+        groups = {f"expert{i}": list(e.parameters()) for i, e in enumerate(self.experts)}
+        groups["camera"] = list(self.camera_encoder.parameters())
+        groups["interaction"] = list(self.interaction.parameters())
+        return groups
+
+    # -- conditioning -------------------------------------------------------------------------------
+    def context_tokens(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """Scene text padded/truncated to ``text_len`` ⊕ interaction tokens: (B, Lc, text_dim), (B, Lc)."""
+        text, mask = cond.text_tokens[:, : self.cfg.text_len], cond.text_mask[:, : self.cfg.text_len]
+        if not bool(mask[:, 0].all()) and not bool(mask.any(dim=1).all()):
+            raise ValueError("every sample needs at least one text token (empty prompt?)")
+        pad = self.cfg.text_len - text.shape[1]
+        if pad:
+            text = torch.cat([text, text.new_zeros(text.shape[0], pad, text.shape[2])], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
+        inter, inter_mask = self.interaction(
+            cond.instruction_tokens, cond.instruction_mask, batch=text.shape[0]
+        )
+        return torch.cat([text, inter.to(text.dtype)], dim=1), torch.cat([mask, inter_mask], dim=1)
+
+    def block_mask(self, num_frames: int, tokens_per_frame: int) -> Tensor:
+        """Block-sparse causal mask (T·P, T·P) bool: sinks + window + own block (DESIGN.md §5.4)."""
+        layout = self.layout(tokens_per_frame)
+        blocks = torch.tensor([layout.block_of_frame(f) for f in range(num_frames)])
+        q, k = blocks[:, None], blocks[None, :]
+        allowed = (k <= q) & ((k < layout.num_sink_blocks) | (q - k <= layout.window_blocks))
+        return allowed.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+    def layout(self, tokens_per_frame: int) -> CacheLayout:
+        c = self.cfg.causal
+        return CacheLayout(tokens_per_frame, c.block_frames, c.num_sink_blocks, c.window_blocks)
+
+    # -- training -----------------------------------------------------------------------------------
+    def forward(
+        self,
+        latents: Tensor,
+        *,
+        timesteps: Tensor,
+        cond: Tensor,
+        camera: Tensor,
+        conditioning: Conditioning,
+        causal: bool = True,
+    ) -> Tensor:
+        """Velocity for a whole clip.
+
+        Args:
+            latents: (B, C, T, h, w) noisy latents, T = 1 + k·block_frames when ``causal``.
+            timesteps: (B, T) per latent frame in [0, 1000]; the sample's largest picks its expert.
+            cond: (B, stride + C, T, h, w) I2V mask ⊕ reference latents (see :func:`i2v_condition`).
+            camera: (B, T, 6·stride, H, W) grouped Plücker rays.
+            causal: block-causal sink/window mask (student) or full attention (teacher).
+        Returns:
+            (B, C, T, h, w) predicted velocity ε − x0.
+        """
+        b, _, t, h, w = latents.shape
+        x = torch.cat([latents, cond.to(latents.dtype)], dim=1)
+        cam = self.camera_encoder(camera.to(latents.dtype))
+        ctx, ctx_mask = self.context_tokens(conditioning)
+        tpf = cam.shape[1] // t
+        if causal and (t - 1) % self.cfg.causal.block_frames:
+            raise ValueError(f"{t} latent frames is not 1 + k·{self.cfg.causal.block_frames} (block layout)")
+        mask = self.block_mask(t, tpf).to(latents.device) if causal else None
+        routes = [self.expert_for(v) for v in timesteps.amax(dim=1).tolist()]
+        out = torch.empty_like(latents)
+        for e in sorted(set(routes)):
+            idx = torch.tensor([i for i, r in enumerate(routes) if r == e], device=latents.device)
+            expert = self.expert(e)
+            y, _ = expert(
+                x[idx],
+                timesteps=timesteps[idx],
+                frame_start=0,
+                context_kv=expert.context_kv(ctx[idx]),
+                context_mask=ctx_mask[idx],
+                camera_tokens=cam[idx],
+                attn_mask=mask,
+            )
+            out[idx] = y
+        return out
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def new_cache(self, *, batch: int, height: int, width: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache for ``batch`` streams of ``height × width`` video."""
+        param = next(self.parameters())
+        return KVCache.allocate(
+            self.layout(self.cfg.tokens_per_frame(height, width)),
+            num_experts=self.cfg.num_experts,
+            num_layers=self.cfg.num_layers,
+            batch=batch,
+            num_heads=self.cfg.num_heads,
+            head_dim=self.cfg.head_dim,
+            dtype=dtype or param.dtype,
+            device=param.device,
+        )
+
+    def set_context(self, cache: KVCache, conditioning: Conditioning) -> None:
+        """Compute every expert's cross-attention K/V for ``conditioning`` and store them in ``cache``."""
+        ctx, ctx_mask = self.context_tokens(conditioning)
+        for i in range(self.cfg.num_experts):
+            kv = self.expert(i).context_kv(ctx)
+            cache.set_context(i, [k for k, _ in kv], [v for _, v in kv], ctx_mask)
+
+    def forward_step(
+        self,
+        latents: Tensor,
+        *,
+        timesteps: Tensor,
+        cond: Tensor,
+        camera: Tensor,
+        block_index: int,
+        cache: KVCache,
+        expert: int,
+        update_cache: bool = False,
+    ) -> Tensor:
+        """Velocity for one block, attending to the cached sinks + window.
+
+        Args:
+            latents: (B, C, f, h, w) with f = 1 for block 0, else ``block_frames``.
+            timesteps: (B, f); cond: (B, stride + C, f, h, w); camera: (B, f, 6·stride, H, W).
+            expert: which expert runs (host int, see :meth:`expert_for`).
+            update_cache: write this block's K/V into the cache (the clean t = 0 pass).
+        """
+        layout = cache.layout
+        if latents.shape[2] != layout.frames_in_block(block_index):
+            raise ValueError(f"block {block_index} has {layout.frames_in_block(block_index)} latent frames")
+        kv = cache.experts[expert]
+        if not kv.context_keys or cache.context_mask is None:
+            raise ValueError("cache has no context: call set_context(cache, conditioning) first")
+        visible = cache.visible_index(expert, block_index)
+        past = [cache.past(expert, layer, visible) for layer in range(self.cfg.num_layers)]
+        x = torch.cat([latents, cond.to(latents.dtype)], dim=1)
+        y, new_kv = self.expert(expert)(
+            x,
+            timesteps=timesteps,
+            frame_start=layout.frame_start(block_index),
+            context_kv=list(zip(kv.context_keys, kv.context_values, strict=True)),
+            context_mask=cache.context_mask,
+            camera_tokens=self.camera_encoder(camera.to(latents.dtype)),
+            past=past,
+        )
+        if update_cache:
+            for layer, (k, v) in enumerate(new_kv):
+                cache.write(expert, block_index, layer, k, v)
+        return y
+
+    def commit_block(
+        self, cache: KVCache, *, block_index: int, latents: Tensor, cond: Tensor, camera: Tensor
+    ) -> None:
+        """The clean pass: run ``latents`` at t = 0 through every expert, writing their K/V (§5.4)."""
+        t0 = latents.new_zeros(latents.shape[0], latents.shape[2])
+        for e in range(self.cfg.num_experts):
+            self.forward_step(
+                latents,
+                timesteps=t0,
+                cond=cond,
+                camera=camera,
+                block_index=block_index,
+                cache=cache,
+                expert=e,
+                update_cache=True,
+            )
+        cache.remember(block_index, BlockInputs(latents=latents, cond=cond, camera=camera))
+
+    def recache(self, cache: KVCache, conditioning: Conditioning) -> int:
+        """New instruction: replace cross-attention K/V and recompute the window's self-attention K/V.
+
+        Sink blocks keep the K/V they were written with. Returns the number of blocks recomputed.
+        """
+        self.set_context(cache, conditioning)
+        cache.invalidate_window()
+        blocks = sorted(cache.history)
+        for b in blocks:
+            item = cache.history[b]
+            self.commit_block(cache, block_index=b, latents=item.latents, cond=item.cond, camera=item.camera)
+        return len(blocks)
+
+
+def i2v_condition(
+    reference: Tensor, *, num_frames: int, temporal_stride: int, frame_start: int = 0
+) -> Tensor:
+    """Wan I2V channels for latent frames ``frame_start ..``: (B, stride + C, num_frames, h, w).
+
+    ``reference`` (B, C, 1, h, w) is the image's latent. Frame 0 carries it with a mask of ones (all
+    ``stride`` video frames known); every other frame carries zeros.
+    """
+    b, c, _, h, w = reference.shape
+    mask = reference.new_zeros(b, temporal_stride, num_frames, h, w)
+    y = reference.new_zeros(b, c, num_frames, h, w)
+    if frame_start == 0:
+        mask[:, :, 0] = 1.0
+        y[:, :, 0] = reference[:, :, 0]
+    return torch.cat([mask, y], dim=1)

@@ -1,0 +1,172 @@
+"""Block-by-block generation from an image, actions and instructions — the one rollout that stage 3/4
+training and the serving engine both run (STYLE.md "one rollout for training and serving").
+
+A stream starts from a reference image: its latent is block 0 (the sink and the camera origin). Each
+:meth:`Rollout.step` takes the actions of ``block_frames · 4`` video frames, denoises one block with
+the few-step, expert-aligned schedule (DESIGN.md §5.5), writes the clean K/V (t = 0 pass) and decodes
+the block's frames with the VAE's streaming cache. A changed instruction triggers :meth:`WorldModel.recache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from worldloop.model.arch.camera_encoder import group_plucker
+from worldloop.model.arch.kv_cache import KVCache
+from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
+from worldloop.model.camera.actions import ActionFrame, CameraState
+from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding
+from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
+from worldloop.model.diffusion.schedule import few_step_timesteps, timesteps_to_sigmas
+from worldloop.model.text.encoder import TextEncoder
+from worldloop.model.vae.autoencoder import CausalVideoVAE
+from worldloop.model.vae.causal_conv import DecodeCache
+
+
+@dataclass
+class StreamState:
+    """Everything one stream carries between blocks (bounded: the KV cache has fixed size)."""
+
+    cache: KVCache
+    decode_cache: DecodeCache
+    reference: Tensor  # (B, C, 1, h, w) image latent
+    camera: CameraState  # camera after the last generated frame
+    prompt: str
+    instruction: str | None
+    next_block: int = 1
+    recaches: int = 0
+
+
+class Rollout:
+    """Generate video block by block. ``model``, ``vae`` and ``text_encoder`` are used as given (eval)."""
+
+    def __init__(
+        self,
+        model: WorldModel,
+        *,
+        vae: CausalVideoVAE,
+        text_encoder: TextEncoder,
+        height: int,
+        width: int,
+        timesteps: Sequence[float] | None = None,
+        shift: float = 5.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        cfg = model.cfg
+        if text_encoder.dim != cfg.text_dim:
+            raise ValueError(f"text encoder width {text_encoder.dim} != model text_dim {cfg.text_dim}")
+        cfg.tokens_per_frame(height, width)  # validates the size
+        self.model, self.vae, self.text_encoder = model, vae, text_encoder
+        self.height, self.width = height, width
+        boundary = cfg.boundary if cfg.num_experts == 2 else None
+        self.timesteps = list(timesteps or few_step_timesteps(4, shift=shift, boundary=boundary))
+        self.generator = generator
+
+    @property
+    def frames_per_block(self) -> int:
+        """Video frames produced (and actions consumed) per step."""
+        return self.model.cfg.causal.block_frames * self.model.cfg.vae.temporal_stride
+
+    def conditioning(self, prompt: str, instruction: str | None, *, batch: int) -> Conditioning:
+        text = self.text_encoder.encode([prompt] * batch)
+        device = self.model.device
+        if instruction is None:
+            return Conditioning(text.tokens.to(device), text.mask.to(device))
+        inst = self.text_encoder.encode([instruction] * batch)
+        return Conditioning(
+            text.tokens.to(device), text.mask.to(device), inst.tokens.to(device), inst.mask.to(device)
+        )
+
+    def _camera(self, poses: Tensor, intrinsics: Tensor, batch: int) -> Tensor:
+        rays = plucker_embedding(intrinsics, poses, self.height, self.width)  # (F, 6, H, W)
+        stride = self.model.cfg.vae.temporal_stride
+        if rays.shape[0] == 1:
+            grouped = group_plucker(rays[None], temporal_stride=stride)  # (1, 1, 6·stride, H, W)
+        else:
+            grouped = rays.reshape(1, -1, 6 * stride, self.height, self.width)
+        return grouped.expand(batch, -1, -1, -1, -1).to(device=self.model.device, dtype=self.model.dtype)
+
+    @torch.no_grad()
+    def start(
+        self, image: Tensor, *, prompt: str, instruction: str | None = None
+    ) -> tuple[StreamState, Tensor]:
+        """Begin a stream from ``image`` (B, 3, H, W) in [-1, 1].
+
+        Returns the stream state and frame 0 as video, (B, 3, 1, H, W) in [-1, 1].
+        """
+        if image.shape[-2:] != (self.height, self.width):
+            raise ValueError(
+                f"image is {tuple(image.shape[-2:])}, rollout expects {(self.height, self.width)}"
+            )
+        b = image.shape[0]
+        reference = self.vae.encode(image[:, :, None])  # (B, C, 1, h, w)
+        cache = self.model.new_cache(batch=b, height=self.height, width=self.width, dtype=reference.dtype)
+        self.model.set_context(cache, self.conditioning(prompt, instruction, batch=b))
+        track = actions_to_camera(
+            [ActionFrame()], width=self.width, height=self.height, fov_deg=self.model.cfg.fov_deg
+        )
+        camera = self._camera(track.c2w, track.intrinsics, b)
+        cond = i2v_condition(reference, num_frames=1, temporal_stride=self.model.cfg.vae.temporal_stride)
+        self.model.commit_block(cache, block_index=0, latents=reference, cond=cond, camera=camera)
+        decode_cache = self.vae.new_decode_cache()
+        first = self.vae.decode_step(reference, decode_cache)
+        state = StreamState(cache, decode_cache, reference, track.end, prompt, instruction)
+        return state, first.clamp(-1, 1)
+
+    @torch.no_grad()
+    def step(
+        self, state: StreamState, actions: Sequence[ActionFrame], *, instruction: str | None = None
+    ) -> Tensor:
+        """Generate the next block. ``actions`` covers its video frames; a new ``instruction`` recaches.
+
+        Returns (B, 3, frames_per_block, H, W) in [-1, 1].
+        """
+        if len(actions) != self.frames_per_block:
+            raise ValueError(f"need {self.frames_per_block} actions per block, got {len(actions)}")
+        cfg, b = self.model.cfg, state.reference.shape[0]
+        if instruction is not None and instruction != state.instruction:
+            state.instruction = instruction
+            self.model.recache(state.cache, self.conditioning(state.prompt, instruction, batch=b))
+            state.recaches += 1
+        track = actions_to_camera(
+            actions,
+            width=self.width,
+            height=self.height,
+            fov_deg=cfg.fov_deg,
+            motion=cfg.motion,
+            start=state.camera,
+        )
+        camera = self._camera(track.c2w, track.intrinsics, b)
+        block, f = state.next_block, cfg.causal.block_frames
+        frame_start = state.cache.layout.frame_start(block)
+        ref = state.reference
+        cond = i2v_condition(
+            ref, num_frames=f, temporal_stride=cfg.vae.temporal_stride, frame_start=frame_start
+        )
+        shape = (b, cfg.latent_channels, f, ref.shape[3], ref.shape[4])
+        x = torch.randn(shape, generator=self.generator, dtype=ref.dtype).to(ref.device)
+        x0 = x
+        for i, t in enumerate(self.timesteps):
+            t_frames = torch.full((b, f), float(t), dtype=ref.dtype, device=ref.device)
+            v = self.model.forward_step(
+                x,
+                timesteps=t_frames,
+                cond=cond,
+                camera=camera,
+                block_index=block,
+                cache=state.cache,
+                expert=self.model.expert_for(t),
+            )
+            x0 = x0_from_velocity(x, v, timesteps_to_sigmas(t_frames))
+            if i + 1 < len(self.timesteps):
+                noise = torch.randn(shape, generator=self.generator, dtype=ref.dtype).to(ref.device)
+                sigma = timesteps_to_sigmas(
+                    torch.full((b, f), float(self.timesteps[i + 1]), device=ref.device)
+                )
+                x = add_noise(x0, noise, sigma)
+        self.model.commit_block(state.cache, block_index=block, latents=x0, cond=cond, camera=camera)
+        state.camera, state.next_block = track.end, block + 1
+        return self.vae.decode_step(x0, state.decode_cache).clamp(-1, 1)

@@ -1,0 +1,14 @@
+"""Weights in and out: safetensors only, never pickle (DESIGN.md §5.1)."""
+
+from worldloop.model.weights.safetensors_io import load_model, load_state, save_model, save_state
+from worldloop.model.weights.wan import LoadReport, export_wan22_layout, load_wan22_experts
+
+__all__ = [
+    "LoadReport",
+    "export_wan22_layout",
+    "load_model",
+    "load_state",
+    "load_wan22_experts",
+    "save_model",
+    "save_state",
+]
