@@ -1,6 +1,8 @@
-"""Run every benchmark: ``python -m benchmarks``."""
+"""Run every benchmark: ``python -m benchmarks`` (``make bench``)."""
 
-from benchmarks import bench_synthworld
+from benchmarks import bench_flow_matching, bench_fp8, bench_synthworld, bench_vae, bench_world_model
 
 if __name__ == "__main__":
-    bench_synthworld.main()
+    for bench in (bench_synthworld, bench_flow_matching, bench_fp8, bench_vae, bench_world_model):
+        print(f"\n== {bench.__name__.removeprefix('benchmarks.')} ==", flush=True)
+        bench.main()
