@@ -11,7 +11,7 @@ from pathlib import Path
 from worldloop.components.synthworld import SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_shot
 from worldloop.components.synthworld.director import PlanRejected, plan_shot
-from worldloop.components.synthworld.world import generate_world
+from worldloop.components.synthworld.world import WorldRejected, generate_world
 
 from worldloop.video import encode_mp4
 
@@ -34,11 +34,11 @@ def main(size: int = 128, frames: int = 33, clips: int = 12) -> None:
     for seed in range(clips):
         rng = np.random.default_rng(seed)
         while True:
-            world = generate_world(rng, cfg.map_cells)
             try:
+                world = generate_world(rng, cfg.map_cells)
                 shots.append((world, plan_shot(world, cfg, None, rng)))
                 break
-            except PlanRejected:
+            except (WorldRejected, PlanRejected):
                 continue
     render_s = _timed(lambda i: render_shot(shots[i][0], shots[i][1], cfg, i), clips)
     clip_s = _timed(lambda i: generate_clip(cfg, 1000 + i), clips)

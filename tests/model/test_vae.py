@@ -80,7 +80,7 @@ def test_decode_cache_memory_is_fixed_for_any_stream_length(vae: CausalVideoVAE)
     cache = vae.new_decode_cache()
     sizes = []
     with torch.no_grad():
-        for step in range(12):
+        for _ in range(12):
             vae.decode_step(torch.randn(1, 16, 1, 4, 4), cache)
             sizes.append(cache.num_bytes)
     assert len(set(sizes[1:])) == 1  # constant after the first step
