@@ -39,8 +39,11 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = Field(None, description="S3 access key (or boto3's chain).")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     kfp_host: str | None = Field(None, description="Kubeflow Pipelines API URL (cluster profile).")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to run curation on (ray://host:10001); None starts a local Ray."
+    )
 
-    @field_validator("mlflow_uri", "kfp_host", "s3_endpoint_url")
+    @field_validator("mlflow_uri", "kfp_host", "s3_endpoint_url", "ray_address")
     @classmethod
     def _no_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from worldloop import __version__
 from worldloop.cli import planned
+from worldloop.cli.curate import curate
 from worldloop.cli.synth import demo, synth
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ def _root(
 app.command(help="Render SynthWorld clips: labelled (MP4 + JSON ground truth) or --raw text-video pairs.")(
     synth
 )
+app.command(help="Curate raw text-video pairs into an interactive dataset (Ray Data; resumable).")(curate)
 app.command(help="Run the local demo end to end and print where its outputs went.")(demo)
 for name, sub in planned.SUBCOMMANDS.items():
     app.add_typer(sub, name=name)

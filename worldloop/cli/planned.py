@@ -11,9 +11,6 @@ def _later(what: str, issue: int) -> None:
     raise typer.Exit(3)
 
 
-curate = typer.Typer(
-    help="Curate raw text-video pairs into an interactive dataset (Ray Data).", no_args_is_help=True
-)
 train = typer.Typer(
     help="Run a training stage: action-injection, instruction-sft, ar-distillation, long-extension.",
     no_args_is_help=True,
@@ -25,15 +22,6 @@ pipeline = typer.Typer(
 models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
 serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
-
-
-@curate.command("run", help="decode → shots → filters → camera → interactions → captions → shards.")
-def curate_run(
-    input: str = typer.Option(..., "--input", help="Directory or s3:// prefix of MP4 + caption pairs."),
-    out: str = typer.Option(..., "--out", help="Output directory or s3:// prefix."),
-    workers: int = typer.Option(1, "--workers", help="Ray Data parallelism."),
-) -> None:
-    _later("curation", 4)
 
 
 @train.command("stage", help="Train one stage from a config; resumable; tracked in MLflow.")
@@ -121,7 +109,6 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
 
 
 SUBCOMMANDS = {
-    "curate": curate,
     "train": train,
     "eval": evaluate,
     "pipeline": pipeline,

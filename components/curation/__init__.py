@@ -1,0 +1,1 @@
+"""Data curation: unstructured text-video pairs → interactive dataset (DESIGN.md §3)."""
