@@ -211,8 +211,8 @@ def _track(
         "minEigThreshold": cfg.lk_min_eig,
     }
     p0 = pts.reshape(-1, 1, 2)
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, nxt, p0, None, **lk)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(nxt, prev, p1, None, **lk)
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, nxt, p0, None, **lk)  # type: ignore[call-overload]
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(nxt, prev, p1, None, **lk)  # type: ignore[call-overload]
     h, w = prev.shape
     p1 = p1.reshape(-1, 2)
     ok = (st1.ravel() == 1) & (st2.ravel() == 1)
@@ -348,7 +348,7 @@ def _robust_mean_rotation(candidates: list[np.ndarray], outlier_deg: float) -> n
         return candidates[0]
     dist = np.array([[_angle_deg(a.T @ b) for b in candidates] for a in candidates])
     medoid = int(np.argmin(dist.sum(axis=1)))
-    kept = [c for c, d in zip(candidates, dist[medoid]) if d <= outlier_deg]
+    kept = [c for c, d in zip(candidates, dist[medoid], strict=False) if d <= outlier_deg]
     return _project_so3(np.sum(kept, axis=0))
 
 
