@@ -1,9 +1,10 @@
 """Camera annotation from frames: per-frame intrinsics and camera-to-world poses (DESIGN.md §3).
 
-Videos without camera metadata get their motion estimated from the pixels alone: corners are tracked
-frame to frame with pyramidal Lucas–Kanade, and each consecutive pair is explained either by a pure
-rotation (homography ``H = K R K⁻¹``) or by a general rigid motion (essential matrix + chirality).
-Monocular video has no metric scale, so translations get a fixed length per frame.
+Videos without camera metadata get their motion estimated from the pixels alone. Corners are tracked
+through the clip with pyramidal Lucas–Kanade; each pair of frames is explained either by a pure rotation
+(homography ``H = K R K⁻¹``) or by a general rigid motion (essential matrix + chirality check).
+Every frame's orientation is the robust mean of what the few frames before it predict, which damps the
+drift of plain chaining. Monocular video has no metric scale, so each step gets a fixed length.
 
 Conventions match :mod:`worldloop.model.camera`: OpenCV camera frame (x right, y down, z forward),
 ``c2w`` relative to frame 0 (``c2w[0]`` is the identity), pixel ``(u, v)`` centred at ``(u+0.5, v+0.5)``.
@@ -19,11 +20,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from worldloop.model.camera import intrinsics_from_fov
 
-METHODS = ("essential", "rotation", "hold")
+METHODS: tuple[str, ...] = ("essential", "rotation", "hold")
 
 
 class CameraEstimationConfig(BaseModel):
-    """Knobs of :func:`estimate_camera`. Pixel thresholds are in pixels of the input frames."""
+    """Knobs of :func:`estimate_camera`. Pixel quantities are in pixels of the input frames."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,16 +36,34 @@ class CameraEstimationConfig(BaseModel):
         12, ge=5, description="A pair with fewer inliers is 'hold': identity motion, flagged."
     )
     ransac_threshold_px: float = Field(
-        1.0, gt=0, description="RANSAC inlier threshold (px) for the essential matrix and the homography."
+        1.0, gt=0, description="RANSAC inlier threshold (px) of the essential matrix and the homography."
     )
     translation_per_frame: float = Field(
-        0.06, ge=0, description="Length given to each pair's unit translation (monocular scale is unknown)."
+        0.06, ge=0, description="Length given to each step's unit translation (monocular scale is unknown)."
     )
     rotation_parallax_px: float = Field(
         0.3,
         ge=0,
-        description="If the rotation-only model leaves a median residual (px) below this on the essential "
-        "inliers, the pair is treated as a pure rotation (translation too small to estimate).",
+        description="When the rotation-only model fits the essential inliers with a median residual (px) "
+        "below this, the pair is a pure rotation: its translation is too small to observe.",
+    )
+    max_skip: int = Field(
+        3,
+        ge=1,
+        description="Each frame's orientation averages the two-view estimates from up to this many "
+        "preceding frames (1 = plain frame-to-frame chaining).",
+    )
+    rotation_outlier_deg: float = Field(
+        3.0, gt=0, description="Those estimates farther than this (deg) from their medoid are dropped."
+    )
+    feature_quality: float = Field(
+        0.01, gt=0, lt=1, description="goodFeaturesToTrack quality level (relative to the best corner)."
+    )
+    feature_spacing: float = Field(
+        1 / 32,
+        gt=0,
+        lt=1,
+        description="Minimum distance between corners as a fraction of the shorter image side (>= 2 px).",
     )
     redetect_fraction: float = Field(
         0.5,
@@ -52,41 +71,10 @@ class CameraEstimationConfig(BaseModel):
         le=1,
         description="Detect new corners when fewer than this fraction of max_features remain.",
     )
-    feature_quality: float = Field(
-        0.01, gt=0, lt=1, description="goodFeaturesToTrack quality level (relative to the best corner)."
-    )
-    min_feature_distance_px: float = Field(4.0, gt=0, description="Minimum spacing between tracked corners.")
-    corner_block_px: int = Field(
-        3, ge=3, description="Neighbourhood (px) of the corner detector's structure tensor."
-    )
-    lk_min_eig: float = Field(
-        1e-4, gt=0, description="LK drops a track whose window's smallest gradient eigenvalue is below this."
-    )
-    lk_window_px: int = Field(15, ge=5, description="Lucas–Kanade window size (px, odd sizes work best).")
-    lk_levels: int = Field(3, ge=0, le=6, description="Pyramid levels of Lucas–Kanade.")
+    lk_window_px: int = Field(15, ge=5, description="Lucas–Kanade window size (px).")
+    lk_levels: int = Field(3, ge=0, le=6, description="Lucas–Kanade pyramid levels above the full image.")
     max_forward_backward_px: float = Field(
         0.5, gt=0, description="Drop a track whose forward-then-backward flow misses its start by more (px)."
-    )
-    max_skip: int = Field(
-        3,
-        ge=1,
-        description="Each frame's orientation averages the two-view estimates from up to this many "
-        "preceding frames (1 = plain chaining); longer baselines damp the drift.",
-    )
-    rotation_outlier_deg: float = Field(
-        3.0, gt=0, description="Skip-frame estimates farther than this from their medoid are ignored."
-    )
-    highpass_sigma_px: float = Field(
-        4.0,
-        ge=0,
-        description="Subtract a Gaussian blur of this sigma (px) before tracking, so smooth shading that "
-        "moves with the camera does not bias the flow (0 = off).",
-    )
-    median_filter_px: int = Field(
-        3,
-        ge=1,
-        description="Median filter size (odd, 1 = off) applied before tracking; it erases pixel-sized "
-        "screen-space clutter (snow, rain streaks) that would otherwise be tracked as scene corners.",
     )
 
 
@@ -96,7 +84,7 @@ class CameraEstimate:
 
     ``intrinsics`` (F, 3, 3) float64; ``c2w`` (F, 4, 4) float64 with ``c2w[0] = I``; ``inlier_ratio``
     (F-1,) inlier fraction of the tracked matches of each consecutive pair (nan for "hold");
-    ``methods`` (F-1,) how each pair was explained: "essential", "rotation" or "hold".
+    ``methods`` (F-1,) how each consecutive pair was explained: "essential", "rotation" or "hold".
     """
 
     intrinsics: np.ndarray
@@ -115,14 +103,19 @@ class CameraEstimate:
         return float(ok.mean() * np.median(self.inlier_ratio[ok]))
 
 
-# --------------------------------------------------------------------------- geometry helpers
+# --------------------------------------------------------------------------- rotations and errors
 
 
 def _project_so3(m: np.ndarray) -> np.ndarray:
-    """Nearest rotation (Frobenius) to a 3×3 matrix, via SVD."""
+    """Nearest rotation (Frobenius norm) to a 3×3 matrix, via SVD."""
     u, _, vt = np.linalg.svd(m)
     d = np.sign(np.linalg.det(u @ vt))
     return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def _angle_deg(rot: np.ndarray) -> float:
+    """Rotation angle (deg) of a 3×3 rotation."""
+    return math.degrees(math.acos(min(1.0, max(-1.0, (float(np.trace(rot)) - 1.0) / 2.0))))
 
 
 def _rotations(poses: np.ndarray, name: str) -> np.ndarray:
@@ -136,8 +129,8 @@ def _rotations(poses: np.ndarray, name: str) -> np.ndarray:
 def yaw_pitch_deg(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Yaw and pitch (degrees), each (F,), of poses (F, 4, 4) or (F, 3, 3).
 
-    Inverse of ``rotation_yaw_pitch``: R = R_y(yaw) · R_x(pitch), so the optical axis (third column)
-    is (sin yaw · cos pitch, −sin pitch, cos yaw · cos pitch). Yaw > 0 turned right, pitch > 0 looking up.
+    Inverse of ``rotation_yaw_pitch``: R = R_y(yaw) · R_x(pitch) has the optical axis (third column)
+    (sin yaw · cos pitch, −sin pitch, cos yaw · cos pitch). Yaw > 0 turned right, pitch > 0 looking up.
     """
     r = _rotations(c2w, "c2w")
     yaw = np.degrees(np.arctan2(r[:, 0, 2], r[:, 2, 2]))
@@ -146,10 +139,10 @@ def yaw_pitch_deg(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rotation_error_deg(estimated: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame rotation errors (degrees) between two pose tracks of shape (F, 4, 4) or (F, 3, 3).
+    """Per-frame rotation errors (degrees) between two pose tracks, each (F, 4, 4) or (F, 3, 3).
 
     Returns ``yaw`` (|yaw difference| wrapped to [0, 180]), ``pitch`` (|pitch difference|) and
-    ``geodesic`` (angle of R_est^T R_true), each (F,).
+    ``geodesic`` (the angle of R_est^T R_true), each (F,).
     """
     r_est, r_true = _rotations(estimated, "estimated"), _rotations(truth, "truth")
     if r_est.shape[0] != r_true.shape[0]:
@@ -165,16 +158,10 @@ def rotation_error_deg(estimated: np.ndarray, truth: np.ndarray) -> dict[str, np
 # --------------------------------------------------------------------------- tracking
 
 
-def _gray(frame: np.ndarray, cfg: CameraEstimationConfig) -> np.ndarray:
-    """Grey image prepared for tracking: optionally median filtered, high-passed (smooth shading that
-    follows the camera, e.g. distance fog or a torch, would drag LK towards zero flow), then mean and
-    contrast normalised (flashes and dusk keep LK's brightness constancy). (H, W) uint8."""
-    g = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    if cfg.median_filter_px > 1:
-        g = cv2.medianBlur(g, cfg.median_filter_px)
-    g = g.astype(np.float32)
-    if cfg.highpass_sigma_px > 0:
-        g = g - cv2.GaussianBlur(g, (0, 0), cfg.highpass_sigma_px)
+def _gray(frame: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 grey image with mean and contrast normalised, so a flash or nightfall keeps
+    LK's brightness constancy roughly true."""
+    g = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
     std = float(g.std())
     if std < 1e-3:
         return np.full(g.shape, 128, np.uint8)
@@ -182,17 +169,15 @@ def _gray(frame: np.ndarray, cfg: CameraEstimationConfig) -> np.ndarray:
 
 
 def _detect(gray: np.ndarray, existing: np.ndarray, cfg: CameraEstimationConfig) -> np.ndarray:
-    """Top up ``existing`` (N, 2) float32 corners with new ones away from them, up to max_features."""
+    """``existing`` (N, 2) float32 corners topped up with new ones away from them, up to max_features."""
     room = cfg.max_features - len(existing)
     if room <= 0:
         return existing
+    spacing = max(2.0, cfg.feature_spacing * min(gray.shape))
     mask = np.full(gray.shape, 255, np.uint8)
-    radius = max(1, round(cfg.min_feature_distance_px))
     for x, y in existing:
-        cv2.circle(mask, (int(round(x)), int(round(y))), radius, 0, -1)
-    new = cv2.goodFeaturesToTrack(
-        gray, room, cfg.feature_quality, cfg.min_feature_distance_px, mask=mask, blockSize=cfg.corner_block_px
-    )
+        cv2.circle(mask, (round(float(x)), round(float(y))), round(spacing), 0, -1)
+    new = cv2.goodFeaturesToTrack(gray, room, cfg.feature_quality, spacing, mask=mask, blockSize=3)
     if new is None:
         return existing
     return np.concatenate([existing, new.reshape(-1, 2).astype(np.float32)])
@@ -201,15 +186,11 @@ def _detect(gray: np.ndarray, existing: np.ndarray, cfg: CameraEstimationConfig)
 def _track(
     prev: np.ndarray, nxt: np.ndarray, pts: np.ndarray, cfg: CameraEstimationConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """LK flow of ``pts`` (N, 2) from ``prev`` to ``nxt``. Returns the new positions (N, 2) and a
-    mask (N,) of the tracks that pass a forward-backward check and stay inside the image."""
+    """LK flow of ``pts`` (N, 2) from ``prev`` to ``nxt``: the new positions (N, 2) and a mask (N,)
+    of the tracks that pass the forward-backward check and stay inside the image."""
     if len(pts) == 0:
         return pts, np.zeros(0, bool)
-    lk = {
-        "winSize": (cfg.lk_window_px, cfg.lk_window_px),
-        "maxLevel": cfg.lk_levels,
-        "minEigThreshold": cfg.lk_min_eig,
-    }
+    lk = {"winSize": (cfg.lk_window_px, cfg.lk_window_px), "maxLevel": cfg.lk_levels}
     p0 = pts.reshape(-1, 1, 2)
     p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, nxt, p0, None, **lk)  # type: ignore[call-overload]
     back, st2, _ = cv2.calcOpticalFlowPyrLK(nxt, prev, p1, None, **lk)  # type: ignore[call-overload]
@@ -223,7 +204,8 @@ def _track(
 
 @dataclass(frozen=True)
 class _Tracks:
-    """Per frame, the ids (N_f,) and positions (N_f, 2) of the corners seen in it (continuous pixels)."""
+    """Per frame, the track ids (N_f,) and positions (N_f, 2) of the corners seen in it; positions are
+    continuous pixel coordinates (centres at +0.5, as K expects)."""
 
     ids: list[np.ndarray]
     pts: list[np.ndarray]
@@ -235,11 +217,10 @@ class _Tracks:
 
 
 def _track_clip(frames: np.ndarray, cfg: CameraEstimationConfig) -> _Tracks:
-    """Track corners through ``frames`` (F, H, W, 3), topping up when too few survive."""
-    empty_ids, empty_pts = np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
-    ids, pts, next_id = empty_ids, empty_pts, 0
+    """Track corners through ``frames`` (F, H, W, 3), detecting more whenever too few survive."""
+    ids, pts, next_id = np.zeros(0, np.int64), np.zeros((0, 2), np.float32), 0
     all_ids, all_pts = [], []
-    prev = _gray(frames[0], cfg)
+    prev = _gray(frames[0])
     for i in range(len(frames)):
         if len(pts) < cfg.redetect_fraction * cfg.max_features:
             pts = _detect(prev, pts, cfg)
@@ -247,11 +228,10 @@ def _track_clip(frames: np.ndarray, cfg: CameraEstimationConfig) -> _Tracks:
             ids = np.concatenate([ids, np.arange(next_id, next_id + fresh)])
             next_id += fresh
         all_ids.append(ids)
-        # OpenCV puts pixel centres at integers; K assumes centres at +0.5.
-        all_pts.append(pts.astype(np.float64) + 0.5)
+        all_pts.append(pts.astype(np.float64) + 0.5)  # OpenCV puts pixel centres at integers
         if i + 1 == len(frames):
             break
-        nxt = _gray(frames[i + 1], cfg)
+        nxt = _gray(frames[i + 1])
         moved, ok = _track(prev, nxt, pts, cfg)
         ids, pts, prev = ids[ok], moved[ok], nxt
     return _Tracks(all_ids, all_pts)
@@ -262,8 +242,8 @@ def _track_clip(frames: np.ndarray, cfg: CameraEstimationConfig) -> _Tracks:
 
 @dataclass(frozen=True)
 class _PairMotion:
-    rotation: np.ndarray  # (3, 3): frame-i camera coords → frame-(i+1) camera coords
-    translation: np.ndarray  # (3,) unit direction or zero, same mapping: x1 = R x0 + t
+    rotation: np.ndarray  # (3, 3) R of x_j = R x_i + t (frame-i camera coords → frame-j camera coords)
+    translation: np.ndarray  # (3,) t: a unit direction, or zero for "rotation" / "hold"
     method: str
     inlier_ratio: float
 
@@ -271,55 +251,66 @@ class _PairMotion:
 _HOLD = _PairMotion(np.eye(3), np.zeros(3), "hold", math.nan)
 
 
-def _rotation_model(a: np.ndarray, b: np.ndarray, K: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pure-rotation fit: x_b ~ K R K⁻¹ x_a. Returns R (3, 3) and the per-match residuals (px)."""
-    K_inv = np.linalg.inv(K)
-    H, _ = cv2.findHomography(a, b, cv2.RANSAC, thr)
-    # Under pure rotation H = K R K⁻¹ up to scale; the nearest rotation to K⁻¹ H K is the estimate.
-    rot = np.eye(3) if H is None else _project_so3(K_inv @ H @ K / np.cbrt(np.linalg.det(H)))
-    ray_a = np.c_[a, np.ones(len(a))] @ K_inv.T
-    ray_b = np.c_[b, np.ones(len(b))] @ K_inv.T
-    res = _reprojection(rot, ray_a, b, K)
-    inl = res < thr
-    if inl.sum() >= 3:
-        # Polish on the inliers: the rotation best aligning unit rays (Kabsch / Wahba).
-        ua = ray_a[inl] / np.linalg.norm(ray_a[inl], axis=1, keepdims=True)
-        ub = ray_b[inl] / np.linalg.norm(ray_b[inl], axis=1, keepdims=True)
-        rot = _project_so3(ub.T @ ua)
-        res = _reprojection(rot, ray_a, b, K)
-    return rot, res
-
-
-def _reprojection(rot: np.ndarray, ray_a: np.ndarray, b: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Pixel distance between ``b`` and the rays ``ray_a`` rotated by ``rot`` and projected."""
-    p = (ray_a @ rot.T) @ K.T
+def _reprojection(rot: np.ndarray, rays_a: np.ndarray, b: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(N,) pixel distance between ``b`` (N, 2) and the rays ``rays_a`` (N, 3) rotated and projected."""
+    p = (rays_a @ rot.T) @ K.T
     z = np.where(np.abs(p[:, 2:]) < 1e-9, 1e-9, p[:, 2:])
     return np.linalg.norm(p[:, :2] / z - b, axis=1)
 
 
+def _rotation_model(a: np.ndarray, b: np.ndarray, K: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pure-rotation fit of matches ``a`` → ``b`` (N, 2): x_b ~ K R K⁻¹ x_a. Returns R (3, 3) and the
+    residual of every match (N,) in pixels."""
+    K_inv = np.linalg.inv(K)
+    rays_a = np.c_[a, np.ones(len(a))] @ K_inv.T
+    rays_b = np.c_[b, np.ones(len(b))] @ K_inv.T
+    H, _ = cv2.findHomography(a, b, cv2.RANSAC, thr)
+    rot = np.eye(3)
+    if H is not None and abs(np.linalg.det(H)) > 1e-12:
+        # Under pure rotation H = K R K⁻¹ up to scale: K⁻¹ H K is a scaled rotation.
+        rot = _project_so3(K_inv @ H @ K / np.cbrt(np.linalg.det(H)))
+    res = _reprojection(rot, rays_a, b, K)
+    inl = res < thr
+    if inl.sum() >= 3:
+        # Polish on the inliers: the rotation that best aligns their unit rays (Kabsch).
+        ua = rays_a[inl] / np.linalg.norm(rays_a[inl], axis=1, keepdims=True)
+        ub = rays_b[inl] / np.linalg.norm(rays_b[inl], axis=1, keepdims=True)
+        rot = _project_so3(ub.T @ ua)
+        res = _reprojection(rot, rays_a, b, K)
+    return rot, res
+
+
 def _pair_motion(a: np.ndarray, b: np.ndarray, K: np.ndarray, cfg: CameraEstimationConfig) -> _PairMotion:
-    """Relative motion from matched pixels ``a`` → ``b`` (N, 2), continuous pixel coordinates."""
-    n = len(a)
-    if n < max(cfg.min_inliers, 5):
+    """Relative motion from matched pixels ``a`` (frame i) → ``b`` (frame j), each (N, 2)."""
+    if len(a) < cfg.min_inliers:
         return _HOLD
     thr = cfg.ransac_threshold_px
     rot, res = _rotation_model(a, b, K, thr)
-    rot_inl = res < thr
+    rot_ok = int((res < thr).sum()) >= cfg.min_inliers
+    rot_motion = _PairMotion(rot, np.zeros(3), "rotation", float((res < thr).mean()))
 
     E, mask = cv2.findEssentialMat(a, b, K, method=cv2.USAC_ACCURATE, prob=0.999, threshold=thr)
-    if E is not None and E.shape[0] >= 3 and mask is not None and (mask > 0).sum() >= cfg.min_inliers:
-        ess_inl = mask.ravel() > 0
-        # Rotation-dominant: the rotation model explains the essential inliers to within the noise,
-        # so the translation (and the essential matrix) is not observable from this pair.
-        if float(np.median(res[ess_inl])) < cfg.rotation_parallax_px and rot_inl.sum() >= cfg.min_inliers:
-            return _PairMotion(rot, np.zeros(3), "rotation", float(rot_inl.mean()))
-        # recoverPose picks the (R, t) of the four decompositions that puts points in front of both cameras.
+    if E is not None and E.shape[0] >= 3 and mask is not None and int((mask > 0).sum()) >= cfg.min_inliers:
+        inl = mask.ravel() > 0
+        # Rotation-dominant: a pure rotation already explains the essential inliers to within the noise,
+        # so the translation is unobservable and the essential matrix degenerate (standing still).
+        if rot_ok and float(np.median(res[inl])) < cfg.rotation_parallax_px:
+            return rot_motion
+        # recoverPose keeps the one of E's four (R, t) that puts the points in front of both cameras.
         count, r_e, t_e, _ = cv2.recoverPose(E[:3], a, b, K, mask=mask.copy())
         if count >= cfg.min_inliers:
-            return _PairMotion(r_e, t_e.ravel(), "essential", float(ess_inl.mean()))
-    if rot_inl.sum() >= cfg.min_inliers:
-        return _PairMotion(rot, np.zeros(3), "rotation", float(rot_inl.mean()))
-    return _HOLD
+            return _PairMotion(r_e, t_e.ravel(), "essential", float(inl.mean()))
+    return rot_motion if rot_ok else _HOLD
+
+
+def _robust_mean_rotation(candidates: list[np.ndarray], outlier_deg: float) -> np.ndarray:
+    """Chordal mean of the candidate rotations within ``outlier_deg`` of their medoid."""
+    if len(candidates) == 1:
+        return candidates[0]
+    dist = np.array([[_angle_deg(p.T @ q) for q in candidates] for p in candidates])
+    medoid = int(np.argmin(dist.sum(axis=1)))
+    kept = [c for c, d in zip(candidates, dist[medoid], strict=True) if d <= outlier_deg]
+    return _project_so3(np.sum(kept, axis=0))
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -338,56 +329,44 @@ def _check_frames(frames: np.ndarray) -> None:
         raise ValueError(f"frames must be at least 16x16 pixels, got {frames.shape[2]}x{frames.shape[1]}")
 
 
-def _angle_deg(rot: np.ndarray) -> float:
-    return math.degrees(math.acos(min(1.0, max(-1.0, (float(np.trace(rot)) - 1.0) / 2.0))))
-
-
-def _robust_mean_rotation(candidates: list[np.ndarray], outlier_deg: float) -> np.ndarray:
-    """Chordal mean of the candidate rotations that lie within ``outlier_deg`` of their medoid."""
-    if len(candidates) == 1:
-        return candidates[0]
-    dist = np.array([[_angle_deg(a.T @ b) for b in candidates] for a in candidates])
-    medoid = int(np.argmin(dist.sum(axis=1)))
-    kept = [c for c, d in zip(candidates, dist[medoid], strict=False) if d <= outlier_deg]
-    return _project_so3(np.sum(kept, axis=0))
-
-
 def estimate_camera(frames: np.ndarray, cfg: CameraEstimationConfig | None = None) -> CameraEstimate:
-    """Estimate intrinsics and camera-to-world poses of ``frames`` (F, H, W, 3) uint8 RGB.
+    """Intrinsics (F, 3, 3) and camera-to-world poses (F, 4, 4) of ``frames`` (F, H, W, 3) uint8 RGB.
 
     K comes from ``cfg.fov_deg``. Frame j's orientation is the robust mean of the orientations that
-    frames j−1 … j−max_skip predict through their two-view motion to j; its position moves along the
-    direction estimated from frame j−1. Poses are relative to frame 0. Raises ValueError on bad input.
+    frames j−1 … j−max_skip predict through their two-view motion to j; its position steps
+    ``translation_per_frame`` along the direction estimated from frame j−1 (none for a pure rotation).
+    Poses are relative to frame 0. Raises ValueError on malformed input.
     """
     _check_frames(frames)
     cfg = cfg or CameraEstimationConfig()
     n_frames, height, width = frames.shape[:3]
     K = intrinsics_from_fov(width, height, cfg.fov_deg)
+    intrinsics = np.repeat(K[None], n_frames, axis=0)
     c2w = np.tile(np.eye(4), (n_frames, 1, 1))
     ratios = np.full(n_frames - 1, np.nan)
-    methods: list[str] = []
-    tracks = _track_clip(frames, cfg)
+    if n_frames == 1:
+        return CameraEstimate(intrinsics=intrinsics, c2w=c2w, inlier_ratio=ratios, methods=())
 
+    tracks = _track_clip(frames, cfg)
+    methods: list[str] = []
     for j in range(1, n_frames):
         candidates = []
-        for k in range(1, min(cfg.max_skip, j) + 1):
-            i = j - k
+        for i in range(j - 1, max(j - cfg.max_skip, 0) - 1, -1):
             motion = _pair_motion(*tracks.matches(i, j), K, cfg)
-            if k == 1:
+            if i == j - 1:
                 methods.append(motion.method)
                 ratios[i] = motion.inlier_ratio
-                # x_j = R x_i + t in camera coordinates, so frame j's centre is −Rᵀt in frame i.
+                # x_j = R x_i + t, so frame j's centre sits at −Rᵀt in frame i's camera coordinates.
                 step = -motion.rotation.T @ motion.translation * cfg.translation_per_frame
                 c2w[j, :3, 3] = c2w[i, :3, 3] + c2w[i, :3, :3] @ step
             if motion.method != "hold":
-                # c2w_j = c2w_i · (cam j → cam i) = c2w_i · Rᵀ.
-                candidates.append(c2w[i, :3, :3] @ motion.rotation.T)
-        # No usable pair at all: hold the previous orientation.
+                candidates.append(c2w[i, :3, :3] @ motion.rotation.T)  # c2w_j = c2w_i · (cam j → cam i)
+        # Without any usable pair the camera holds its orientation.
         c2w[j, :3, :3] = (
             _robust_mean_rotation(candidates, cfg.rotation_outlier_deg) if candidates else c2w[j - 1, :3, :3]
         )
     return CameraEstimate(
-        intrinsics=np.repeat(K[None], n_frames, axis=0),
+        intrinsics=intrinsics,
         c2w=c2w,
         inlier_ratio=ratios,
         methods=tuple(methods),
