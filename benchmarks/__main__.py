@@ -1,8 +1,16 @@
 """Run every benchmark: ``python -m benchmarks`` (``make bench``)."""
 
-from benchmarks import bench_flow_matching, bench_fp8, bench_synthworld, bench_vae, bench_world_model
+from benchmarks import (
+    bench_curation,
+    bench_flow_matching,
+    bench_fp8,
+    bench_synthworld,
+    bench_vae,
+    bench_world_model,
+)
 
 if __name__ == "__main__":
-    for bench in (bench_synthworld, bench_flow_matching, bench_fp8, bench_vae, bench_world_model):
+    benches = (bench_synthworld, bench_flow_matching, bench_fp8, bench_vae, bench_world_model, bench_curation)
+    for bench in benches:
         print(f"\n== {bench.__name__.removeprefix('benchmarks.')} ==", flush=True)
         bench.main()
