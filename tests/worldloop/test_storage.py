@@ -161,7 +161,7 @@ def test_open_storage_dispatches_on_scheme(tmp_path: Path, s3_settings: Settings
     assert isinstance(open_storage(str(tmp_path)), LocalStorage)
     assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
     s3 = open_storage(f"s3://{S3_BUCKET}/k", settings=s3_settings)
-    assert isinstance(s3, S3Storage) and s3.settings is s3_settings
+    assert isinstance(s3, S3Storage) and s3.settings == s3_settings  # cached per equal settings
     assert open_storage(f"s3://{S3_BUCKET}/other", settings=s3_settings) is s3  # one client reused
     with pytest.raises(ValueError, match="unsupported scheme 'gs'"):
         open_storage("gs://bucket/key")

@@ -13,6 +13,7 @@ from worldloop import __version__
 from worldloop.cli import planned
 from worldloop.cli.curate import curate
 from worldloop.cli.synth import demo, synth
+from worldloop.cli.train import train
 
 app = typer.Typer(
     name="worldloop",
@@ -46,6 +47,9 @@ app.command(help="Render SynthWorld clips: labelled (MP4 + JSON ground truth) or
     synth
 )
 app.command(help="Curate raw text-video pairs into an interactive dataset (Ray Data; resumable).")(curate)
+app.command(help="Run a training stage (action | sft | distill | extend); resumable; tracked in MLflow.")(
+    train
+)
 app.command(help="Run the local demo end to end and print where its outputs went.")(demo)
 for name, sub in planned.SUBCOMMANDS.items():
     app.add_typer(sub, name=name)

@@ -11,10 +11,6 @@ def _later(what: str, issue: int) -> None:
     raise typer.Exit(3)
 
 
-train = typer.Typer(
-    help="Run a training stage: action-injection, instruction-sft, ar-distillation, long-extension.",
-    no_args_is_help=True,
-)
 evaluate = typer.Typer(help="InterBench and general video metrics.", no_args_is_help=True)
 pipeline = typer.Typer(
     help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True
@@ -22,17 +18,6 @@ pipeline = typer.Typer(
 models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
 serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
-
-
-@train.command("stage", help="Train one stage from a config; resumable; tracked in MLflow.")
-def train_stage(
-    stage: str = typer.Argument(
-        ..., help="action-injection | instruction-sft | ar-distillation | long-extension"
-    ),
-    config: str = typer.Option(None, "--config", help="TrainConfig YAML."),
-    preset: str = typer.Option("tiny", "--preset", help="Model preset: tiny | small | a14b."),
-) -> None:
-    _later("training", 5)
 
 
 @evaluate.command(
@@ -109,7 +94,6 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
 
 
 SUBCOMMANDS = {
-    "train": train,
     "eval": evaluate,
     "pipeline": pipeline,
     "models": models,

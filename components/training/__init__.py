@@ -1,0 +1,1 @@
+"""Training stages as platform jobs: data loading, MLflow tracking, the ``worldloop train`` runner."""

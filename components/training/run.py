@@ -1,0 +1,115 @@
+"""``worldloop train``: one stage on SynthWorld or curated data, tracked in MLflow, resumable."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from worldloop.components.curation.dataset import iter_clips
+from worldloop.model import build_world_model, load_preset
+from worldloop.model.text import TextEncoderConfig, build_text_encoder
+from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint
+from worldloop.model.train.config import Stage, TrainConfig
+from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
+from worldloop.model.train.trainer import FlowMatchingTrainer, TrainResult
+from worldloop.model.vae import CausalVideoVAE
+
+from worldloop import storage
+from worldloop.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def load_training_clips(uri: str, *, settings: Settings | None = None) -> list[TrainClip]:
+    """A curated dataset (has ``manifest.jsonl``) or a SynthWorld labelled folder."""
+    if storage.exists(storage.join(uri, "manifest.jsonl"), settings=settings):
+        return [
+            clip_from_mp4_bytes(
+                clip.clip_id,
+                data,
+                intrinsics=clip.camera.intrinsics,
+                c2w=clip.camera.c2w,
+                caption_long=clip.captions.long,
+                caption_short=clip.captions.short,
+                interaction=clip.interaction.text if clip.interaction else None,
+            )
+            for clip, data in iter_clips(uri, settings=settings)
+        ]
+    return load_synthworld(storage.as_local_path(uri))
+
+
+@dataclass(frozen=True)
+class StageRun:
+    result: TrainResult
+    mlflow_run_id: str | None
+    checkpoint_dir: Path
+
+
+def run_stage(
+    cfg: TrainConfig,
+    *,
+    data: str,
+    out: str | Path,
+    init: str | Path | None = None,
+    max_steps: int | None = None,
+    track: bool = True,
+    parent_run_id: str | None = None,
+    settings: Settings | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> StageRun:
+    settings = settings or get_settings()
+    if cfg.stage not in (Stage.action, Stage.instruction):
+        raise ValueError(
+            f"stage {cfg.stage.value} (self-forcing distillation / long extension) is not available yet; "
+            "stages action and instruction are"
+        )
+    clips = load_training_clips(data, settings=settings)
+    mcfg = load_preset(cfg.model_preset)
+    torch.manual_seed(cfg.seed)
+    model = build_world_model(mcfg)
+    vae = CausalVideoVAE(mcfg.vae)  # frozen; deterministic from the seed until a trained VAE is given
+    checkpoint_dir = Path(out)
+    if init is not None and latest_checkpoint(checkpoint_dir) is None:
+        found = latest_checkpoint(init)
+        if found is None:
+            raise FileNotFoundError(f"--init {init}: no checkpoint (no 'latest' file)")
+        load_checkpoint(found, model=model, optimizer=None, ema=None)
+        log.info("initialised from %s", found)
+    text_encoder = build_text_encoder(TextEncoderConfig(kind="minilm"))
+    if text_encoder.dim != mcfg.text_dim:
+        raise ValueError(f"text encoder width {text_encoder.dim} != model text_dim {mcfg.text_dim}")
+    tracker = None
+    if track:
+        from worldloop.components.training.tracking import StageTracker
+
+        tracker = StageTracker(
+            tracking_uri=settings.resolved_mlflow_uri,
+            experiment="worldloop-training",
+            run_name=f"stage-{cfg.stage.value}",
+            params={"config": cfg.model_dump(mode="json"), "data": data, "clips": len(clips)},
+            parent_run_id=parent_run_id,
+        )
+    trainer = FlowMatchingTrainer(
+        cfg,
+        model,
+        vae=vae,
+        text_encoder=text_encoder,
+        clips=clips,
+        checkpoint_dir=checkpoint_dir,
+        on_metrics=tracker.log_metrics if tracker else None,
+        on_progress=on_progress,
+    )
+    if tracker is None:
+        return StageRun(trainer.run(max_steps=max_steps), None, checkpoint_dir)
+    with tracker:
+        result = trainer.run(max_steps=max_steps)
+        first = result.resumed_from or 0
+        tracker.finish(
+            losses=result.losses,
+            first_step=first,
+            checkpoint=str(result.checkpoint.resolve()) if result.checkpoint else None,
+        )
+    return StageRun(result, tracker.run_id, checkpoint_dir)

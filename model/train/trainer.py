@@ -1,0 +1,239 @@
+"""The flow-matching trainer (stages 1 and 2) on DeepSpeed: ZeRO stage from config, fp32 on CPU with
+gloo, gradient accumulation, clipping, per-group learning rates, warm-up, EMA, atomic resumable
+checkpoints (DESIGN.md §6).
+
+World size 1 runs in-process (the rendezvous variables are set here if missing); N processes come
+from ``torchrun``. Rank ``r`` of ``W`` takes samples ``r·B .. r·B + B - 1`` of each global batch of
+``W·B``, and every sample draws its noise from its own seeded generator, so one process with batch
+``W·B`` and ``W`` processes with batch ``B`` compute the same losses and, up to float summation
+order, the same updates.
+
+No tracking service is imported here: metrics go to ``on_metrics`` (the platform plugs MLflow in).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from worldloop.model.arch.world_model import WorldModel
+from worldloop.model.text.encoder import TextEncoder
+from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
+from worldloop.model.train.data import TrainClip, WindowSampler
+from worldloop.model.train.objectives import flow_matching_loss, prepare_batch
+from worldloop.model.vae.autoencoder import CausalVideoVAE
+
+log = logging.getLogger(__name__)
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Initialise torch.distributed (gloo on CPU, nccl on GPU); world size 1 needs no launcher."""
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def select_trainable(model: WorldModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Freeze everything but ``cfg.trainable``; return optimizer param groups with their LRs."""
+    groups = model.parameter_groups()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    out: list[dict[str, Any]] = []
+    if ParamGroup.experts in cfg.trainable:
+        for i in range(model.cfg.num_experts):
+            lr = cfg.expert_lr[i] if cfg.expert_lr is not None else cfg.lr
+            out.append({"params": groups[f"expert{i}"], "lr": lr, "name": f"expert{i}"})
+    for group in (ParamGroup.camera, ParamGroup.interaction):
+        if group in cfg.trainable:
+            out.append({"params": groups[group.value], "lr": cfg.lr, "name": group.value})
+    for g in out:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    return out
+
+
+def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)  # one per optimiser step run in this call
+    resumed_from: int | None = None
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+class FlowMatchingTrainer:
+    """Runs stage ``action`` or ``instruction`` of ``cfg`` on ``clips`` until the curriculum ends."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: WorldModel,
+        *,
+        vae: CausalVideoVAE,
+        text_encoder: TextEncoder,
+        clips: Sequence[TrainClip],
+        checkpoint_dir: str | Path,
+        ema_decay: float = 0.999,
+        on_metrics: MetricsCallback | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if cfg.stage not in (Stage.action, Stage.instruction):
+            raise ValueError(f"FlowMatchingTrainer runs stages action and instruction, not {cfg.stage.value}")
+        self.cfg, self.model, self.vae, self.text_encoder = cfg, model, vae.eval(), text_encoder
+        self.clips = clips
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.ema_decay = ema_decay
+        self.on_metrics, self.on_progress = on_metrics, on_progress
+        self.rank, self.world = ensure_distributed()
+        self.total_steps = sum(p.steps for p in cfg.curriculum)
+
+    def _engine(self) -> Any:
+        import deepspeed
+
+        groups = select_trainable(self.model, self.cfg)
+        optimizer = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "name"} for g in groups], weight_decay=self.cfg.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(self.cfg.warmup_steps))
+        ds_config = {
+            "train_micro_batch_size_per_gpu": self.cfg.batch_size,
+            "gradient_accumulation_steps": self.cfg.grad_accum,
+            "gradient_clipping": self.cfg.grad_clip,
+            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "bf16": {"enabled": self.cfg.precision.value == "bf16"},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+            "zero_allow_untested_optimizer": True,
+        }
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        self._names = [g["name"] for g in groups]
+        return engine, optimizer, scheduler
+
+    def _phase(self, step: int) -> int:
+        total = 0
+        for i, phase in enumerate(self.cfg.curriculum):
+            total += phase.steps
+            if step < total:
+                return i
+        return len(self.cfg.curriculum) - 1
+
+    def run(self, *, max_steps: int | None = None) -> TrainResult:
+        """Train to the end of the curriculum (or ``max_steps`` more steps), resuming if possible."""
+        started = time.perf_counter()
+        cfg = self.cfg
+        engine, optimizer, scheduler = self._engine()
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        ema = {n: p.detach().clone().float() for n, p in trainable.items()}
+        step, resumed = 0, None
+        found = latest_checkpoint(self.checkpoint_dir)
+        if found is not None:
+            state = load_checkpoint(found, model=self.model, optimizer=optimizer, ema=ema)
+            scheduler.load_state_dict(state["scheduler"])
+            step = resumed = int(state["step"])
+            log.info("resumed from %s (step %d)", found, step)
+        samplers: dict[int, WindowSampler] = {}
+        result = TrainResult(steps=step, resumed_from=resumed)
+        end = self.total_steps if max_steps is None else min(self.total_steps, step + max_steps)
+        per_rank, micro = cfg.batch_size, cfg.grad_accum
+        global_batch = per_rank * self.world
+        with_instruction = cfg.stage is Stage.instruction
+        self.model.train()
+        while step < end:
+            phase = self._phase(step)
+            if phase not in samplers:
+                samplers[phase] = WindowSampler(
+                    self.clips,
+                    frames=cfg.curriculum[phase].frames,
+                    height=cfg.height,
+                    width=cfg.width,
+                    seed=cfg.seed + 7919 * phase,
+                    long_caption_prob=cfg.long_caption_prob,
+                )
+            losses = []
+            for m in range(micro):
+                first = (step * micro + m) * global_batch + self.rank * per_rank
+                indices = list(range(first, first + per_rank))
+                batch = prepare_batch(
+                    samplers[phase].batch(indices),
+                    vae=self.vae,
+                    text_encoder=self.text_encoder,
+                    with_instruction=with_instruction,
+                    device=engine.device,
+                )
+                gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in indices]
+                loss = flow_matching_loss(
+                    engine.module, batch, shift=cfg.shift, per_frame=cfg.per_frame_sigma, generators=gens
+                )
+                engine.backward(loss)
+                engine.step()
+                losses.append(float(loss.detach()))
+            step += 1
+            with torch.no_grad():
+                for n, p in trainable.items():
+                    ema[n].mul_(self.ema_decay).add_(p.detach().float(), alpha=1 - self.ema_decay)
+            mean = torch.tensor(sum(losses) / len(losses))
+            if self.world > 1:
+                dist.all_reduce(mean)
+                mean /= self.world
+            result.losses.append(float(mean))
+            metrics = {"loss": float(mean), "clip_frames": float(cfg.curriculum[phase].frames)}
+            metrics.update(
+                {f"lr/{n}": g["lr"] for n, g in zip(self._names, optimizer.param_groups, strict=True)}
+            )
+            if self.on_metrics and self.rank == 0 and (step % cfg.log_every == 0 or step == end):
+                self.on_metrics(step, metrics)
+            if self.on_progress and self.rank == 0:
+                self.on_progress(step, self.total_steps)
+            if step % cfg.checkpoint_every == 0 or step == end:
+                if self.rank == 0:
+                    result.checkpoint = save_checkpoint(
+                        self.checkpoint_dir,
+                        step,
+                        model=self.model,
+                        optimizer=optimizer,
+                        ema=ema,
+                        state={"scheduler": scheduler.state_dict(), "config": cfg.model_dump(mode="json")},
+                        metadata={"model_config": self.model.cfg.model_dump_json()},
+                    )
+                if self.world > 1:
+                    dist.barrier()
+        result.steps = step
+        result.seconds = time.perf_counter() - started
+        self.ema = ema
+        return result
+
+
+def trainable_snapshot(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters (tests compare before/after a step)."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in names}

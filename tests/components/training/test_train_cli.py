@@ -1,0 +1,122 @@
+"""``worldloop train`` as users run it: MLflow run with metrics and a loss curve; kill -9 then the same
+command resumes and ends with the parameters of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from safetensors.torch import load_file
+from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.model.train.config import CurriculumPhase, stage_preset
+
+from worldloop.config_io import save_yaml
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from worldloop.cli.main import main; main()", *args]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train")
+    write_dataset(root / "data", SynthConfig(size=64, frames=17), clips=2, seed=5)
+    cfg = stage_preset("action").model_copy(
+        update={
+            "curriculum": (CurriculumPhase(frames=9, steps=3), CurriculumPhase(frames=13, steps=3)),
+            "height": 32,
+            "width": 32,
+            "checkpoint_every": 1,
+            "log_every": 1,
+        }
+    )
+    save_yaml(cfg, root / "action.yaml")
+    return root, root / "action.yaml"
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "WORLDLOOP_HOME": str(home)}
+
+
+def test_train_tracks_in_mlflow(setup: tuple[Path, Path]) -> None:
+    root, config = setup
+    home = root / "home-a"
+    args = ("train", "--stage", "action", "--data", str(root / "data"), "--out", str(root / "a"))
+    done = subprocess.run(
+        _cli(*args, "--config", str(config)), capture_output=True, text=True, timeout=600, env=_env(home)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage action: step 6" in done.stdout
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    exp = client.get_experiment_by_name("worldloop-training")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
+    assert run.data.params["config.stage"] == "action"
+    assert run.data.tags["checkpoint_uri"].endswith("step-00000006")
+    assert "loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_parameters(setup: tuple[Path, Path]) -> None:
+    root, config = setup
+    out = root / "killed"
+    args = _cli(
+        "train",
+        "--stage",
+        "action",
+        "--data",
+        str(root / "data"),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--no-track",
+    )
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "step-00000002").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "step-00000006").exists()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    straight = root / "straight"
+    ref = subprocess.run(
+        [*args[:-4], str(straight), "--config", str(config), "--no-track"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    a = load_file(str(out / "step-00000006" / "model.safetensors"))
+    b = load_file(str(straight / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_unknown_stage_and_unavailable_stage_are_one_line_errors(setup: tuple[Path, Path]) -> None:
+    root, _ = setup
+    for stage, message in (("warp", "--stage must be one of"), ("distill", "not available yet")):
+        done = subprocess.run(
+            _cli(
+                "train",
+                "--stage",
+                stage,
+                "--data",
+                str(root / "data"),
+                "--out",
+                str(root / "x"),
+                "--no-track",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
