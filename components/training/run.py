@@ -41,6 +41,11 @@ def load_training_clips(uri: str, *, settings: Settings | None = None) -> list[T
     return load_synthworld(storage.as_local_path(uri))
 
 
+def local_artifacts(settings: Settings) -> str:
+    """Where the local profile keeps MLflow artifacts: beside the sqlite store under home."""
+    return (settings.home / "mlartifacts").resolve().as_uri()
+
+
 @dataclass(frozen=True)
 class StageRun:
     result: TrainResult
@@ -91,6 +96,7 @@ def run_stage(
             run_name=f"stage-{cfg.stage.value}",
             params={"config": cfg.model_dump(mode="json"), "data": data, "clips": len(clips)},
             parent_run_id=parent_run_id,
+            artifact_location=None if settings.mlflow_uri else local_artifacts(settings),
         )
     trainer = FlowMatchingTrainer(
         cfg,

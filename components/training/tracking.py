@@ -30,14 +30,19 @@ class StageTracker:
         run_name: str,
         params: Mapping[str, Any],
         parent_run_id: str | None = None,
+        artifact_location: str | None = None,
     ) -> None:
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.params, self.parent_run_id = params, parent_run_id
+        self.artifact_location = artifact_location
         self.run_id: str | None = None
         self.history: list[tuple[int, float]] = []
 
     def __enter__(self) -> StageTracker:
         mlflow.set_tracking_uri(self.tracking_uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            # Local profile: artifacts beside the sqlite store, not in ./mlruns of whatever cwd.
+            mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location)
         mlflow.set_experiment(self.experiment)
         tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
         run = mlflow.start_run(run_name=self.run_name, tags=tags)

@@ -61,6 +61,7 @@ def test_train_tracks_in_mlflow(setup: tuple[Path, Path]) -> None:
     assert run.data.params["config.stage"] == "action"
     assert run.data.tags["checkpoint_uri"].endswith("step-00000006")
     assert "loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert run.info.artifact_uri.startswith((home / "mlartifacts").resolve().as_uri())
 
 
 def test_kill_9_then_rerun_resumes_to_the_same_parameters(setup: tuple[Path, Path]) -> None:
