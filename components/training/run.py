@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ def run_stage(
     if text_encoder.dim != mcfg.text_dim:
         raise ValueError(f"text encoder width {text_encoder.dim} != model text_dim {mcfg.text_dim}")
     tracker = None
-    if track:
+    if track and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         from worldloop.components.training.tracking import StageTracker
 
         tracker = StageTracker(

@@ -140,6 +140,12 @@ class WorldModel(nn.Module):
                 attn_mask=mask,
             )
             out[idx] = y
+        if torch.is_grad_enabled() and len(set(routes)) < self.cfg.num_experts:
+            # An expert that no sample chose still joins the graph with zero gradient, so every
+            # data-parallel rank reduces the same parameters: with ZeRO-1 a rank whose samples all
+            # chose one expert otherwise leaves the other's gradients out and the ranks disagree.
+            unused = [e for e in range(self.cfg.num_experts) if e not in routes]
+            out = out + sum(p.sum() for e in unused for p in self.expert(e).parameters()) * 0.0
         return out
 
     # -- streaming ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ through the I2V channels as well, and is left out of the loss.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,11 +76,14 @@ def flow_matching_loss(
     per_frame: bool,
     generators: Sequence[torch.Generator],
     causal: bool = False,
+    forward: Callable[..., Tensor] | None = None,
 ) -> Tensor:
     """MSE between predicted and true velocity over the generated latent frames (1..T-1).
 
     One generator per sample draws that sample's σ and noise, so a sample's loss does not depend on
     which batch, process or rank it lands in (one process and two ranks see the same numbers).
+    ``forward`` calls the model (a DeepSpeed engine must be called itself, not its ``module``:
+    ZeRO-2 resets its gradient bookkeeping in the engine's forward).
     """
     x0 = batch.latents
     b, _, t = x0.shape[:3]
@@ -102,7 +105,7 @@ def flow_matching_loss(
     sigma = torch.cat([torch.zeros(b, 1), torch.cat(sigmas)], dim=1).to(x0.device)
     noise = torch.cat(noises).to(x0)
     x_t = add_noise(x0, noise, sigma)
-    v = model(
+    v = (forward or model)(
         x_t,
         timesteps=sigma * 1000.0,
         cond=batch.cond,

@@ -155,11 +155,13 @@ class FlowMatchingTrainer:
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         ema = {n: p.detach().clone().float() for n, p in trainable.items()}
         step, resumed = 0, None
+        history: list[float] = []
         found = latest_checkpoint(self.checkpoint_dir)
         if found is not None:
             state = load_checkpoint(found, model=self.model, optimizer=optimizer, ema=ema)
             scheduler.load_state_dict(state["scheduler"])
             step = resumed = int(state["step"])
+            history = list(state.get("loss_history", []))
             log.info("resumed from %s (step %d)", found, step)
         samplers: dict[int, WindowSampler] = {}
         result = TrainResult(steps=step, resumed_from=resumed)
@@ -192,7 +194,12 @@ class FlowMatchingTrainer:
                 )
                 gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in indices]
                 loss = flow_matching_loss(
-                    engine.module, batch, shift=cfg.shift, per_frame=cfg.per_frame_sigma, generators=gens
+                    engine.module,
+                    batch,
+                    shift=cfg.shift,
+                    per_frame=cfg.per_frame_sigma,
+                    generators=gens,
+                    forward=engine,
                 )
                 engine.backward(loss)
                 engine.step()
@@ -206,6 +213,7 @@ class FlowMatchingTrainer:
                 dist.all_reduce(mean)
                 mean /= self.world
             result.losses.append(float(mean))
+            history.append(float(mean))
             metrics = {"loss": float(mean), "clip_frames": float(cfg.curriculum[phase].frames)}
             metrics.update(
                 {f"lr/{n}": g["lr"] for n, g in zip(self._names, optimizer.param_groups, strict=True)}
@@ -222,7 +230,12 @@ class FlowMatchingTrainer:
                         model=self.model,
                         optimizer=optimizer,
                         ema=ema,
-                        state={"scheduler": scheduler.state_dict(), "config": cfg.model_dump(mode="json")},
+                        state={
+                            "scheduler": scheduler.state_dict(),
+                            "config": cfg.model_dump(mode="json"),
+                            "loss_history": history,
+                            "world_size": self.world,
+                        },
                         metadata={"model_config": self.model.cfg.model_dump_json()},
                     )
                 if self.world > 1:

@@ -226,3 +226,17 @@ def test_camera_encoder_starts_at_zero_and_instruction_changes_output() -> None:
         a = model(**clip, conditioning=_conditioning(1, seed=0))
         b = model(**clip, conditioning=_conditioning(1, seed=0, instruction=False))
     assert not torch.allclose(a, b)
+
+
+def test_an_expert_no_sample_chose_gets_zero_gradients_not_none() -> None:
+    """Data-parallel ranks must reduce the same parameters whatever their samples' noise levels."""
+    model = _model()
+    clip = _clip(model, batch=2, blocks=1)
+    clip["timesteps"][:, 1:] = 950.0  # both samples → the high-noise expert
+    model(**clip, conditioning=_conditioning(2, seed=0)).square().mean().backward()
+    idle = list(model.expert(1).parameters())
+    assert all(p.grad is not None and not p.grad.any() for p in idle)
+    assert any(p.grad is not None and p.grad.any() for p in model.expert(0).parameters())
+    with torch.no_grad():  # inference does not pay for it
+        out = model(**clip, conditioning=_conditioning(2, seed=0))
+    assert out.grad_fn is None

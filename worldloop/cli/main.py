@@ -85,3 +85,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     sys.exit(run())
+
+
+if __name__ == "__main__":  # python -m worldloop.cli.main (torchrun -m uses this)
+    main()
