@@ -2,11 +2,13 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from worldloop.components.synthworld import ClipRecord
 
 from worldloop.video import decode_video
@@ -73,3 +75,18 @@ def test_synth_acceptance(tmp_path) -> None:
     assert w_steps > 0 and yaw_steps > 0
     first = json.loads((tmp_path / "index.jsonl").read_text().splitlines()[0])
     assert first["meta"] == "clip_00000.json"
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_again(tmp_path) -> None:
+    env = {**os.environ, "WORLDLOOP_HOME": str(tmp_path / "home")}
+    for _ in range(2):  # the second run reuses the curated shards and resumes the training
+        out = subprocess.run(
+            [EXE, "demo", "--clips", "3"], capture_output=True, text=True, timeout=600, env=env
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "stage action: step 12" in out.stdout
+    demo = tmp_path / "home" / "demo"
+    assert (demo / "curated" / "manifest.jsonl").read_text().strip()
+    assert (demo / "checkpoints" / "action" / "step-00000012" / "model.safetensors").exists()
+    assert (tmp_path / "home" / "mlflow.db").exists()

@@ -85,8 +85,13 @@ def synth(
 def demo(
     clips: int = typer.Option(6, "--clips", min=1, help="SynthWorld clips to render."),
 ) -> None:
-    """Until the pipeline exists (issue #7), the demo renders SynthWorld data in both modes."""
-    home = get_settings().home / "demo"
+    """SynthWorld in both modes → curation of the raw pairs → a short stage-1 training run in MLflow.
+
+    Until the Kubeflow pipeline exists (issue #7) the steps run one after the other in-process.
+    Re-running reuses what is there (curation skips finished shards, training resumes).
+    """
+    settings = get_settings()
+    home = settings.home / "demo"
     synth(
         out=home / "synthworld",
         clips=clips,
@@ -111,5 +116,29 @@ def demo(
         bad_fraction=0.4,
         workers=1,
     )
+    from worldloop.cli.curate import summary_table
+    from worldloop.components.curation.pipeline import run_curation
+    from worldloop.components.training.run import run_stage
+    from worldloop.model.train.config import CurriculumPhase, stage_preset
+
+    console.print("[bold]Curating the raw pairs[/bold] (decode → shots → filters → camera → captions)")
+    curated = run_curation(str(home / "raw"), str(home / "curated"), executor="local", settings=settings)
+    console.print(summary_table(curated))
+    console.print("[bold]Stage 1 (action injection)[/bold], tiny preset, on the labelled clips")
+    cfg = stage_preset("action").model_copy(
+        update={
+            "curriculum": (CurriculumPhase(frames=9, steps=8), CurriculumPhase(frames=17, steps=4)),
+            "checkpoint_every": 4,
+            "log_every": 1,
+        }
+    )
+    ckpt = home / "checkpoints" / "action"
+    run = run_stage(cfg, data=str(home / "synthworld"), out=ckpt, settings=settings)
+    losses = run.result.losses
+    trend = f"loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "already trained (resumed at the end)"
+    console.print(f"stage action: step {run.result.steps}, {trend}")
     console.print(f"Labelled clips (MP4 + JSON ground truth): {(home / 'synthworld').resolve()}")
-    console.print(f"Raw text-video pairs for curation:        {(home / 'raw').resolve()}")
+    console.print(f"Raw text-video pairs:                     {(home / 'raw').resolve()}")
+    console.print(f"Curated dataset (shards + manifest):      {(home / 'curated').resolve()}")
+    console.print(f"Stage-1 checkpoints:                      {ckpt.resolve()}")
+    console.print(f"MLflow (runs, loss curve):                {settings.resolved_mlflow_uri}")
