@@ -15,6 +15,7 @@ from worldloop.model.text import TextEncoderConfig, build_text_encoder
 from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
+from worldloop.model.train.distill_trainer import DistillTrainer
 from worldloop.model.train.trainer import FlowMatchingTrainer, TrainResult
 from worldloop.model.vae import CausalVideoVAE
 
@@ -67,10 +68,10 @@ def run_stage(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> StageRun:
     settings = settings or get_settings()
-    if cfg.stage not in (Stage.action, Stage.instruction):
+    if cfg.stage is Stage.long:
         raise ValueError(
-            f"stage {cfg.stage.value} (self-forcing distillation / long extension) is not available yet; "
-            "stages action and instruction are"
+            "stage extend (randomized long extension) is not available yet; "
+            "stages action, sft and distill are"
         )
     clips = load_training_clips(data, settings=settings)
     mcfg = load_preset(cfg.model_preset)
@@ -99,7 +100,8 @@ def run_stage(
             parent_run_id=parent_run_id,
             artifact_location=None if settings.mlflow_uri else local_artifacts(settings),
         )
-    trainer = FlowMatchingTrainer(
+    trainer_cls = DistillTrainer if cfg.stage is Stage.distill else FlowMatchingTrainer
+    trainer = trainer_cls(
         cfg,
         model,
         vae=vae,

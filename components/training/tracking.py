@@ -69,7 +69,7 @@ class StageTracker:
             steps = list(range(first_step + 1, first_step + 1 + len(losses)))
             ax.plot(steps, losses, lw=1)
             ax.set_xlabel("step")
-            ax.set_ylabel("flow-matching loss")
+            ax.set_ylabel("loss")
             ax.set_title(self.run_name)
             ax.grid(alpha=0.3)
             path = Path(tmp) / "loss_curve.png"

@@ -5,6 +5,7 @@ A checkpoint is a folder ``step-NNNNNNNN/`` holding
 * ``model.safetensors`` — the whole model's weights (config in the metadata);
 * ``ema.safetensors`` — the EMA of the trainable weights;
 * ``optimizer.safetensors`` — every optimizer state tensor, keyed ``"{param_index}.{name}"``;
+* ``NAME.safetensors`` + ``NAME_optimizer.safetensors`` — extra trained modules (the stage-3 critic);
 * ``state.json`` — step, optimizer param-group hyper-parameters, scheduler state, RNG states (as
   lists of ints), and anything else small.
 
@@ -81,6 +82,7 @@ def save_checkpoint(
     state: dict[str, Any],
     metadata: dict[str, str] | None = None,
     keep: int = 2,
+    extra: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints."""
     root = Path(root)
@@ -95,7 +97,15 @@ def save_checkpoint(
     save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     tensors, opt_meta = _optimizer_tensors(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    full_state = {"step": step, "optimizer": opt_meta, "rng": rng_state(), **state}
+    extra_meta = {}
+    for part, (module, opt) in (extra or {}).items():
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+            str(tmp / f"{part}.safetensors"),
+        )
+        extra_tensors, extra_meta[part] = _optimizer_tensors(opt)
+        save_file(extra_tensors, str(tmp / f"{part}_optimizer.safetensors"))
+    full_state = {"step": step, "optimizer": opt_meta, "extra": extra_meta, "rng": rng_state(), **state}
     (tmp / "state.json").write_text(json.dumps(full_state))
     for f in tmp.iterdir():
         with f.open("rb") as handle:
@@ -126,6 +136,7 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None,
     ema: dict[str, torch.Tensor] | None,
+    extra: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> dict[str, Any]:
     """Restore weights (and optimizer, EMA, RNG when given); returns ``state.json``."""
     folder = Path(folder)
@@ -142,5 +153,8 @@ def load_checkpoint(
     if ema is not None:
         for k, v in load_file(str(folder / "ema.safetensors")).items():
             ema[k].copy_(v)
+    for name, (module, opt) in (extra or {}).items():
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+        _load_optimizer(opt, load_file(str(folder / f"{name}_optimizer.safetensors")), state["extra"][name])
     set_rng_state(state["rng"])
     return state

@@ -184,7 +184,7 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
             lr=1e-5 if big else 2e-4,
             trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
         )
-    distill = DistillConfig()
+    distill = DistillConfig(critic_lr=2e-6 if big else 1e-3)
     expert_lr = (2e-6, 4e-6) if big else (5e-5, 1e-4)
     if stage is Stage.distill:
         return TrainConfig(

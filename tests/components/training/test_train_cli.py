@@ -103,7 +103,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_parameters(setup: tuple[Path, Pat
 
 def test_unknown_stage_and_unavailable_stage_are_one_line_errors(setup: tuple[Path, Path]) -> None:
     root, _ = setup
-    for stage, message in (("warp", "--stage must be one of"), ("distill", "not available yet")):
+    for stage, message in (("warp", "--stage must be one of"), ("extend", "not available yet")):
         done = subprocess.run(
             _cli(
                 "train",
@@ -121,3 +121,66 @@ def test_unknown_stage_and_unavailable_stage_are_one_line_errors(setup: tuple[Pa
         )
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_distill_starts_from_the_previous_stage_and_logs_per_expert_rates(setup: tuple[Path, Path]) -> None:
+    root, _ = setup
+    home = root / "home-d"
+    first = subprocess.run(
+        _cli(
+            "train",
+            "--stage",
+            "action",
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(root / "s1"),
+            "--config",
+            str(setup[1]),
+            "--no-track",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    cfg = stage_preset("distill")
+    cfg = cfg.model_copy(
+        update={
+            "curriculum": (CurriculumPhase(frames=9, steps=2),),
+            "height": 32,
+            "width": 32,
+            "log_every": 1,
+            "distill": cfg.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
+        }
+    )
+    save_yaml(cfg, root / "distill.yaml")
+    done = subprocess.run(
+        _cli(
+            "train",
+            "--stage",
+            "distill",
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(root / "s3"),
+            "--init",
+            str(root / "s1"),
+            "--config",
+            str(root / "distill.yaml"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(home),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    (run,) = client.search_runs([client.get_experiment_by_name("worldloop-training").experiment_id])
+    m = run.data.metrics
+    assert {"critic_loss", "generator_loss", "dmd_grad_norm"} <= m.keys()
+    assert (
+        m["lr.student.expert0"] != m["lr.student.expert1"]
+        and m["lr.critic.expert0"] != m["lr.critic.expert1"]
+    )
+    assert (root / "s3" / "step-00000002" / "critic.safetensors").exists()

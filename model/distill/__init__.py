@@ -1,0 +1,9 @@
+"""Autoregressive distillation (DESIGN.md §6, stages 3–4): Self-Forcing rollouts and DMD losses.
+
+Single-device code: no torch.distributed here; the trainer wraps models in DeepSpeed from outside.
+"""
+
+from worldloop.model.distill.dmd import critic_loss, dmd_generator_loss, guided_x0
+from worldloop.model.distill.self_forcing import SelfForcingRollout, self_forcing_rollout
+
+__all__ = ["SelfForcingRollout", "critic_loss", "dmd_generator_loss", "guided_x0", "self_forcing_rollout"]

@@ -1,0 +1,124 @@
+"""Distribution Matching Distillation (Yin et al. 2024) losses for the causal student.
+
+The frozen bidirectional teacher is the *real* score (with classifier-free guidance); a trainable
+critic initialised from the teacher is the *fake* score and tracks the student's distribution by
+flow matching on the student's samples. The generator follows
+
+    g = (fake_x0 − real_x0) / mean|x − real_x0|,     loss = ½‖x − sg(x − g)‖²,
+
+whose gradient with respect to x is g: it pushes samples from where the critic thinks the student
+puts them towards where the teacher puts real data. Latent frame 0 (the reference image) is clean
+and never noised or scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from worldloop.model.arch.world_model import Conditioning, WorldModel
+from worldloop.model.diffusion.flow_matching import add_noise, velocity_target, x0_from_velocity
+from worldloop.model.diffusion.guidance import cfg_combine
+from worldloop.model.diffusion.schedule import sample_training_sigmas
+
+
+def _noised(
+    x: Tensor, generators: Sequence[torch.Generator], *, shift: float, min_sigma: float, max_sigma: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """x_t, σ (B, T) and the noise; frame 0 stays clean; σ drawn in [min_sigma, max_sigma]."""
+    b, c, t = x.shape[:3]
+    sig, noise = [], []
+    for g in generators:
+        s = sample_training_sigmas(1, 1, shift=shift, per_frame=False, generator=g)
+        sig.append(min_sigma + (max_sigma - min_sigma) * s)
+        noise.append(torch.randn((1, *x.shape[1:]), generator=g))
+    sigma = torch.cat([torch.zeros(b, 1), torch.cat(sig).expand(b, t - 1)], dim=1).to(x.device)
+    eps = torch.cat(noise).to(x)
+    return add_noise(x, eps, sigma), sigma, eps
+
+
+def guided_x0(
+    model: WorldModel,
+    x_t: Tensor,
+    sigma: Tensor,
+    *,
+    cond: Tensor,
+    camera: Tensor,
+    conditioning: Conditioning,
+    unconditional: Conditioning | None,
+    guidance: float,
+) -> Tensor:
+    """x0 prediction of a bidirectional model, with CFG against ``unconditional`` when given."""
+    kw = {"timesteps": sigma * 1000.0, "cond": cond, "camera": camera, "causal": False}
+    v = model(x_t, conditioning=conditioning, **kw)
+    if unconditional is not None and guidance != 1.0:
+        v = cfg_combine(v, model(x_t, conditioning=unconditional, **kw), guidance)
+    return x0_from_velocity(x_t, v, sigma)
+
+
+def dmd_generator_loss(
+    x: Tensor,
+    *,
+    teacher: WorldModel,
+    critic: WorldModel,
+    cond: Tensor,
+    camera: Tensor,
+    conditioning: Conditioning,
+    unconditional: Conditioning,
+    guidance: float,
+    generators: Sequence[torch.Generator],
+    shift: float,
+    min_sigma: float = 0.02,
+    max_sigma: float = 0.98,
+) -> tuple[Tensor, dict[str, float]]:
+    """DMD loss for student samples ``x`` (B, C, T, h, w) with gradient; teacher and critic frozen here."""
+    with torch.no_grad():
+        x_t, sigma, _ = _noised(x.detach(), generators, shift=shift, min_sigma=min_sigma, max_sigma=max_sigma)
+        real = guided_x0(
+            teacher,
+            x_t,
+            sigma,
+            cond=cond,
+            camera=camera,
+            conditioning=conditioning,
+            unconditional=unconditional,
+            guidance=guidance,
+        )
+        fake = guided_x0(
+            critic,
+            x_t,
+            sigma,
+            cond=cond,
+            camera=camera,
+            conditioning=conditioning,
+            unconditional=None,
+            guidance=1.0,
+        )
+        gen = x.detach()[:, :, 1:]
+        scale = (gen - real[:, :, 1:]).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
+        grad = (fake[:, :, 1:] - real[:, :, 1:]) / scale
+        grad = torch.nan_to_num(grad)
+        target = gen - grad
+    loss = 0.5 * F.mse_loss(x[:, :, 1:].float(), target.float())
+    return loss, {"dmd_grad_norm": float(grad.norm()), "dmd_sigma": float(sigma[:, 1:].mean())}
+
+
+def critic_loss(
+    critic: WorldModel,
+    x: Tensor,
+    *,
+    cond: Tensor,
+    camera: Tensor,
+    conditioning: Conditioning,
+    generators: Sequence[torch.Generator],
+    shift: float,
+    forward: object | None = None,
+) -> Tensor:
+    """Flow matching of the critic on (detached) student samples: the fake score's own objective."""
+    x = x.detach()
+    x_t, sigma, eps = _noised(x, generators, shift=shift, min_sigma=0.0, max_sigma=1.0)
+    call = forward if callable(forward) else critic
+    v = call(x_t, timesteps=sigma * 1000.0, cond=cond, camera=camera, conditioning=conditioning, causal=False)
+    return F.mse_loss(v[:, :, 1:].float(), velocity_target(x, eps)[:, :, 1:].float())

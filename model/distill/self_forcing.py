@@ -1,0 +1,89 @@
+"""Self-Forcing rollout: the causal student generates a clip block by block from its own outputs, with
+the same KV cache (sink + window) and few-step expert-aligned schedule the serving ``Rollout`` uses.
+
+Training only differs in where gradients flow (Self-Forcing, Huang et al. 2025): for each block a
+random *exit step* ``s`` is drawn; steps before it run without gradient, step ``s`` runs with
+gradient and its x0 prediction is the block's output; the clean t = 0 pass that writes the block's
+K/V into the cache runs without gradient (the past is detached). Cross-attention K/V are computed once
+per rollout without gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
+from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
+from worldloop.model.diffusion.schedule import timesteps_to_sigmas
+
+
+@dataclass(frozen=True)
+class SelfForcingRollout:
+    video_latents: Tensor  # (B, C, T, h, w): frame 0 = reference, then generated blocks (with grad)
+    exit_steps: list[int]  # the exit step drawn for each block
+
+
+def self_forcing_rollout(
+    student: WorldModel,
+    *,
+    reference: Tensor,
+    camera: Tensor,
+    conditioning: Conditioning,
+    num_blocks: int,
+    timesteps: Sequence[float],
+    generator: torch.Generator,
+    height: int,
+    width: int,
+) -> SelfForcingRollout:
+    """Generate ``num_blocks`` blocks after the reference latent frame.
+
+    Args:
+        reference: (B, C, 1, h, w) clean latent of the first frame.
+        camera: (B, T, 6·stride, H, W) grouped Plücker rays for all T = 1 + num_blocks·block_frames.
+        timesteps: the student's few-step list, strictly decreasing from 1000.
+    """
+    cfg = student.cfg
+    f, stride = cfg.causal.block_frames, cfg.vae.temporal_stride
+    b, c, _, h, w = reference.shape
+    total = 1 + num_blocks * f
+    if camera.shape[1] != total:
+        raise ValueError(f"camera has {camera.shape[1]} latent frames, the rollout needs {total}")
+    cache = student.new_cache(batch=b, height=height, width=width, dtype=reference.dtype)
+    with torch.no_grad():
+        student.set_context(cache, conditioning)
+        cond0 = i2v_condition(reference, num_frames=1, temporal_stride=stride)
+        student.commit_block(cache, block_index=0, latents=reference, cond=cond0, camera=camera[:, :1])
+    blocks, exits = [reference], []
+    for block in range(1, num_blocks + 1):
+        start = cache.layout.frame_start(block)
+        cond = i2v_condition(reference, num_frames=f, temporal_stride=stride, frame_start=start)
+        cam = camera[:, start : start + f]
+        exit_step = int(torch.randint(len(timesteps), (1,), generator=generator))
+        x = torch.randn((b, c, f, h, w), generator=generator).to(reference)
+        x0 = x
+        for i, t in enumerate(timesteps[: exit_step + 1]):
+            t_frames = torch.full((b, f), float(t), dtype=reference.dtype, device=reference.device)
+            last = i == exit_step
+            with torch.set_grad_enabled(last and torch.is_grad_enabled()):
+                v = student.forward_step(
+                    x,
+                    timesteps=t_frames,
+                    cond=cond,
+                    camera=cam,
+                    block_index=block,
+                    cache=cache,
+                    expert=student.expert_for(float(t)),
+                )
+                x0 = x0_from_velocity(x, v, timesteps_to_sigmas(t_frames))
+            if not last:
+                noise = torch.randn((b, c, f, h, w), generator=generator).to(reference)
+                sigma = timesteps_to_sigmas(torch.full((b, f), float(timesteps[i + 1]), device=x.device))
+                x = add_noise(x0.detach(), noise, sigma)
+        with torch.no_grad():
+            student.commit_block(cache, block_index=block, latents=x0.detach(), cond=cond, camera=cam)
+        blocks.append(x0)
+        exits.append(exit_step)
+    return SelfForcingRollout(torch.cat(blocks, dim=2), exits)

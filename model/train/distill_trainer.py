@@ -1,0 +1,274 @@
+"""Stage 3: autoregressive distillation of the bidirectional model into the causal few-step student
+(Self-Forcing rollouts + DMD), on DeepSpeed (DESIGN.md §6).
+
+Three copies of the stage-2 model: the **student** (causal, few-step, trained), the **teacher**
+(bidirectional, frozen: real score with CFG) and the **critic** (bidirectional, trained: fake score).
+Each generator step first runs ``critic_steps_per_generator`` critic updates on fresh student rollouts
+(no gradient into the student), then one generator update through the Self-Forcing rollout. Learning
+rates are per expert for both the student and the critic.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from worldloop.model.arch.world_model import Conditioning, WorldModel
+from worldloop.model.diffusion.schedule import few_step_timesteps
+from worldloop.model.distill.dmd import critic_loss, dmd_generator_loss
+from worldloop.model.distill.self_forcing import self_forcing_rollout
+from worldloop.model.text.encoder import TextEncoder
+from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
+from worldloop.model.train.data import TrainClip, WindowSampler
+from worldloop.model.train.objectives import PreparedBatch, prepare_batch
+from worldloop.model.train.trainer import MetricsCallback, TrainResult, ensure_distributed, warmup_lambda
+from worldloop.model.vae.autoencoder import CausalVideoVAE
+
+log = logging.getLogger(__name__)
+
+
+def expert_groups(
+    model: WorldModel, lrs: Sequence[float], *, extra: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Param groups: one per expert with its LR, plus named extra groups; everything else frozen."""
+    groups = model.parameter_groups()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    named = [(f"expert{i}", lr) for i, lr in enumerate(lrs)] + list(extra.items())
+    out: list[dict[str, Any]] = []
+    for name, lr in named:
+        for p in groups[name]:
+            p.requires_grad_(True)
+        out.append({"params": groups[name], "lr": lr, "name": name})
+    return out
+
+
+class DistillTrainer:
+    """Runs stage ``distill`` of ``cfg``, starting from the stage-2 weights already in ``model``."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: WorldModel,
+        *,
+        vae: CausalVideoVAE,
+        text_encoder: TextEncoder,
+        clips: Sequence[TrainClip],
+        checkpoint_dir: str | Path,
+        on_metrics: MetricsCallback | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if cfg.stage is not Stage.distill or cfg.distill is None:
+            raise ValueError("DistillTrainer runs stage distill (with a 'distill' section)")
+        if cfg.zero_stage > 1:
+            raise ValueError(
+                "stage distill supports zero_stage 0 or 1 for now (the rollout calls forward_step)"
+            )
+        self.cfg, self.dcfg = cfg, cfg.distill
+        self.student, self.vae, self.text_encoder = model, vae.eval(), text_encoder
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self.critic = copy.deepcopy(model)
+        self.clips, self.checkpoint_dir = clips, Path(checkpoint_dir)
+        self.on_metrics, self.on_progress = on_metrics, on_progress
+        self.rank, self.world = ensure_distributed()
+        self.total_steps = sum(p.steps for p in cfg.curriculum)
+        mcfg = model.cfg
+        self.timesteps = few_step_timesteps(
+            self.dcfg.student_steps,
+            shift=cfg.shift,
+            boundary=mcfg.boundary,
+            steps_per_expert=self.dcfg.steps_per_expert if mcfg.num_experts > 1 else None,
+        )
+        stride, f = mcfg.vae.temporal_stride, mcfg.causal.block_frames
+        for phase in cfg.curriculum:
+            latent = 1 + (phase.frames - 1) // stride
+            if (latent - 1) % f:
+                raise ValueError(
+                    f"curriculum clip of {phase.frames} frames has {latent} latent frames; the student "
+                    f"generates blocks of {f}, so use 1 + {stride * f}·k frames (e.g. {1 + stride * f})"
+                )
+
+    def _lrs(self) -> tuple[list[float], list[float]]:
+        n = self.student.cfg.num_experts
+        gen = list(self.cfg.expert_lr or (self.cfg.lr,) * n)[:n]
+        top = max(gen)
+        critic = [self.dcfg.critic_lr * lr / top for lr in gen]
+        return gen, critic
+
+    def _engine(self, module: WorldModel, groups: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
+        import deepspeed
+
+        opt = torch.optim.AdamW(
+            [{k: v for k, v in g.items() if k != "name"} for g in groups], weight_decay=self.cfg.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(self.cfg.warmup_steps))
+        engine, _, _, _ = deepspeed.initialize(
+            model=module,
+            optimizer=opt,
+            lr_scheduler=sched,
+            config={
+                "train_micro_batch_size_per_gpu": self.cfg.batch_size,
+                "gradient_accumulation_steps": 1,
+                "gradient_clipping": self.cfg.grad_clip,
+                "zero_optimization": {"stage": self.cfg.zero_stage},
+                "steps_per_print": 1 << 30,
+                "zero_allow_untested_optimizer": True,
+            },
+        )
+        return engine, opt, sched
+
+    def _batch(self, sampler: WindowSampler, first: int) -> tuple[PreparedBatch, Conditioning, list[int]]:
+        b = self.cfg.batch_size
+        start = first * b * self.world + self.rank * b
+        indices = list(range(start, start + b))
+        batch = prepare_batch(
+            sampler.batch(indices), vae=self.vae, text_encoder=self.text_encoder, with_instruction=True
+        )
+        empty = self.text_encoder.encode([""] * b)
+        return batch, Conditioning(empty.tokens, empty.mask), indices
+
+    def _rollout(self, batch: PreparedBatch, indices: list[int], salt: int) -> torch.Tensor:
+        mcfg = self.student.cfg
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + indices[0] * 7 + salt)
+        blocks = (batch.latents.shape[2] - 1) // mcfg.causal.block_frames
+        return self_forcing_rollout(
+            self.student,
+            reference=batch.latents[:, :, :1],
+            camera=batch.camera,
+            conditioning=batch.conditioning,
+            num_blocks=blocks,
+            timesteps=self.timesteps,
+            generator=g,
+            height=self.cfg.height,
+            width=self.cfg.width,
+        ).video_latents
+
+    def run(self, *, max_steps: int | None = None) -> TrainResult:
+        started = time.perf_counter()
+        cfg, d = self.cfg, self.dcfg
+        gen_lr, critic_lr = self._lrs()
+        extra = {"interaction": cfg.lr} if ParamGroup.interaction in cfg.trainable else {}
+        g_groups = expert_groups(self.student, gen_lr, extra=extra)
+        c_groups = expert_groups(self.critic, critic_lr, extra={})
+        self.lr_table = {f"student/{g['name']}": g["lr"] for g in g_groups}
+        self.lr_table.update({f"critic/{g['name']}": g["lr"] for g in c_groups})
+        g_engine, g_opt, g_sched = self._engine(self.student, g_groups)
+        c_engine, c_opt, c_sched = self._engine(self.critic, c_groups)
+        ema = {n: p.detach().clone().float() for n, p in self.student.named_parameters() if p.requires_grad}
+        step, resumed, history = 0, None, []
+        found = latest_checkpoint(self.checkpoint_dir)
+        if found is not None:
+            state = load_checkpoint(
+                found, model=self.student, optimizer=g_opt, ema=ema, extra={"critic": (self.critic, c_opt)}
+            )
+            g_sched.load_state_dict(state["scheduler"])
+            c_sched.load_state_dict(state["critic_scheduler"])
+            step = resumed = int(state["step"])
+            history = list(state.get("loss_history", []))
+        result = TrainResult(steps=step, resumed_from=resumed)
+        end = self.total_steps if max_steps is None else min(self.total_steps, step + max_steps)
+        phase_of = [i for i, p in enumerate(cfg.curriculum) for _ in range(p.steps)]
+        samplers: dict[int, WindowSampler] = {}
+        per_step = d.critic_steps_per_generator + 1
+        while step < end:
+            phase = phase_of[step]
+            sampler = samplers.setdefault(
+                phase,
+                WindowSampler(
+                    self.clips,
+                    frames=cfg.curriculum[phase].frames,
+                    height=cfg.height,
+                    width=cfg.width,
+                    seed=cfg.seed + 7919 * phase,
+                    long_caption_prob=cfg.long_caption_prob,
+                ),
+            )
+            # 1. Critic (fake score) updates on fresh student samples.
+            self.critic.train()
+            critic_losses = []
+            for k in range(d.critic_steps_per_generator):
+                batch, _, idx = self._batch(sampler, step * per_step + k)
+                with torch.no_grad():
+                    x = self._rollout(batch, idx, salt=k)
+                gens = [torch.Generator().manual_seed(cfg.seed * 7_000_003 + i * 13 + k) for i in idx]
+                loss = critic_loss(
+                    self.critic,
+                    x,
+                    cond=batch.cond,
+                    camera=batch.camera,
+                    conditioning=batch.conditioning,
+                    generators=gens,
+                    shift=cfg.shift,
+                    forward=c_engine,
+                )
+                c_engine.backward(loss)
+                c_engine.step()
+                critic_losses.append(float(loss.detach()))
+            # 2. Generator (student) update through the Self-Forcing rollout.
+            self.student.train()
+            batch, uncond, idx = self._batch(sampler, step * per_step + d.critic_steps_per_generator)
+            x = self._rollout(batch, idx, salt=997)
+            gens = [torch.Generator().manual_seed(cfg.seed * 9_000_011 + i) for i in idx]
+            g_loss, info = dmd_generator_loss(
+                x,
+                teacher=self.teacher,
+                critic=self.critic,
+                cond=batch.cond,
+                camera=batch.camera,
+                conditioning=batch.conditioning,
+                unconditional=uncond,
+                guidance=d.guidance_scale,
+                generators=gens,
+                shift=cfg.shift,
+            )
+            g_engine.backward(g_loss)
+            g_engine.step()
+            step += 1
+            with torch.no_grad():
+                for n, p in self.student.named_parameters():
+                    if n in ema:
+                        ema[n].mul_(0.999).add_(p.detach().float(), alpha=0.001)
+            values = torch.tensor([float(g_loss.detach()), sum(critic_losses) / len(critic_losses)])
+            if self.world > 1:
+                dist.all_reduce(values)
+                values /= self.world
+            gen_value, critic_value = (float(v) for v in values)
+            history.append(critic_value)
+            result.losses.append(critic_value)
+            metrics = {"loss": critic_value, "critic_loss": critic_value, "generator_loss": gen_value, **info}
+            metrics.update({f"lr/{k}": v for k, v in self.lr_table.items()})
+            if self.on_metrics and self.rank == 0 and (step % cfg.log_every == 0 or step == end):
+                self.on_metrics(step, metrics)
+            if self.on_progress and self.rank == 0:
+                self.on_progress(step, self.total_steps)
+            if step % cfg.checkpoint_every == 0 or step == end:
+                if self.rank == 0:
+                    result.checkpoint = save_checkpoint(
+                        self.checkpoint_dir,
+                        step,
+                        model=self.student,
+                        optimizer=g_opt,
+                        ema=ema,
+                        extra={"critic": (self.critic, c_opt)},
+                        state={
+                            "scheduler": g_sched.state_dict(),
+                            "critic_scheduler": c_sched.state_dict(),
+                            "config": cfg.model_dump(mode="json"),
+                            "loss_history": history,
+                            "world_size": self.world,
+                            "student_timesteps": self.timesteps,
+                        },
+                        metadata={"model_config": self.student.cfg.model_dump_json()},
+                    )
+                if self.world > 1:
+                    dist.barrier()
+        result.steps = step
+        result.seconds = time.perf_counter() - started
+        return result
