@@ -16,6 +16,7 @@ from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
 from worldloop.model.train.distill_trainer import DistillTrainer
+from worldloop.model.train.long_trainer import LongExtensionTrainer
 from worldloop.model.train.trainer import FlowMatchingTrainer, TrainResult
 from worldloop.model.vae import CausalVideoVAE
 
@@ -68,11 +69,6 @@ def run_stage(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> StageRun:
     settings = settings or get_settings()
-    if cfg.stage is Stage.long:
-        raise ValueError(
-            "stage extend (randomized long extension) is not available yet; "
-            "stages action, sft and distill are"
-        )
     clips = load_training_clips(data, settings=settings)
     mcfg = load_preset(cfg.model_preset)
     torch.manual_seed(cfg.seed)
@@ -100,7 +96,12 @@ def run_stage(
             parent_run_id=parent_run_id,
             artifact_location=None if settings.mlflow_uri else local_artifacts(settings),
         )
-    trainer_cls = DistillTrainer if cfg.stage is Stage.distill else FlowMatchingTrainer
+    trainer_cls = {
+        Stage.action: FlowMatchingTrainer,
+        Stage.instruction: FlowMatchingTrainer,
+        Stage.distill: DistillTrainer,
+        Stage.long: LongExtensionTrainer,
+    }[cfg.stage]
     trainer = trainer_cls(
         cfg,
         model,

@@ -37,6 +37,9 @@ def self_forcing_rollout(
     generator: torch.Generator,
     height: int,
     width: int,
+    context: Tensor | None = None,
+    first_generated: int = 1,
+    grad_from: int = 1,
 ) -> SelfForcingRollout:
     """Generate ``num_blocks`` blocks after the reference latent frame.
 
@@ -44,6 +47,10 @@ def self_forcing_rollout(
         reference: (B, C, 1, h, w) clean latent of the first frame.
         camera: (B, T, 6·stride, H, W) grouped Plücker rays for all T = 1 + num_blocks·block_frames.
         timesteps: the student's few-step list, strictly decreasing from 1000.
+        context: (B, C, ≥ T', h, w) real latents; blocks ``1 .. first_generated - 1`` are taken from
+            it instead of generated (teacher forcing, stage 4).
+        grad_from: generated blocks before this one run entirely without gradient (long rollouts
+            keep the graph only for the window being aligned).
     """
     cfg = student.cfg
     f, stride = cfg.causal.block_frames, cfg.vae.temporal_stride
@@ -56,18 +63,29 @@ def self_forcing_rollout(
         student.set_context(cache, conditioning)
         cond0 = i2v_condition(reference, num_frames=1, temporal_stride=stride)
         student.commit_block(cache, block_index=0, latents=reference, cond=cond0, camera=camera[:, :1])
+    if first_generated > 1 and (context is None or context.shape[2] < 1 + (first_generated - 1) * f):
+        raise ValueError(
+            f"teacher forcing up to block {first_generated - 1} needs that many real latent blocks"
+        )
     blocks, exits = [reference], []
     for block in range(1, num_blocks + 1):
         start = cache.layout.frame_start(block)
         cond = i2v_condition(reference, num_frames=f, temporal_stride=stride, frame_start=start)
         cam = camera[:, start : start + f]
+        if block < first_generated:
+            assert context is not None
+            real = context[:, :, start : start + f]
+            with torch.no_grad():
+                student.commit_block(cache, block_index=block, latents=real, cond=cond, camera=cam)
+            blocks.append(real)
+            continue
         exit_step = int(torch.randint(len(timesteps), (1,), generator=generator))
         x = torch.randn((b, c, f, h, w), generator=generator).to(reference)
         x0 = x
         for i, t in enumerate(timesteps[: exit_step + 1]):
             t_frames = torch.full((b, f), float(t), dtype=reference.dtype, device=reference.device)
             last = i == exit_step
-            with torch.set_grad_enabled(last and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(last and block >= grad_from and torch.is_grad_enabled()):
                 v = student.forward_step(
                     x,
                     timesteps=t_frames,

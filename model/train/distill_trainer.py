@@ -150,6 +150,42 @@ class DistillTrainer:
             width=self.cfg.width,
         ).video_latents
 
+    # -- the two losses of a step (stage 4 overrides them) ------------------------------------------
+    def critic_step_loss(self, batch: PreparedBatch, idx: list[int], k: int, forward: object) -> torch.Tensor:
+        """Critic flow matching on a fresh student rollout (no gradient into the student)."""
+        with torch.no_grad():
+            x = self._rollout(batch, idx, salt=k)
+        gens = [torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + i * 13 + k) for i in idx]
+        return critic_loss(
+            self.critic,
+            x,
+            cond=batch.cond,
+            camera=batch.camera,
+            conditioning=batch.conditioning,
+            generators=gens,
+            shift=self.cfg.shift,
+            forward=forward,
+        )
+
+    def generator_step_loss(
+        self, batch: PreparedBatch, uncond: Conditioning, idx: list[int]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """DMD through a Self-Forcing rollout of the whole clip."""
+        x = self._rollout(batch, idx, salt=997)
+        gens = [torch.Generator().manual_seed(self.cfg.seed * 9_000_011 + i) for i in idx]
+        return dmd_generator_loss(
+            x,
+            teacher=self.teacher,
+            critic=self.critic,
+            cond=batch.cond,
+            camera=batch.camera,
+            conditioning=batch.conditioning,
+            unconditional=uncond,
+            guidance=self.dcfg.guidance_scale,
+            generators=gens,
+            shift=self.cfg.shift,
+        )
+
     def run(self, *, max_steps: int | None = None) -> TrainResult:
         started = time.perf_counter()
         cfg, d = self.cfg, self.dcfg
@@ -195,39 +231,14 @@ class DistillTrainer:
             critic_losses = []
             for k in range(d.critic_steps_per_generator):
                 batch, _, idx = self._batch(sampler, step * per_step + k)
-                with torch.no_grad():
-                    x = self._rollout(batch, idx, salt=k)
-                gens = [torch.Generator().manual_seed(cfg.seed * 7_000_003 + i * 13 + k) for i in idx]
-                loss = critic_loss(
-                    self.critic,
-                    x,
-                    cond=batch.cond,
-                    camera=batch.camera,
-                    conditioning=batch.conditioning,
-                    generators=gens,
-                    shift=cfg.shift,
-                    forward=c_engine,
-                )
+                loss = self.critic_step_loss(batch, idx, k, c_engine)
                 c_engine.backward(loss)
                 c_engine.step()
                 critic_losses.append(float(loss.detach()))
             # 2. Generator (student) update through the Self-Forcing rollout.
             self.student.train()
             batch, uncond, idx = self._batch(sampler, step * per_step + d.critic_steps_per_generator)
-            x = self._rollout(batch, idx, salt=997)
-            gens = [torch.Generator().manual_seed(cfg.seed * 9_000_011 + i) for i in idx]
-            g_loss, info = dmd_generator_loss(
-                x,
-                teacher=self.teacher,
-                critic=self.critic,
-                cond=batch.cond,
-                camera=batch.camera,
-                conditioning=batch.conditioning,
-                unconditional=uncond,
-                guidance=d.guidance_scale,
-                generators=gens,
-                shift=cfg.shift,
-            )
+            g_loss, info = self.generator_step_loss(batch, uncond, idx)
             g_engine.backward(g_loss)
             g_engine.step()
             step += 1

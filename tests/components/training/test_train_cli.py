@@ -101,9 +101,9 @@ def test_kill_9_then_rerun_resumes_to_the_same_parameters(setup: tuple[Path, Pat
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
-def test_unknown_stage_and_unavailable_stage_are_one_line_errors(setup: tuple[Path, Path]) -> None:
+def test_unknown_stage_is_a_one_line_error(setup: tuple[Path, Path]) -> None:
     root, _ = setup
-    for stage, message in (("warp", "--stage must be one of"), ("extend", "not available yet")):
+    for stage, message in (("warp", "--stage must be one of"),):
         done = subprocess.run(
             _cli(
                 "train",
@@ -184,3 +184,36 @@ def test_distill_starts_from_the_previous_stage_and_logs_per_expert_rates(setup:
         and m["lr.critic.expert0"] != m["lr.critic.expert1"]
     )
     assert (root / "s3" / "step-00000002" / "critic.safetensors").exists()
+    # Stage 4 continues from stage 3.
+    long = stage_preset("long")
+    long = long.model_copy(
+        update={
+            "curriculum": (CurriculumPhase(frames=9, steps=2),),
+            "height": 32,
+            "width": 32,
+            "distill": long.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
+        }
+    )
+    save_yaml(long, root / "long.yaml")
+    extend = subprocess.run(
+        _cli(
+            "train",
+            "--stage",
+            "extend",
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(root / "s4"),
+            "--init",
+            str(root / "s3"),
+            "--config",
+            str(root / "long.yaml"),
+            "--no-track",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert extend.returncode == 0, extend.stderr[-2000:]
+    assert "stage extend: step 2" in extend.stdout
+    assert (root / "s4" / "step-00000002" / "critic.safetensors").exists()
