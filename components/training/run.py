@@ -123,3 +123,33 @@ def run_stage(
             checkpoint=str(result.checkpoint.resolve()) if result.checkpoint else None,
         )
     return StageRun(result, tracker.run_id, checkpoint_dir)
+
+
+CHAIN = (Stage.action, Stage.instruction, Stage.distill, Stage.long)
+
+
+def run_chain(
+    *,
+    data: str,
+    out: str | Path,
+    scale: str = "tiny",
+    track: bool = True,
+    settings: Settings | None = None,
+    configs: dict[Stage, TrainConfig] | None = None,
+    on_stage: Callable[[Stage, StageRun], None] | None = None,
+) -> dict[Stage, StageRun]:
+    """Stages 1 → 4, each initialised from the previous one's checkpoint (``out/<stage>/``)."""
+    from worldloop.model.train.config import stage_preset
+
+    runs: dict[Stage, StageRun] = {}
+    previous: Path | None = None
+    for stage in CHAIN:
+        cfg = (configs or {}).get(stage) or stage_preset(stage, scale=scale)
+        run = run_stage(
+            cfg, data=data, out=Path(out) / stage.value, init=previous, track=track, settings=settings
+        )
+        runs[stage] = run
+        previous = run.checkpoint_dir
+        if on_stage:
+            on_stage(stage, run)
+    return runs

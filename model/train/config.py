@@ -184,7 +184,8 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
             lr=1e-5 if big else 2e-4,
             trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
         )
-    distill = DistillConfig(critic_lr=2e-6 if big else 1e-3)
+    # tiny: fewer critic steps per generator step keeps the CPU chain (stages 1→4) within minutes
+    distill = DistillConfig(critic_lr=2e-6 if big else 1e-3, critic_steps_per_generator=5 if big else 2)
     expert_lr = (2e-6, 4e-6) if big else (5e-5, 1e-4)
     if stage is Stage.distill:
         return TrainConfig(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,23 +37,21 @@ log = logging.getLogger(__name__)
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def ensure_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Initialise torch.distributed (gloo on CPU, nccl on GPU); world size 1 needs no launcher."""
+    """Initialise torch.distributed (gloo on CPU, nccl on GPU); world size 1 needs no launcher.
+
+    Under ``torchrun`` the rendezvous comes from its environment. A lone process rendezvous through a
+    file in a private temporary folder instead of a TCP port, so concurrent runs cannot collide.
+    """
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if "WORLD_SIZE" not in os.environ:
+            store = Path(tempfile.mkdtemp(prefix="worldloop-dist-")) / "rendezvous"
+            dist.init_process_group(backend, init_method=store.as_uri(), rank=0, world_size=1)
+            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; WORLD_SIZE stays unset
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+        deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
 
