@@ -23,3 +23,4 @@ if __name__ == "__main__":
     for bench in benches:
         print(f"\n== {bench.__name__.removeprefix('benchmarks.')} ==", flush=True)
         bench.main()
+    bench_training.chain()

@@ -187,10 +187,13 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
     # tiny: fewer critic steps per generator step keeps the CPU chain (stages 1→4) within minutes
     distill = DistillConfig(critic_lr=2e-6 if big else 1e-3, critic_steps_per_generator=5 if big else 2)
     expert_lr = (2e-6, 4e-6) if big else (5e-5, 1e-4)
+    # The causal student generates whole blocks: clip lengths are 1 + 4·block_frames·k video frames
+    # (a14b: blocks of 3 latent frames → 73 ≈ the paper's 81; tiny: blocks of 2 → 17).
+    student = (CurriculumPhase(frames=73 if big else 17, steps=1000 if big else 40),)
     if stage is Stage.distill:
         return TrainConfig(
             **common,
-            curriculum=curriculum[-1:],
+            curriculum=student,
             lr=expert_lr[1],
             expert_lr=expert_lr,
             per_frame_sigma=True,
@@ -202,7 +205,7 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
     )
     return TrainConfig(
         **common,
-        curriculum=curriculum[-1:],
+        curriculum=student,
         lr=expert_lr[1],
         expert_lr=expert_lr,
         per_frame_sigma=True,

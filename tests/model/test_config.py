@@ -103,3 +103,15 @@ def test_train_config_rules() -> None:
     distill["distill"]["steps_per_expert"] = (3, 2)
     with pytest.raises(ValidationError, match="add up"):
         TrainConfig.model_validate(distill)
+
+
+@pytest.mark.parametrize("scale", ["tiny", "small", "a14b"])
+def test_student_stages_use_clip_lengths_that_fill_whole_blocks(scale: str) -> None:
+    from worldloop.model.config import load_preset
+    from worldloop.model.train.config import stage_preset
+
+    model = load_preset(scale)
+    for stage in ("distill", "long"):
+        for phase in stage_preset(stage, scale=scale).curriculum:
+            latent = model.vae.latent_frames(phase.frames)
+            assert (latent - 1) % model.causal.block_frames == 0, (scale, stage, phase.frames)
