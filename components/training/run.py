@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from worldloop.components.curation.dataset import iter_clips
+from worldloop.components.training.sample import sample_video
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import TextEncoderConfig, build_text_encoder
 from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -122,6 +124,19 @@ def run_stage(
             first_step=first,
             checkpoint=str(result.checkpoint.resolve()) if result.checkpoint else None,
         )
+        if result.losses:  # a stage that trained shows what it generates now
+            with tempfile.TemporaryDirectory() as tmp:
+                video = sample_video(
+                    model,
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    clip=clips[0],
+                    height=cfg.height,
+                    width=cfg.width,
+                    path=Path(tmp) / f"sample_{cfg.stage.value}.mp4",
+                    seed=cfg.seed,
+                )
+                tracker.log_file(video)
     return StageRun(result, tracker.run_id, checkpoint_dir)
 
 

@@ -45,7 +45,10 @@ class StageTracker:
             mlflow.create_experiment(self.experiment, artifact_location=self.artifact_location)
         mlflow.set_experiment(self.experiment)
         tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
-        run = mlflow.start_run(run_name=self.run_name, tags=tags)
+        # CPU / memory (and GPU where present) sampled by MLflow alongside the training metrics.
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+        run = mlflow.start_run(run_name=self.run_name, tags=tags, log_system_metrics=True)
         self.run_id = run.info.run_id
         flat: dict[str, str] = {}
         _flatten("", self.params, flat)
@@ -56,6 +59,9 @@ class StageTracker:
         mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
         if "loss" in metrics:
             self.history.append((step, metrics["loss"]))
+
+    def log_file(self, path: str | Path) -> None:
+        mlflow.log_artifact(str(path))
 
     def finish(self, *, losses: list[float], first_step: int, checkpoint: str | None) -> None:
         """Loss curve PNG (every step of this run) and the checkpoint location."""

@@ -17,6 +17,7 @@ from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model.train.config import CurriculumPhase, stage_preset
 
 from worldloop.config_io import save_yaml
+from worldloop.video import decode_video
 
 
 def _cli(*args: str) -> list[str]:
@@ -59,8 +60,13 @@ def test_train_tracks_in_mlflow(setup: tuple[Path, Path]) -> None:
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]
     assert run.data.params["config.stage"] == "action"
+    assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     assert run.data.tags["checkpoint_uri"].endswith("step-00000006")
-    assert "loss_curve.png" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert "loss_curve.png" in artifacts and "sample_action.mp4" in artifacts
+    video = Path(client.download_artifacts(run.info.run_id, "sample_action.mp4", str(root)))
+    frames, _ = decode_video(video)
+    assert frames.shape == (1 + 4 * 8, 32, 32, 3)  # frame 0 + 4 blocks of 8 frames (tiny)
     assert run.info.artifact_uri.startswith((home / "mlartifacts").resolve().as_uri())
 
 
