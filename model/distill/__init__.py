@@ -1,6 +1,6 @@
 """Autoregressive distillation (DESIGN.md §6, stages 3–4): Self-Forcing rollouts and DMD losses.
 
-Single-device code: no torch.distributed here; the trainer wraps models in DeepSpeed from outside.
+Single-device code: no process groups here; the trainers in ``model/train`` apply data parallelism.
 """
 
 from worldloop.model.distill.dmd import critic_loss, dmd_generator_loss, guided_x0

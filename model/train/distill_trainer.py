@@ -11,6 +11,7 @@ rates are per expert for both the student and the critic.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +29,13 @@ from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint,
 from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, WindowSampler
 from worldloop.model.train.objectives import PreparedBatch, prepare_batch
-from worldloop.model.train.trainer import MetricsCallback, TrainResult, ensure_distributed, warmup_lambda
+from worldloop.model.train.trainer import (
+    MetricsCallback,
+    StepReporter,
+    TrainResult,
+    ensure_distributed,
+    warmup_lambda,
+)
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,7 @@ class DistillTrainer:
         self.on_metrics, self.on_progress = on_metrics, on_progress
         self.rank, self.world = ensure_distributed()
         self.total_steps = sum(p.steps for p in cfg.curriculum)
+        self.reporter = StepReporter(cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress)
         mcfg = model.cfg
         self.timesteps = few_step_timesteps(
             self.dcfg.student_steps,
@@ -255,31 +263,30 @@ class DistillTrainer:
             result.losses.append(critic_value)
             metrics = {"loss": critic_value, "critic_loss": critic_value, "generator_loss": gen_value, **info}
             metrics.update({f"lr/{k}": v for k, v in self.lr_table.items()})
-            if self.on_metrics and self.rank == 0 and (step % cfg.log_every == 0 or step == end):
-                self.on_metrics(step, metrics)
-            if self.on_progress and self.rank == 0:
-                self.on_progress(step, self.total_steps)
-            if step % cfg.checkpoint_every == 0 or step == end:
-                if self.rank == 0:
-                    result.checkpoint = save_checkpoint(
-                        self.checkpoint_dir,
-                        step,
-                        model=self.student,
-                        optimizer=g_opt,
-                        ema=ema,
-                        extra={"critic": (self.critic, c_opt)},
-                        state={
-                            "scheduler": g_sched.state_dict(),
-                            "critic_scheduler": c_sched.state_dict(),
-                            "config": cfg.model_dump(mode="json"),
-                            "loss_history": history,
-                            "world_size": self.world,
-                            "student_timesteps": self.timesteps,
-                        },
-                        metadata={"model_config": self.student.cfg.model_dump_json()},
-                    )
-                if self.world > 1:
-                    dist.barrier()
+            saved = self.reporter.after_step(
+                step,
+                end,
+                metrics,
+                functools.partial(
+                    save_checkpoint,
+                    self.checkpoint_dir,
+                    step,
+                    model=self.student,
+                    optimizer=g_opt,
+                    ema=ema,
+                    extra={"critic": (self.critic, c_opt)},
+                    state={
+                        "scheduler": g_sched.state_dict(),
+                        "critic_scheduler": c_sched.state_dict(),
+                        "config": self.cfg.model_dump(mode="json"),
+                        "loss_history": history,
+                        "world_size": self.world,
+                        "student_timesteps": self.timesteps,
+                    },
+                    metadata={"model_config": self.student.cfg.model_dump_json()},
+                ),
+            )
+            result.checkpoint = saved or result.checkpoint
         result.steps = step
         result.seconds = time.perf_counter() - started
         return result

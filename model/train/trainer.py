@@ -13,6 +13,7 @@ No tracking service is imported here: metrics go to ``on_metrics`` (the platform
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -24,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -78,6 +78,35 @@ def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
+@dataclass(frozen=True)
+class StepReporter:
+    """What every trainer does after an optimiser step: report on rank 0, checkpoint on schedule."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    total_steps: int
+    on_metrics: MetricsCallback | None
+    on_progress: Callable[[int, int], None] | None
+
+    def after_step(
+        self, step: int, end: int, metrics: dict[str, float], save: Callable[[], Path]
+    ) -> Path | None:
+        """Log every ``log_every`` steps and at ``end``; ``save()`` on rank 0 every ``checkpoint_every``."""
+        if self.rank == 0:
+            if self.on_metrics and (step % self.cfg.log_every == 0 or step == end):
+                self.on_metrics(step, metrics)
+            if self.on_progress:
+                self.on_progress(step, self.total_steps)
+        saved = None
+        if step % self.cfg.checkpoint_every == 0 or step == end:
+            if self.rank == 0:
+                saved = save()
+            if self.world > 1:
+                dist.barrier()
+        return saved
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -112,6 +141,7 @@ class FlowMatchingTrainer:
         self.on_metrics, self.on_progress = on_metrics, on_progress
         self.rank, self.world = ensure_distributed()
         self.total_steps = sum(p.steps for p in cfg.curriculum)
+        self.reporter = StepReporter(cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress)
 
     def _engine(self) -> Any:
         import deepspeed
@@ -216,35 +246,28 @@ class FlowMatchingTrainer:
             metrics.update(
                 {f"lr/{n}": g["lr"] for n, g in zip(self._names, optimizer.param_groups, strict=True)}
             )
-            if self.on_metrics and self.rank == 0 and (step % cfg.log_every == 0 or step == end):
-                self.on_metrics(step, metrics)
-            if self.on_progress and self.rank == 0:
-                self.on_progress(step, self.total_steps)
-            if step % cfg.checkpoint_every == 0 or step == end:
-                if self.rank == 0:
-                    result.checkpoint = save_checkpoint(
-                        self.checkpoint_dir,
-                        step,
-                        model=self.model,
-                        optimizer=optimizer,
-                        ema=ema,
-                        state={
-                            "scheduler": scheduler.state_dict(),
-                            "config": cfg.model_dump(mode="json"),
-                            "loss_history": history,
-                            "world_size": self.world,
-                        },
-                        metadata={"model_config": self.model.cfg.model_dump_json()},
-                    )
-                if self.world > 1:
-                    dist.barrier()
+            saved = self.reporter.after_step(
+                step,
+                end,
+                metrics,
+                functools.partial(
+                    save_checkpoint,
+                    self.checkpoint_dir,
+                    step,
+                    model=self.model,
+                    optimizer=optimizer,
+                    ema=ema,
+                    state={
+                        "scheduler": scheduler.state_dict(),
+                        "config": cfg.model_dump(mode="json"),
+                        "loss_history": history,
+                        "world_size": self.world,
+                    },
+                    metadata={"model_config": self.model.cfg.model_dump_json()},
+                ),
+            )
+            result.checkpoint = saved or result.checkpoint
         result.steps = step
         result.seconds = time.perf_counter() - started
         self.ema = ema
         return result
-
-
-def trainable_snapshot(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Copies of the named parameters (tests compare before/after a step)."""
-    params = dict(model.named_parameters())
-    return {n: params[n].detach().clone() for n in names}
