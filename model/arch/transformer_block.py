@@ -69,7 +69,7 @@ class SelfAttention(nn.Module):
             backend=self.backend,
             attn_mask=attn_mask,
         )  # (B, H, L, Dh)
-        return self.o(out.transpose(1, 2).reshape(b, n, -1)), k, v
+        return self.o(out.transpose(1, 2).flatten(2)), k, v
 
 
 class CrossAttention(nn.Module):
@@ -97,7 +97,7 @@ class CrossAttention(nn.Module):
         out = attend(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend=self.backend, attn_mask=mask
         )
-        return self.o(out.transpose(1, 2).reshape(b, n, -1))
+        return self.o(out.transpose(1, 2).flatten(2))
 
 
 class DiTBlock(nn.Module):

@@ -127,8 +127,13 @@ class WorldModel(nn.Module):
         mask = self.block_mask(t, tpf).to(latents.device) if causal else None
         routes = [self.expert_for(v) for v in timesteps.amax(dim=1).tolist()]
         out = torch.empty_like(latents)
-        for e in sorted(set(routes)):
-            idx = torch.tensor([i for i, r in enumerate(routes) if r == e], device=latents.device)
+        # In training every expert runs, on an empty batch when no sample chose it: each data-parallel
+        # rank then builds the same graph and its gradient hooks fire in the same order, which
+        # ZeRO-1/2 bucketing relies on (with a per-rank subset of experts the ranks disagree).
+        experts = range(self.cfg.num_experts) if torch.is_grad_enabled() else sorted(set(routes))
+        for e in experts:
+            chosen = [i for i, r in enumerate(routes) if r == e]
+            idx = torch.tensor(chosen, dtype=torch.long, device=latents.device)
             expert = self.expert(e)
             y, _ = expert(
                 x[idx],
@@ -140,12 +145,6 @@ class WorldModel(nn.Module):
                 attn_mask=mask,
             )
             out[idx] = y
-        if torch.is_grad_enabled() and len(set(routes)) < self.cfg.num_experts:
-            # An expert that no sample chose still joins the graph with zero gradient, so every
-            # data-parallel rank reduces the same parameters: with ZeRO-1 a rank whose samples all
-            # chose one expert otherwise leaves the other's gradients out and the ranks disagree.
-            unused = [e for e in range(self.cfg.num_experts) if e not in routes]
-            out = out + sum(p.sum() for e in unused for p in self.expert(e).parameters()) * 0.0
         return out
 
     # -- streaming ----------------------------------------------------------------------------------

@@ -41,15 +41,8 @@ def _config(path: Path, batch: int, zero: int) -> Path:
     return save_yaml(cfg, path)
 
 
-ZERO2_DIVERGES = pytest.mark.xfail(
-    strict=True,
-    reason="DeepSpeed ZeRO-2 with two CPU/gloo ranks departs from one process after the first step "
-    "(~1% loss by step 2) while ZeRO-0/1 match exactly; open in issue 5",
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [1, pytest.param(2, marks=ZERO2_DIVERGES)])
+@pytest.mark.parametrize("zero", [1, 2])
 def test_two_processes_match_one_process(tmp_path: Path, zero: int) -> None:
     data = tmp_path / "data"
     write_dataset(data, SynthConfig(size=64, frames=17), clips=2, seed=6)
