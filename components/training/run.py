@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -14,7 +15,7 @@ from worldloop.components.curation.dataset import iter_clips
 from worldloop.components.training.sample import sample_video
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import TextEncoderConfig, build_text_encoder
-from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint
+from worldloop.model.train.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
 from worldloop.model.train.distill_trainer import DistillTrainer
@@ -51,6 +52,46 @@ def local_artifacts(settings: Settings) -> str:
     return (settings.home / "mlartifacts").resolve().as_uri()
 
 
+class CheckpointMirror:
+    """Checkpoints of an ``s3://`` output: trained into a local folder, each one uploaded as it is
+    written (files first, then the ``latest`` pointer, so a reader never follows it to a partial
+    upload), and the latest one downloaded before a run starts so the run resumes from it."""
+
+    def __init__(self, uri: str, *, settings: Settings) -> None:
+        self.uri, self.settings = uri.rstrip("/"), settings
+        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        self.local = (settings.home / "checkpoint-cache" / digest).resolve()
+
+    def pull(self, into: Path | None = None) -> Path:
+        """Download the latest checkpoint (if any) into ``into`` (default: the mirror folder)."""
+        local = into or self.local
+        local.mkdir(parents=True, exist_ok=True)
+        pointer = storage.join(self.uri, LATEST)
+        if storage.exists(pointer, settings=self.settings):
+            name = storage.read_bytes(pointer, settings=self.settings).decode().strip()
+            for uri in storage.list_uris(storage.join(self.uri, name), settings=self.settings):
+                target = local / name / uri.rsplit("/", 1)[1]
+                storage.download_file(uri, target, settings=self.settings)
+            (local / LATEST).write_text(name + "\n")
+        return local
+
+    def push(self, folder: Path) -> None:
+        for path in sorted(folder.iterdir()):
+            storage.upload_file(path, storage.join(self.uri, folder.name, path.name), settings=self.settings)
+        storage.write_bytes(
+            storage.join(self.uri, LATEST), (folder.name + "\n").encode(), settings=self.settings
+        )
+
+
+def _local_checkpoints(
+    uri: str | Path, settings: Settings, *, mirror: bool
+) -> tuple[Path, CheckpointMirror | None]:
+    if isinstance(uri, Path) or storage.scheme_of(uri) is storage.Scheme.local:
+        return storage.as_local_path(str(uri)), None
+    m = CheckpointMirror(uri, settings=settings)
+    return (m.pull() if mirror else m.local), m
+
+
 @dataclass(frozen=True)
 class StageRun:
     result: TrainResult
@@ -76,9 +117,12 @@ def run_stage(
     torch.manual_seed(cfg.seed)
     model = build_world_model(mcfg)
     vae = CausalVideoVAE(mcfg.vae)  # frozen; deterministic from the seed until a trained VAE is given
-    checkpoint_dir = Path(out)
+    checkpoint_dir, mirror = _local_checkpoints(out, settings, mirror=True)
     if init is not None and latest_checkpoint(checkpoint_dir) is None:
-        found = latest_checkpoint(init)
+        init_dir, init_mirror = _local_checkpoints(init, settings, mirror=False)
+        if init_mirror is not None:
+            init_dir = init_mirror.pull(init_dir.with_name(init_dir.name + "-init"))
+        found = latest_checkpoint(init_dir)
         if found is None:
             raise FileNotFoundError(f"--init {init}: no checkpoint (no 'latest' file)")
         load_checkpoint(found, model=model, optimizer=None, ema=None)
@@ -113,6 +157,7 @@ def run_stage(
         checkpoint_dir=checkpoint_dir,
         on_metrics=tracker.log_metrics if tracker else None,
         on_progress=on_progress,
+        on_checkpoint=mirror.push if mirror else None,
     )
     if tracker is None:
         return StageRun(trainer.run(max_steps=max_steps), None, checkpoint_dir)

@@ -71,6 +71,7 @@ class DistillTrainer:
         checkpoint_dir: str | Path,
         on_metrics: MetricsCallback | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        on_checkpoint: Callable[[Path], None] | None = None,
     ) -> None:
         if cfg.stage is not Stage.distill or cfg.distill is None:
             raise ValueError("DistillTrainer runs stage distill (with a 'distill' section)")
@@ -86,7 +87,9 @@ class DistillTrainer:
         self.on_metrics, self.on_progress = on_metrics, on_progress
         self.rank, self.world = ensure_distributed()
         self.total_steps = sum(p.steps for p in cfg.curriculum)
-        self.reporter = StepReporter(cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress)
+        self.reporter = StepReporter(
+            cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress, on_checkpoint
+        )
         mcfg = model.cfg
         self.timesteps = few_step_timesteps(
             self.dcfg.student_steps,

@@ -88,6 +88,7 @@ class StepReporter:
     total_steps: int
     on_metrics: MetricsCallback | None
     on_progress: Callable[[int, int], None] | None
+    on_checkpoint: Callable[[Path], None] | None = None
 
     def after_step(
         self, step: int, end: int, metrics: dict[str, float], save: Callable[[], Path]
@@ -102,6 +103,8 @@ class StepReporter:
         if step % self.cfg.checkpoint_every == 0 or step == end:
             if self.rank == 0:
                 saved = save()
+                if self.on_checkpoint:
+                    self.on_checkpoint(saved)
             if self.world > 1:
                 dist.barrier()
         return saved
@@ -131,6 +134,7 @@ class FlowMatchingTrainer:
         ema_decay: float = 0.999,
         on_metrics: MetricsCallback | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        on_checkpoint: Callable[[Path], None] | None = None,
     ) -> None:
         if cfg.stage not in (Stage.action, Stage.instruction):
             raise ValueError(f"FlowMatchingTrainer runs stages action and instruction, not {cfg.stage.value}")
@@ -141,7 +145,9 @@ class FlowMatchingTrainer:
         self.on_metrics, self.on_progress = on_metrics, on_progress
         self.rank, self.world = ensure_distributed()
         self.total_steps = sum(p.steps for p in cfg.curriculum)
-        self.reporter = StepReporter(cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress)
+        self.reporter = StepReporter(
+            cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress, on_checkpoint
+        )
 
     def _engine(self) -> Any:
         import deepspeed

@@ -223,3 +223,29 @@ def test_distill_starts_from_the_previous_stage_and_logs_per_expert_rates(setup:
     assert extend.returncode == 0, extend.stderr[-2000:]
     assert "stage extend: step 2" in extend.stdout
     assert (root / "s4" / "step-00000002" / "critic.safetensors").exists()
+
+
+def test_checkpoints_on_s3_resume_on_another_machine(
+    setup: tuple[Path, Path], s3_settings, tmp_path: Path
+) -> None:
+    import uuid
+
+    from worldloop.components.training.run import run_stage
+    from worldloop.model.train.config import TrainConfig
+
+    from worldloop import storage
+    from worldloop.config_io import load_yaml
+
+    root, config = setup
+    cfg = load_yaml(TrainConfig, config)
+    out = f"s3://worldloop-test/{uuid.uuid4().hex}/action"
+    first = s3_settings.model_copy(update={"home": tmp_path / "machine-a"})
+    run = run_stage(cfg, data=str(root / "data"), out=out, max_steps=2, track=False, settings=first)
+    assert run.result.steps == 2
+    assert storage.read_bytes(f"{out}/latest", settings=first).decode().strip() == "step-00000002"
+    names = {u.rsplit("/", 1)[1] for u in storage.list_uris(f"{out}/step-00000002", settings=first)}
+    assert {"model.safetensors", "optimizer.safetensors", "ema.safetensors", "state.json"} <= names
+    second = s3_settings.model_copy(update={"home": tmp_path / "machine-b"})  # nothing cached locally
+    rest = run_stage(cfg, data=str(root / "data"), out=out, track=False, settings=second)
+    assert rest.result.resumed_from == 2 and rest.result.steps == 6
+    assert storage.read_bytes(f"{out}/latest", settings=second).decode().strip() == "step-00000006"
