@@ -197,12 +197,8 @@ def _process(
             candidate = mine_interaction(
                 slice_signals(signals, a, b), cfg.interaction, width=width, height=height
             )
-            indices = list(range(b - a))
-            keys = [indices[p] for p in pick_keyframes(indices, cfg.caption_frames, None)]
-            if candidate is not None:
-                keys = [
-                    indices[p] for p in pick_keyframes(indices, cfg.caption_frames, candidate.onset_frame)
-                ]
+            onset = candidate.onset_frame if candidate is not None else None
+            keys = pick_keyframes(list(range(b - a)), cfg.caption_frames, onset)  # clip frame indices
             request = CaptionRequest(
                 clip_id=clip_id,
                 frames=[frames[a + i] for i in keys],

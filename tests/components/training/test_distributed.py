@@ -92,5 +92,10 @@ def test_two_processes_match_one_process(tmp_path: Path, zero: int) -> None:
     )
     a = load_file(str(tmp_path / "one" / last / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / last / "model.safetensors"))
+    # Summation order differs (all-reduce of two means vs one mean of two), and Adam divides by
+    # √v, which magnifies that float noise where gradients are tiny: allow a tenth of one Adam
+    # step (lr 1e-3). Misrouted gradients, as ZeRO-2 gave before every expert ran, already moved the
+    # loss by ~1% at step 2 and fail the loss check above.
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+        diff = float((b[k] - a[k]).abs().max())
+        assert diff <= 1e-4, f"{k}: max |Δ| {diff:.2e}"
