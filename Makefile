@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.worldloop/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench bench-gpu lint clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test: install
 
 bench: install
 	$(PY) -m benchmarks
+
+# GPU numbers (FP8, SageAttention, 480p rollout, training MFU); on a CUDA machine with `worldloop[gpu]`.
+bench-gpu: install
+	$(PY) -m benchmarks.bench_gpu --out bench-gpu.json
 
 # mypy cannot follow setuptools' editable finder for the folder -> import-root mapping, so lint
 # type-checks a link tree that lays the folders out as the installed ``worldloop`` package.

@@ -52,6 +52,17 @@ def _sage_unusable_reason(q: Tensor, *, has_mask: bool) -> str | None:
     return None
 
 
+def _sage_pays_off(q: Tensor) -> bool:
+    """Whether ``auto`` should prefer SageAttention on this GPU.
+
+    SageAttention 1 (Triton) beats FlashAttention-2 on Ampere/Ada, but on Hopper PyTorch's SDPA
+    (FlashAttention/cuDNN for sm_90) is faster: measured on an H100 with torch 2.11 and
+    sageattention 1.0.6 at the 480p rollout shape (Lq 4,680, Lk 20,280, D 128), SDPA took 0.57–0.59x
+    of SageAttention's time (``benchmarks/bench_gpu.py``). ``sage`` still forces it everywhere.
+    """
+    return torch.cuda.get_device_capability(q.device)[0] < 9
+
+
 def sage_available(q: Tensor, *, has_mask: bool) -> bool:
     """Whether :func:`attend` can use SageAttention for queries like ``q`` ``(B, H, Lq, D)``."""
     return _sage_unusable_reason(q, has_mask=has_mask) is None
@@ -114,7 +125,7 @@ def attend(
         if reason is not None:
             raise ValueError(f"attention backend 'sage' cannot run here: {reason}; use 'sdpa' or 'auto'")
         return _sage(q, k, v)
-    if backend is AttentionBackend.auto and sage_available(q, has_mask=has_mask):
+    if backend is AttentionBackend.auto and sage_available(q, has_mask=has_mask) and _sage_pays_off(q):
         return _sage(q, k, v)
     if attn_mask is not None and attn_mask.dim() < 4:
         # SDPA kernels index mask dims -2/-1 directly; a view to 4D makes every broadcastable mask work.

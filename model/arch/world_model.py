@@ -180,6 +180,7 @@ class WorldModel(nn.Module):
         cache: KVCache,
         expert: int,
         update_cache: bool = False,
+        camera_tokens: Tensor | None = None,
     ) -> Tensor:
         """Velocity for one block, attending to the cached sinks + window.
 
@@ -188,6 +189,8 @@ class WorldModel(nn.Module):
             timesteps: (B, f); cond: (B, stride + C, f, h, w); camera: (B, f, 6·stride, H, W).
             expert: which expert runs (host int, see :meth:`expert_for`).
             update_cache: write this block's K/V into the cache (the clean t = 0 pass).
+            camera_tokens: ``encode_camera(camera)`` when the caller already has it (every denoising
+                step of a block shares the camera: encode it once).
         """
         layout = cache.layout
         if latents.shape[2] != layout.frames_in_block(block_index):
@@ -204,7 +207,7 @@ class WorldModel(nn.Module):
             frame_start=layout.frame_start(block_index),
             context_kv=list(zip(kv.context_keys, kv.context_values, strict=True)),
             context_mask=cache.context_mask,
-            camera_tokens=self.camera_encoder(camera.to(latents.dtype)),
+            camera_tokens=self.encode_camera(camera) if camera_tokens is None else camera_tokens,
             past=past,
         )
         if update_cache:
@@ -212,11 +215,24 @@ class WorldModel(nn.Module):
                 cache.write(expert, block_index, layer, k, v)
         return y
 
+    def encode_camera(self, camera: Tensor) -> Tensor:
+        """Grouped Plücker rays (B, f, 6·stride, H, W) → camera tokens (B, f·P, dim), model dtype."""
+        return self.camera_encoder(camera.to(self.dtype))
+
     def commit_block(
-        self, cache: KVCache, *, block_index: int, latents: Tensor, cond: Tensor, camera: Tensor
+        self,
+        cache: KVCache,
+        *,
+        block_index: int,
+        latents: Tensor,
+        cond: Tensor,
+        camera: Tensor,
+        camera_tokens: Tensor | None = None,
     ) -> None:
         """The clean pass: run ``latents`` at t = 0 through every expert, writing their K/V (§5.4)."""
         t0 = latents.new_zeros(latents.shape[0], latents.shape[2])
+        if camera_tokens is None:
+            camera_tokens = self.encode_camera(camera)
         for e in range(self.cfg.num_experts):
             self.forward_step(
                 latents,
@@ -227,6 +243,7 @@ class WorldModel(nn.Module):
                 cache=cache,
                 expert=e,
                 update_cache=True,
+                camera_tokens=camera_tokens,
             )
         cache.remember(block_index, BlockInputs(latents=latents, cond=cond, camera=camera))
 

@@ -63,9 +63,10 @@ def plucker_embedding(intrinsics: Tensor, c2w: Tensor, height: int, width: int) 
         )
     k = intrinsics.double()
     pose = c2w.double()
+    device = k.device  # computed where K lives: on a GPU a 480p block's rays never cross PCIe
     v, u = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64) + 0.5,
-        torch.arange(width, dtype=torch.float64) + 0.5,
+        torch.arange(height, dtype=torch.float64, device=device) + 0.5,
+        torch.arange(width, dtype=torch.float64, device=device) + 0.5,
         indexing="ij",
     )
     pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1).reshape(-1, 3)  # (HW, 3)

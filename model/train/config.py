@@ -113,6 +113,9 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, gt=0.0)
     precision: Precision = Field(Precision.fp32, description="bf16 on GPU; fp32 on CPU.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain DDP).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each DiT block in backward instead of storing its activations."
+    )
     trainable: frozenset[ParamGroup] = Field(description="Parameter groups updated by this stage.")
     shift: float = Field(5.0, gt=0.0, description="Timestep shift of the flow-matching schedule.")
     per_frame_sigma: bool = Field(False, description="Independent noise level per latent frame.")
@@ -172,6 +175,7 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
         "width": 832 if big else 64,
         "precision": Precision.bf16 if big else Precision.fp32,
         "zero_stage": 3 if big else 0,
+        "gradient_checkpointing": big,
     }
     if stage is Stage.action:
         return TrainConfig(

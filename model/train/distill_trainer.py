@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from worldloop.model.arch.dit import set_gradient_checkpointing
 from worldloop.model.arch.world_model import Conditioning, WorldModel
 from worldloop.model.diffusion.schedule import few_step_timesteps
 from worldloop.model.distill.dmd import critic_loss, dmd_generator_loss
@@ -85,6 +86,8 @@ class DistillTrainer:
         self.critic = copy.deepcopy(model)
         self.clips, self.checkpoint_dir = clips, Path(checkpoint_dir)
         self.on_metrics, self.on_progress = on_metrics, on_progress
+        for trained in (self.student, self.critic):  # the teacher runs without grad
+            set_gradient_checkpointing(trained, cfg.gradient_checkpointing)
         self.rank, self.world = ensure_distributed()
         self.total_steps = sum(p.steps for p in cfg.curriculum)
         self.reporter = StepReporter(

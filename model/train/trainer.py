@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from worldloop.model.arch.dit import set_gradient_checkpointing
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -143,6 +144,7 @@ class FlowMatchingTrainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.ema_decay = ema_decay
         self.on_metrics, self.on_progress = on_metrics, on_progress
+        set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         self.rank, self.world = ensure_distributed()
         self.total_steps = sum(p.steps for p in cfg.curriculum)
         self.reporter = StepReporter(

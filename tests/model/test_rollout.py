@@ -69,3 +69,27 @@ def test_rollout_rejects_bad_input() -> None:
     state, _ = rollout.start(_image(), prompt="x")
     with pytest.raises(ValueError, match="actions per block"):
         rollout.step(state, [parse_action("w")])
+
+
+def test_bf16_rollout_runs_and_stays_close_to_fp32() -> None:
+    """Serving runs bf16 weights; host-side text tokens (fp32) must be cast to the model's dtype."""
+    fp32 = _rollout()
+    video32, _ = _play(fp32, 2, switch_at=1)
+    half = _rollout()
+    half.model.to(torch.bfloat16)
+    half.vae.to(torch.bfloat16)
+    video16, recaches = _play(half, 2, switch_at=1)
+    assert video16.dtype == torch.bfloat16 and recaches == 1
+    assert float((video16.float() - video32).abs().mean()) < 0.05
+
+
+def test_compiled_blocks_stream_the_same_video() -> None:
+    """Regional torch.compile (a serving speed switch) changes kernels, not the stream."""
+    from worldloop.model.arch.dit import compile_blocks
+
+    eager, _ = _play(_rollout(), 4, switch_at=2)
+    compiled_rollout = _rollout()
+    assert compile_blocks(compiled_rollout.model) == 2 * tiny().num_layers
+    compiled, recaches = _play(compiled_rollout, 4, switch_at=2)
+    assert recaches == 1
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)

@@ -240,3 +240,22 @@ def test_an_expert_no_sample_chose_gets_zero_gradients_not_none() -> None:
     with torch.no_grad():  # inference does not pay for it
         out = model(**clip, conditioning=_conditioning(2, seed=0))
     assert out.grad_fn is None
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    """Recomputing blocks in backward changes memory, not numbers (training-only, off in eval)."""
+    from worldloop.model.arch.dit import set_gradient_checkpointing
+
+    grads = []
+    for enabled in (False, True):
+        model = _model().train()
+        assert set_gradient_checkpointing(model, enabled) == model.cfg.num_experts
+        clip = _clip(model, batch=2, blocks=2)
+        loss = model(**clip, conditioning=_conditioning(2, seed=0)).square().mean()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (loss0, g0), (loss1, g1) = grads
+    assert torch.equal(loss0, loss1)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
