@@ -11,8 +11,16 @@ import numpy as np
 
 
 def encode_mp4(frames: np.ndarray, path: str | Path, *, fps: int, crf: int = 18) -> None:
-    """Write (F, H, W, 3) uint8 RGB frames as H.264/yuv420p. Single-threaded x264, so the bytes
-    depend only on the frames and settings (reproducible datasets)."""
+    """Write (F, H, W, 3) uint8 RGB frames as H.264/yuv420p; the bytes depend only on the frames and
+    settings (reproducible datasets).
+
+    Two x264 settings make that hold: one thread, and no macroblock-tree rate control / lookahead.
+    With x264's mbtree lookahead on (every preset's default), the same frames encoded twice in a
+    long-running process (a curation run) came out different from run to run — the lookahead's
+    result depended on the process's history, even single-threaded — while a small fresh process
+    was stable; with it off, repeated curation runs give identical shards. mbtree mostly helps
+    low-bitrate streaming; at the crf used for datasets its loss is a few % of file size.
+    """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
@@ -28,7 +36,12 @@ def encode_mp4(frames: np.ndarray, path: str | Path, *, fps: int, crf: int = 18)
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+            stream.options = {
+                "crf": str(crf),
+                "preset": "veryfast",
+                "threads": "1",
+                "x264-params": "mbtree=0:rc-lookahead=0",
+            }
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
