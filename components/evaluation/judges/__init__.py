@@ -1,0 +1,21 @@
+"""InterBench judges: the offline SynthWorld judge (ground truth) and, later, a VLM judge."""
+
+from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Dimension, Judge, aggregate
+from worldloop.components.evaluation.judges.synthworld import (
+    SynthWorldJudge,
+    SynthWorldJudgeConfig,
+    judge_accuracy,
+    score_against_truth,
+)
+
+__all__ = [
+    "DIMENSIONS",
+    "CaseScores",
+    "Dimension",
+    "Judge",
+    "SynthWorldJudge",
+    "SynthWorldJudgeConfig",
+    "aggregate",
+    "judge_accuracy",
+    "score_against_truth",
+]
