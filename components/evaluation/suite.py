@@ -117,7 +117,8 @@ class CaseTruth:
     masks: np.ndarray  # (F, H, W) bool: where the event shows
     progress: np.ndarray  # (F,) float in [0, 1]: 0 before onset, 1 once the end state is reached
     full: int  # first frame with the end state fully reached
-    global_event: bool  # environment events change the whole frame
+    global_event: bool  # the event covers at least half of the frame
+    c2w: np.ndarray  # (F, 4, 4) the commanded camera path (OpenCV camera-to-world, frame 0 = identity)
 
 
 class LoadedSuite:
@@ -160,6 +161,7 @@ class LoadedSuite:
                 progress=z["progress"],
                 full=int(z["full"]),
                 global_event=bool(z["global_event"]),
+                c2w=z["c2w"],
             )
 
     def select(self, limit: int | None) -> list[InterBenchCase]:
@@ -226,6 +228,7 @@ def build_synthworld_suite(
             counterfactual=render_without_event(clip, cfg),
             masks=masks,
             progress=np.array([event.progress(f) for f in range(frames)], np.float32),
+            c2w=clip.c2w.astype(np.float64),
             full=np.int64(min(event.full, frames - 1)),
             # Whole-frame events (weather, night) by what they touch, not by category: an explosion
             # is an environment event but a local one.

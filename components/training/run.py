@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from worldloop.components.curation.dataset import iter_clips
 from worldloop.components.training.sample import sample_video
-from worldloop.model import build_world_model, load_preset
+from worldloop.model import ModelConfig, WorldModel, build_world_model, load_preset
 from worldloop.model.text import TextEncoderConfig, build_text_encoder
 from worldloop.model.train.checkpoint import LATEST, latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
@@ -92,6 +92,17 @@ def _local_checkpoints(
     return (m.pull() if mirror else m.local), m
 
 
+def build_models(mcfg: ModelConfig, *, seed: int) -> tuple[WorldModel, CausalVideoVAE]:
+    """The world model (initial weights) and the VAE of a run with ``seed``.
+
+    The VAE is not trained by any stage yet: it is frozen at its seeded initialisation, so every
+    consumer of a checkpoint (the next stage, evaluation, serving) must rebuild it exactly like this.
+    """
+    torch.manual_seed(seed)
+    model = build_world_model(mcfg)
+    return model, CausalVideoVAE(mcfg.vae)
+
+
 @dataclass(frozen=True)
 class StageRun:
     result: TrainResult
@@ -114,9 +125,7 @@ def run_stage(
     settings = settings or get_settings()
     clips = load_training_clips(data, settings=settings)
     mcfg = load_preset(cfg.model_preset)
-    torch.manual_seed(cfg.seed)
-    model = build_world_model(mcfg)
-    vae = CausalVideoVAE(mcfg.vae)  # frozen; deterministic from the seed until a trained VAE is given
+    model, vae = build_models(mcfg, seed=cfg.seed)
     checkpoint_dir, mirror = _local_checkpoints(out, settings, mirror=True)
     if init is not None and latest_checkpoint(checkpoint_dir) is None:
         init_dir, init_mirror = _local_checkpoints(init, settings, mirror=False)

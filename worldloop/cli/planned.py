@@ -11,31 +11,12 @@ def _later(what: str, issue: int) -> None:
     raise typer.Exit(3)
 
 
-evaluate = typer.Typer(help="InterBench and general video metrics.", no_args_is_help=True)
 pipeline = typer.Typer(
     help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True
 )
 models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
 serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
-
-
-@evaluate.command(
-    "interbench", help="Score a model on InterBench; writes report.html, radar PNG, scores.json."
-)
-def eval_interbench(
-    model: str = typer.Option(..., "--model", help="Checkpoint path, models:/name@alias or preset:NAME."),
-    cases: int = typer.Option(None, "--cases", help="Number of cases (default: the whole suite)."),
-    judge: str = typer.Option("synthworld", "--judge", help="synthworld | vlm"),
-    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for --judge vlm."),
-    out: str = typer.Option(..., "--out", help="Report directory."),
-) -> None:
-    _later("InterBench", 6)
-
-
-@evaluate.command("compare", help="Side-by-side table of two score files.")
-def eval_compare(a: str = typer.Argument(...), b: str = typer.Argument(...)) -> None:
-    _later("InterBench", 6)
 
 
 @pipeline.command("run", help="Run a pipeline locally (kfp.local) or on a KFP cluster with --host.")
@@ -94,7 +75,6 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
 
 
 SUBCOMMANDS = {
-    "eval": evaluate,
     "pipeline": pipeline,
     "models": models,
     "serve": serve,

@@ -7,6 +7,14 @@ from worldloop.components.evaluation.judges.synthworld import (
     judge_accuracy,
     score_against_truth,
 )
+from worldloop.components.evaluation.judges.vlm import (
+    ANSWER_FORMATS,
+    QUESTIONS,
+    SYSTEM_PROMPT,
+    VLMJudge,
+    VLMJudgeConfig,
+    VLMJudgeError,
+)
 
 __all__ = [
     "DIMENSIONS",
@@ -18,4 +26,10 @@ __all__ = [
     "aggregate",
     "judge_accuracy",
     "score_against_truth",
+    "ANSWER_FORMATS",
+    "QUESTIONS",
+    "SYSTEM_PROMPT",
+    "VLMJudge",
+    "VLMJudgeConfig",
+    "VLMJudgeError",
 ]

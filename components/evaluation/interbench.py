@@ -1,0 +1,300 @@
+"""Run InterBench on a model: generate every case with the serving rollout, judge it, measure it.
+
+For each case the model starts from the reference image and prompt, follows the case's action script
+block by block, and receives the instruction with the block that contains ``instruction_frame`` (an
+instruction change triggers exactly one recache, as in serving). The video is judged on the six
+InterBench dimensions and measured with the general metrics; everything lands in ``out``::
+
+    scores.json      model, suite, judge (and its held-out accuracy), per-dimension and per-category
+                     means, general metrics, and every case's numbers
+    radar.png        the six dimensions as a radar chart
+    report.html      the chart, the tables and links to the videos (self-contained but for the videos)
+    videos/<case>.mp4
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Judge, aggregate
+from worldloop.components.evaluation.judges.synthworld import SynthWorldJudge, judge_accuracy
+from worldloop.components.evaluation.metrics import (
+    StatsFeatures,
+    camera_rpe,
+    dynamic_degree,
+    fvd,
+    image_quality,
+    psnr,
+    ssim,
+    temporal_consistency,
+)
+from worldloop.components.evaluation.model_source import ModelStack, load_model
+from worldloop.components.evaluation.suite import (
+    InterBenchCase,
+    LoadedSuite,
+    build_synthworld_suite,
+    load_suite,
+)
+from worldloop.model.camera.plucker import actions_to_camera
+from worldloop.model.rollout import Rollout
+
+from worldloop.settings import Settings, get_settings
+from worldloop.video import encode_mp4
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CASES, DEFAULT_SIZE, DEFAULT_FRAMES, DEFAULT_SEED = 100, 64, 33, 0  # the shipped suite
+HELD_OUT_SEED = 11  # the judge's accuracy is measured on worlds of this seed (never in the default suite)
+
+
+def default_suite(settings: Settings) -> LoadedSuite:
+    """The shipped SynthWorld suite, rendered once into the local home (deterministic)."""
+    name = f"synthworld-s{DEFAULT_SEED}-{DEFAULT_SIZE}px-{DEFAULT_FRAMES}f-{DEFAULT_CASES}"
+    root = settings.home / "interbench" / name
+    try:
+        return load_suite(root)
+    except FileNotFoundError:
+        log.info("rendering the SynthWorld InterBench suite into %s (once)", root)
+        return build_synthworld_suite(
+            root, cases=DEFAULT_CASES, size=DEFAULT_SIZE, frames=DEFAULT_FRAMES, seed=DEFAULT_SEED
+        )
+
+
+def build_judge(name: str, *, url: str | None = None, model: str | None = None) -> Judge | str:
+    """``synthworld`` (built per suite by :func:`run_interbench`) or ``vlm`` at ``url``."""
+    if name == "synthworld":
+        if url is not None:
+            raise ValueError("--judge-url is for --judge vlm")
+        return "synthworld"
+    if name == "vlm":
+        if not url or not model:
+            raise ValueError(
+                "--judge vlm needs --judge-url (an OpenAI-compatible endpoint) and --judge-model"
+            )
+        from worldloop.components.evaluation.judges.vlm import VLMJudge, VLMJudgeConfig
+
+        return VLMJudge(VLMJudgeConfig(endpoint=url, model=model))
+    raise ValueError(f"--judge must be synthworld or vlm, got {name!r}")
+
+
+# -- generation ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate_case(
+    stack: ModelStack, suite: LoadedSuite, case: InterBenchCase, *, seed: int = 0
+) -> np.ndarray:
+    """The model's video for ``case``: (frames, H, W, 3) uint8 at the suite's size."""
+    image = suite.image(case.id)
+    h, w = image.shape[:2]
+    rollout = Rollout(
+        stack.model,
+        vae=stack.vae,
+        text_encoder=stack.text_encoder,
+        height=h,
+        width=w,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    state, first = rollout.start(pixels, prompt=case.prompt)
+    frames = [first]
+    actions = case.action_frames()
+    per_block = rollout.frames_per_block
+    made = 1
+    while made < case.frames:
+        span = actions[made : made + per_block]
+        span += [span[-1] if span else actions[-1]] * (per_block - len(span))  # hold the last input
+        issued = made + per_block > case.instruction_frame  # this block contains the instruction frame
+        frames.append(rollout.step(state, span, instruction=case.instruction if issued else None))
+        made += per_block
+    video = torch.cat(frames, dim=2)[0, :, : case.frames]  # (3, F, H, W) in [-1, 1]
+    return ((video.float().permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+def commanded_path(stack: ModelStack, suite: LoadedSuite, case: InterBenchCase) -> np.ndarray:
+    if suite.has_truth(case.id):
+        return suite.truth(case.id).c2w
+    cfg = stack.model.cfg
+    track = actions_to_camera(
+        case.action_frames(),
+        width=suite.suite.size,
+        height=suite.suite.size,
+        fov_deg=cfg.fov_deg,
+        motion=cfg.motion,
+    )
+    return track.c2w.numpy().astype(np.float64)
+
+
+def general_metrics(
+    video: np.ndarray, case: InterBenchCase, suite: LoadedSuite, stack: ModelStack
+) -> dict[str, float]:
+    out: dict[str, float] = {
+        "temporal_consistency": temporal_consistency(video).score,
+        "dynamic_degree": dynamic_degree(video).magnitude,
+        "image_quality": image_quality(video).score,
+    }
+    rpe = camera_rpe(video, commanded_path(stack, suite, case))
+    out["camera_rpe_rot_deg"] = rpe.rotation_median
+    if suite.has_truth(case.id):
+        truth = suite.truth(case.id).event
+        out["psnr"] = min(psnr(video, truth), 100.0)  # identical clips: inf, capped for JSON and means
+        out["ssim"] = ssim(video, truth)
+    return out
+
+
+# -- the run -------------------------------------------------------------------------------------------
+@dataclass
+class InterBenchResult:
+    out: Path
+    interbench: dict[str, float | None]
+    per_category: dict[str, dict[str, float | None]]
+    general: dict[str, float]
+    judge_accuracy: float | None
+    cases: list[dict[str, Any]]
+
+
+def _mean(rows: Sequence[dict[str, float]], key: str) -> float | None:
+    values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
+    return float(np.mean(values)) if values else None
+
+
+def run_interbench(
+    model: str,
+    *,
+    out: str | Path,
+    suite: str | Path | None = None,
+    cases: int | None = None,
+    judge: Judge | str = "synthworld",
+    seed: int = 0,
+    settings: Settings | None = None,
+    track: bool = True,
+    parent_run_id: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> InterBenchResult:
+    settings = settings or get_settings()
+    out = Path(out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    stack = load_model(model, settings=settings)  # first: a bad URI fails before any suite is rendered
+    loaded = load_suite(suite) if suite is not None else default_suite(settings)
+    chosen = loaded.select(cases)
+    accuracy: float | None = None
+    if isinstance(judge, str):
+        if judge != "synthworld":
+            raise ValueError(f"unknown judge {judge!r}; pass a judge object for 'vlm'")
+        missing = [c.id for c in chosen if not loaded.has_truth(c.id)]
+        if missing:
+            raise ValueError(f"the synthworld judge needs ground truth; cases without it: {missing[:5]}")
+        judge = SynthWorldJudge(loaded)
+        held = settings.home / "interbench" / f"held-out-s{HELD_OUT_SEED}-{loaded.suite.size}px"
+        try:
+            held_suite = load_suite(held)
+        except FileNotFoundError:
+            held_suite = build_synthworld_suite(
+                held, cases=20, size=loaded.suite.size, frames=loaded.suite.frames, seed=HELD_OUT_SEED
+            )
+        measured = judge_accuracy(held_suite)
+        accuracy = measured.accuracy
+        verdict = "trusted" if measured.trusted else "NOT trusted (below 0.95): read its scores with care"
+        log.info(
+            "SynthWorld judge held-out accuracy %.3f on %d decisions: %s",
+            accuracy,
+            measured.decisions,
+            verdict,
+        )
+
+    results: list[CaseScores] = []
+    rows: list[dict[str, Any]] = []
+    videos: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
+    started = time.perf_counter()
+    for i, case in enumerate(chosen):
+        video = generate_case(stack, loaded, case, seed=seed + i)
+        encode_mp4(video, out / "videos" / f"{case.id}.mp4", fps=loaded.suite.fps)
+        scored = judge.score(case, video)
+        metrics = general_metrics(video, case, loaded, stack)
+        results.append(scored)
+        videos.append(video)
+        if loaded.has_truth(case.id):
+            truths.append(loaded.truth(case.id).event)
+        rows.append(
+            {
+                "case": case.id,
+                "category": case.category.value,
+                "kind": case.kind,
+                "instruction": case.instruction,
+                "scores": {d.value: scored.scores.get(d) for d in DIMENSIONS},
+                "notes": scored.notes,
+                "metrics": metrics,
+                "video": f"videos/{case.id}.mp4",
+            }
+        )
+        if on_progress:
+            on_progress(i + 1, len(chosen))
+    close = getattr(judge, "close", None)
+    if callable(close):  # the VLM judge holds an HTTP client
+        close()
+    interbench = aggregate(results)
+    per_category = {
+        cat: aggregate([r for r in results if r.category == cat])
+        for cat in sorted({r.category for r in results})
+    }
+    metric_rows = [r["metrics"] for r in rows]
+    general: dict[str, float] = {}
+    for key in sorted({k for r in metric_rows for k in r}):
+        value = _mean(metric_rows, key)
+        if value is not None:
+            general[key] = value
+    if len(videos) >= 2 and len(truths) == len(videos):
+        general["fd_stats"] = fvd(videos, truths, extractor=StatsFeatures())
+    result = InterBenchResult(out, interbench, per_category, general, accuracy, rows)
+    payload = {
+        "model": model,
+        "preset": stack.preset,
+        "checkpoint": stack.checkpoint,
+        "suite": {"name": loaded.suite.name, "root": str(loaded.root), "cases": len(chosen)},
+        "judge": {"name": judge.name, "held_out_accuracy": accuracy},
+        "interbench": interbench,
+        "per_category": per_category,
+        "general": general,
+        "seconds": time.perf_counter() - started,
+        "cases": rows,
+    }
+    (out / "scores.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    from worldloop.components.evaluation.report import write_report
+
+    write_report(out, payload)
+    if track:
+        _log_mlflow(payload, out, settings, parent_run_id)
+    return result
+
+
+def _log_mlflow(payload: dict[str, Any], out: Path, settings: Settings, parent_run_id: str | None) -> None:
+    import mlflow
+    from worldloop.components.training.run import local_artifacts
+
+    mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
+    name = "worldloop-evaluation"
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(
+            name, artifact_location=None if settings.mlflow_uri else local_artifacts(settings)
+        )
+    mlflow.set_experiment(name)
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    with mlflow.start_run(run_name="interbench", tags=tags, nested=parent_run_id is not None):
+        mlflow.log_params(
+            {"model": payload["model"], "suite": payload["suite"]["name"], "cases": payload["suite"]["cases"]}
+        )
+        metrics = {f"interbench.{k}": v for k, v in payload["interbench"].items() if v is not None}
+        metrics |= {f"general.{k}": v for k, v in payload["general"].items()}
+        if payload["judge"]["held_out_accuracy"] is not None:
+            metrics["judge.held_out_accuracy"] = payload["judge"]["held_out_accuracy"]
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out), artifact_path="interbench")
