@@ -28,6 +28,7 @@ import torch
 from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Judge, aggregate
 from worldloop.components.evaluation.judges.synthworld import SynthWorldJudge, judge_accuracy
 from worldloop.components.evaluation.metrics import (
+    I3DFeatures,
     StatsFeatures,
     camera_rpe,
     dynamic_degree,
@@ -178,7 +179,13 @@ def run_interbench(
     track: bool = True,
     parent_run_id: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    i3d: str | Path | None = None,
 ) -> InterBenchResult:
+    """Generate, judge and measure ``cases`` of ``suite`` with ``model``; write the report into ``out``.
+
+    ``i3d``: a local Kinetics-400 I3D safetensors file; with it the Fréchet video distance is also
+    computed with the published FVD network (``general.fvd_i3d``), next to the offline ``fd_stats``.
+    """
     settings = settings or get_settings()
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -254,6 +261,8 @@ def run_interbench(
             general[key] = value
     if len(videos) >= 2 and len(truths) == len(videos):
         general["fd_stats"] = fvd(videos, truths, extractor=StatsFeatures())
+        if i3d is not None:
+            general["fvd_i3d"] = fvd(videos, truths, extractor=I3DFeatures(i3d))
     result = InterBenchResult(out, interbench, per_category, general, accuracy, rows)
     payload = {
         "model": model,

@@ -40,6 +40,9 @@ def eval_interbench(
     judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint for --judge vlm."),
     judge_model: str = typer.Option(None, "--judge-model", help="Model name at --judge-url."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed of the generated videos."),
+    i3d: Path = typer.Option(
+        None, "--i3d", help="Kinetics-400 I3D safetensors file: also report FVD with the published network."
+    ),
     no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow."),
 ) -> None:
     from worldloop.components.evaluation.interbench import build_judge, run_interbench
@@ -56,6 +59,7 @@ def eval_interbench(
             cases=cases,
             judge=chosen,
             seed=seed,
+            i3d=i3d,
             track=not no_track,
             on_progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
