@@ -9,11 +9,19 @@ flow matching on the student's samples. The generator follows
 whose gradient with respect to x is g: it pushes samples from where the critic thinks the student
 puts them towards where the teacher puts real data. Latent frame 0 (the reference image) is clean
 and never noised or scored.
+
+Both scores run with grad mode on but nothing requiring grad (inputs detached, teacher and critic
+frozen for the call), so no graph is built and :meth:`WorldModel.forward` takes its training path:
+every expert runs, on an empty batch when no sample's σ chose it. Each data-parallel rank then calls
+the same modules in the same order whatever σ its samples drew — ZeRO-3 gathers every module's
+partitioned parameters with a collective, so the ranks must agree. The outputs are the ones a no-grad
+call gives (an expert's rows only depend on that expert).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +45,24 @@ def _noised(
     sigma = torch.cat([torch.zeros(b, 1), torch.cat(sig).expand(b, t - 1)], dim=1).to(x.device)
     eps = torch.cat(noise).to(x)
     return add_noise(x, eps, sigma), sigma, eps
+
+
+@contextmanager
+def frozen_scores(*models: WorldModel) -> Iterator[None]:
+    """Grad mode on, every parameter of ``models`` frozen; the flags are restored on exit.
+
+    With nothing requiring grad no graph is built, yet :meth:`WorldModel.forward` runs every expert on
+    every rank (see the module docstring). A trained critic's gradient hooks stay registered.
+    """
+    flags = [(p, p.requires_grad) for m in models for p in m.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def guided_x0(
@@ -76,6 +102,7 @@ def dmd_generator_loss(
     """DMD loss for student samples ``x`` (B, C, T, h, w) with gradient; teacher and critic frozen here."""
     with torch.no_grad():
         x_t, sigma, _ = _noised(x.detach(), generators, shift=shift, min_sigma=min_sigma, max_sigma=max_sigma)
+    with frozen_scores(teacher, critic):
         real = guided_x0(
             teacher,
             x_t,
@@ -96,6 +123,8 @@ def dmd_generator_loss(
             unconditional=None,
             guidance=1.0,
         )
+    assert not (real.requires_grad or fake.requires_grad), "a score built a graph"
+    with torch.no_grad():
         gen = x.detach()[:, :, 1:]
         scale = (gen - real[:, :, 1:]).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
         grad = (fake[:, :, 1:] - real[:, :, 1:]) / scale

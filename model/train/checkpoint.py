@@ -6,28 +6,43 @@ A checkpoint is a folder ``step-NNNNNNNN/`` holding
 * ``ema.safetensors`` — the EMA of the trainable weights;
 * ``optimizer.safetensors`` — every optimizer state tensor, keyed ``"{param_index}.{name}"``;
 * ``NAME.safetensors`` + ``NAME_optimizer.safetensors`` — extra trained modules (the stage-3 critic);
+* ``NAME.safetensors`` alone — frozen modules a resumed run needs as they were (the stage-3 teacher);
 * ``state.json`` — step, optimizer param-group hyper-parameters, scheduler state, RNG states (as
   lists of ints), and anything else small.
 
 It is written to a temporary sibling folder and renamed into place, then ``latest`` (a one-line file
 naming the folder) is replaced atomically: a reader never sees half a checkpoint.
+
+Data parallelism. Rank 0 writes the checkpoint; what it needs from the other ranks is collected first,
+on every rank: ZeRO-3 parameters are partitioned, so :func:`gathered_state_dict` assembles full tensors
+one parameter at a time (``deepspeed.zero.GatheredParameters``) and :func:`gather_shards` does the
+same for tensors kept per partition (the EMA). A ZeRO optimizer (stage ≥ 1) holds each rank's
+partition of the optimizer state: every rank writes its own ``OPT.rank{r}.safetensors`` into a staging
+folder (:func:`save_optimizer_shard`) that rank 0 moves into the checkpoint (``shards=``), and a
+resumed rank reads its own file back. Weights are loaded into the plain module *before* DeepSpeed
+wraps it (:func:`load_weights`), so ZeRO-1/2 take their fp32 master copy and ZeRO-3 its partitions
+from the loaded values; the rest follows once the engine exists (:func:`load_training_state`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 LATEST = "latest"
+Weights = nn.Module | Mapping[str, Tensor]  # a module, or its (gathered) state dict
 
 
 def rng_state() -> dict[str, Any]:
@@ -72,19 +87,44 @@ def _load_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _cpu_weights(weights: Weights) -> dict[str, Tensor]:
+    items = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    return {k: v.detach().cpu().contiguous() for k, v in items.items()}
+
+
+def _shard_name(optimizer_file: str, rank: int) -> str:
+    return f"{optimizer_file}.rank{rank}.safetensors"
+
+
+def save_optimizer_shard(staging: str | Path, optimizer_file: str, optimizer: torch.optim.Optimizer) -> None:
+    """This rank's optimizer-state tensors into ``staging`` (``optimizer_file`` is e.g. "optimizer")."""
+    staging = Path(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    tensors, _ = _optimizer_tensors(optimizer)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    save_file(tensors, str(staging / _shard_name(optimizer_file, rank)))
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
     *,
-    model: nn.Module,
+    model: Weights,
     optimizer: torch.optim.Optimizer,
     ema: dict[str, torch.Tensor],
     state: dict[str, Any],
     metadata: dict[str, str] | None = None,
     keep: int = 2,
-    extra: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None,
+    extra: dict[str, tuple[Weights, torch.optim.Optimizer]] | None = None,
+    frozen: dict[str, Weights] | None = None,
+    shards: str | Path | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints."""
+    """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints.
+
+    ``model``, the ``extra`` and the ``frozen`` modules may be given as full state dicts (gathered from
+    ZeRO-3 partitions). ``shards``: a staging folder of every rank's :func:`save_optimizer_shard` files, moved
+    into the checkpoint in place of rank 0's ``optimizer.safetensors`` (and ``NAME_optimizer``).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -92,20 +132,33 @@ def save_checkpoint(
     tmp = root / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"), metadata=metadata or {})
+    save_file(_cpu_weights(model), str(tmp / "model.safetensors"), metadata=metadata or {})
     save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     tensors, opt_meta = _optimizer_tensors(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    if shards is None:
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
     extra_meta = {}
     for part, (module, opt) in (extra or {}).items():
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-            str(tmp / f"{part}.safetensors"),
-        )
+        save_file(_cpu_weights(module), str(tmp / f"{part}.safetensors"))
         extra_tensors, extra_meta[part] = _optimizer_tensors(opt)
-        save_file(extra_tensors, str(tmp / f"{part}_optimizer.safetensors"))
-    full_state = {"step": step, "optimizer": opt_meta, "extra": extra_meta, "rng": rng_state(), **state}
+        if shards is None:
+            save_file(extra_tensors, str(tmp / f"{part}_optimizer.safetensors"))
+    for part, module in (frozen or {}).items():
+        save_file(_cpu_weights(module), str(tmp / f"{part}.safetensors"))
+    num_shards = 0
+    if shards is not None:
+        for f in sorted(Path(shards).iterdir()):
+            os.replace(f, tmp / f.name)
+            num_shards += f.name.startswith("optimizer.rank")
+        shutil.rmtree(shards, ignore_errors=True)
+    full_state = {
+        "step": step,
+        "optimizer": opt_meta,
+        "extra": extra_meta,
+        "optimizer_shards": num_shards,
+        "rng": rng_state(),
+        **state,
+    }
     (tmp / "state.json").write_text(json.dumps(full_state))
     for f in tmp.iterdir():
         with f.open("rb") as handle:
@@ -130,6 +183,60 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return folder if (folder / "state.json").exists() else None
 
 
+def load_weights(
+    folder: str | Path, *, model: nn.Module, extra: Mapping[str, nn.Module] | None = None
+) -> None:
+    """Restore the weights of ``model`` (and the ``extra`` or frozen modules) on this rank, before
+    DeepSpeed wraps them."""
+    folder = Path(folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder}: checkpoint does not fit the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, module in (extra or {}).items():
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+
+
+def _optimizer_file(folder: Path, name: str, state: dict[str, Any], rank: int) -> Path:
+    shards = int(state.get("optimizer_shards", 0))
+    if not shards:
+        return folder / f"{name}.safetensors"
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world != shards:
+        raise ValueError(
+            f"{folder}: the optimizer state is partitioned over {shards} ranks (ZeRO); "
+            f"resume with {shards} processes, not {world}"
+        )
+    return folder / _shard_name(name, rank)
+
+
+def load_training_state(
+    folder: str | Path,
+    *,
+    optimizer: torch.optim.Optimizer | None,
+    ema: dict[str, torch.Tensor] | None,
+    extra: dict[str, torch.optim.Optimizer] | None = None,
+) -> dict[str, Any]:
+    """Restore optimizer state (this rank's shard when partitioned), EMA and RNG; returns ``state.json``."""
+    folder = Path(folder)
+    state: dict[str, Any] = json.loads((folder / "state.json").read_text())
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if optimizer is not None:
+        path = _optimizer_file(folder, "optimizer", state, rank)
+        _load_optimizer(optimizer, load_file(str(path)), state["optimizer"])
+    if ema is not None:
+        for k, v in load_file(str(folder / "ema.safetensors")).items():
+            ema[k].copy_(v)
+    for name, opt in (extra or {}).items():
+        path = _optimizer_file(folder, f"{name}_optimizer", state, rank)
+        _load_optimizer(opt, load_file(str(path)), state["extra"][name])
+    set_rng_state(state["rng"])
+    return state
+
+
 def load_checkpoint(
     folder: str | Path,
     *,
@@ -139,22 +246,86 @@ def load_checkpoint(
     extra: dict[str, tuple[nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> dict[str, Any]:
     """Restore weights (and optimizer, EMA, RNG when given); returns ``state.json``."""
-    folder = Path(folder)
-    weights = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder}: checkpoint does not fit the model "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    state = json.loads((folder / "state.json").read_text())
-    if optimizer is not None:
-        _load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
-    if ema is not None:
-        for k, v in load_file(str(folder / "ema.safetensors")).items():
-            ema[k].copy_(v)
-    for name, (module, opt) in (extra or {}).items():
-        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
-        _load_optimizer(opt, load_file(str(folder / f"{name}_optimizer.safetensors")), state["extra"][name])
-    set_rng_state(state["rng"])
-    return state
+    extra = extra or {}
+    load_weights(folder, model=model, extra={name: module for name, (module, _) in extra.items()})
+    return load_training_state(
+        folder, optimizer=optimizer, ema=ema, extra={name: opt for name, (_, opt) in extra.items()}
+    )
+
+
+@contextlib.contextmanager
+def optimizer_state_access(*engines: Any) -> Iterator[None]:
+    """While inside, the wrapped torch optimizers' ``state_dict`` / ``load_state_dict`` work.
+
+    ZeRO-1/2 keep their fp32 partitions in the torch optimizer's param groups; ZeRO-3 steps one
+    sub-group at a time and leaves the groups empty in between, so the partitions are put back for the
+    duration (what DeepSpeed's own ZeRO-3 ``state_dict`` does).
+    """
+    zero3 = [e.optimizer for e in engines if hasattr(e.optimizer, "_set_fp32_optimizer_param_groups")]
+    for opt in zero3:
+        opt._set_fp32_optimizer_param_groups()
+    try:
+        yield
+    finally:
+        for opt in zero3:
+            opt._clear_fp32_optimizer_param_groups()
+
+
+# -- ZeRO-3: full tensors from partitions --------------------------------------------------------------
+def is_partitioned(param: Tensor) -> bool:
+    """A ZeRO-3 parameter: ``param.data`` is a placeholder, ``param.ds_tensor`` this rank's partition."""
+    return hasattr(param, "ds_tensor")
+
+
+def local_shard(param: Tensor) -> Tensor:
+    """This rank's part of ``param``: its ZeRO-3 partition (flat, zero-padded) or the tensor itself."""
+    return param.ds_tensor if is_partitioned(param) else param  # type: ignore[attr-defined,no-any-return]
+
+
+def shard_of(full: Tensor, param: Tensor) -> Tensor:
+    """The part of ``full`` (shaped like ``param``) that :func:`local_shard` holds on this rank.
+
+    ZeRO-3 splits the flattened tensor into ``world`` equal slices, rank-major, the last one padded.
+    """
+    if not is_partitioned(param):
+        return full
+    size = local_shard(param).numel()
+    start = dist.get_rank() * size
+    chunk = full.reshape(-1)[start : start + size]
+    return torch.cat([chunk, chunk.new_zeros(size - chunk.numel())])
+
+
+def gather_shards(shards: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Full CPU tensors on rank 0 ({} elsewhere) from every rank's :func:`local_shard`-shaped
+    ``shards`` of ``params``. A collective: every rank calls it with the same names in the same order."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out: dict[str, Tensor] = {}
+    for name, part in shards.items():
+        param = params[name]
+        if not is_partitioned(param):
+            full = part
+        else:
+            pieces = [torch.empty_like(part) for _ in range(world)] if rank == 0 else None
+            dist.gather(part.contiguous(), pieces, dst=0)
+            full = torch.cat(pieces)[: param.ds_numel].view(param.ds_shape) if pieces else part  # type: ignore[attr-defined]
+        if rank == 0:
+            out[name] = full.detach().cpu().clone()
+    return out
+
+
+def gathered_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """``module.state_dict()`` as full CPU tensors on rank 0 ({} elsewhere), gathering ZeRO-3 partitions
+    one parameter at a time so no rank ever holds more than one full parameter beyond its partitions.
+    A collective under ZeRO-3: every rank calls it."""
+    import deepspeed
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    out: dict[str, Tensor] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if is_partitioned(tensor):
+            with deepspeed.zero.GatheredParameters([tensor]):
+                if rank == 0:
+                    out[name] = tensor.detach().cpu().clone()
+        elif rank == 0:
+            out[name] = tensor.detach().cpu().clone()
+    return out

@@ -9,6 +9,11 @@ before the window, with the camera re-based to that frame. Only the window keeps
 Teacher-forcing steps (probability ``teacher_forcing_prob``) build the context from a real clip's
 latents instead of the student's own outputs, so the student also learns to continue real footage;
 the frame before the window is then the real one.
+
+Every random choice here (teacher forcing, rollout length, player actions, exit steps) is drawn from
+the seed of the *global* batch, so all data-parallel ranks run the same modules (what ZeRO-2/3 need,
+see :mod:`worldloop.model.train.distill_trainer`) and one process with batch W·B draws what W
+processes with batch B draw.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class LongExtensionTrainer(DistillTrainer):
 
     # The two hooks DistillTrainer.run calls: a critic loss and a generator loss on one batch.
     def _window(self, batch: PreparedBatch, salt: int, index: int, *, grad: bool) -> dict[str, torch.Tensor]:
+        """The aligned window of one rollout; ``index`` is the global batch's first sample index."""
         mcfg, lc = self.student.cfg, self.lcfg
         f, stride = mcfg.causal.block_frames, mcfg.vae.temporal_stride
         rng = np.random.default_rng([self.cfg.seed, index, salt])
@@ -93,6 +99,8 @@ class LongExtensionTrainer(DistillTrainer):
                 context=batch.latents if teacher_forcing else None,
                 first_generated=first_window if teacher_forcing else 1,
                 grad_from=first_window,
+                global_batch=self.global_batch,
+                first_row=self.first_row,
             ).video_latents
         start = 1 + (first_window - 1) * f  # first latent frame of the window
         prev = start - 1
@@ -115,7 +123,7 @@ class LongExtensionTrainer(DistillTrainer):
         }
 
     def critic_step_loss(self, batch: PreparedBatch, idx: list[int], k: int, forward: object) -> torch.Tensor:
-        w = self._window(batch, k, idx[0], grad=False)
+        w = self._window(batch, k, self.global_first(idx), grad=False)
         gens = [torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + i * 13 + k) for i in idx]
         return critic_loss(
             self.critic,
@@ -131,7 +139,7 @@ class LongExtensionTrainer(DistillTrainer):
     def generator_step_loss(
         self, batch: PreparedBatch, uncond: object, idx: list[int]
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        w = self._window(batch, 997, idx[0], grad=True)
+        w = self._window(batch, 997, self.global_first(idx), grad=True)
         gens = [torch.Generator().manual_seed(self.cfg.seed * 9_000_011 + i) for i in idx]
         loss, info = dmd_generator_loss(
             w["x"],

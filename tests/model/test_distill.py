@@ -71,6 +71,44 @@ def test_rollout_keeps_the_reference_and_trains_only_through_exit_steps() -> Non
     assert torch.equal(again.video_latents, x.detach()) and again.exit_steps == out.exit_steps
 
 
+def test_rollout_trains_the_context_projections_through_the_exit_steps() -> None:
+    """Self-Forcing detaches the *past* (cached self-attention K/V of earlier blocks), not the prompt:
+    the exit steps' gradient reaches the text embedding, the cross-attention K/V projections and the
+    interaction extractor that the context K/V are computed from."""
+    model = _model()
+    inp = _inputs()
+    g = torch.Generator().manual_seed(2)
+    text = inp["conditioning"]
+    inp["conditioning"] = Conditioning(
+        text.text_tokens,
+        text.text_mask,
+        torch.randn(1, 4, 384, generator=g),
+        torch.ones(1, 4, dtype=torch.bool),
+    )
+    out = self_forcing_rollout(
+        model,
+        **inp,
+        num_blocks=2,
+        timesteps=TIMESTEPS,
+        generator=torch.Generator().manual_seed(3),
+        height=32,
+        width=32,
+    )
+    out.video_latents.square().mean().backward()
+    trained = {model.expert_for(TIMESTEPS[s]) for s in out.exit_steps}
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    context = [
+        n
+        for n in grads
+        if n.startswith(tuple(f"experts.{e}." for e in trained))
+        and (".text_embedding." in n or ".cross_attn.k." in n or ".cross_attn.v." in n)
+    ]
+    context += [n for n in grads if n.startswith("interaction.")]
+    assert len(context) > 4
+    dead = [n for n in context if grads[n] is None or not grads[n].any()]
+    assert not dead, f"no gradient into the context projections {dead[:4]}"
+
+
 def _dmd(
     teacher: WorldModel, critic: WorldModel, x: torch.Tensor, guidance: float
 ) -> tuple[torch.Tensor, dict]:
