@@ -6,12 +6,18 @@ Nothing else in the project reads environment variables for platform settings; c
 
 from __future__ import annotations
 
+import getpass
+import json
+import socket
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_APPROVER = "demo@local"  # the local profile's approver, so the demo can approve its own candidate
 
 
 class Profile(str, Enum):
@@ -42,12 +48,72 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="Ray cluster to run curation on (ray://host:10001); None starts a local Ray."
     )
+    registered_model: str = Field(
+        "worldloop", description="MLflow registered model that versions, candidate and champion belong to."
+    )
+    approvers: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description=(
+            "Identities allowed to approve, promote and roll back model versions: comma-separated or a "
+            f"JSON list. Default: ['{DEMO_APPROVER}'] in the local profile, nobody in the cluster profile."
+        ),
+    )
+    identity: str | None = Field(
+        None,
+        description=(
+            "Who is acting in registry decisions (recorded in the audit tags; asserted, not authenticated). "
+            "Default: USER@HOST of this process."
+        ),
+    )
+    gate_tolerance: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "InterBench promotion gate: how far below the champion any one dimension of a candidate may "
+            "score (scores are in [0, 1]) before its promotion is refused."
+        ),
+    )
 
     @field_validator("mlflow_uri", "kfp_host", "s3_endpoint_url", "ray_address")
     @classmethod
     def _no_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("must not be blank; unset the variable to use the default")
+        return value
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        # The name is part of models:/NAME@ALIAS and models:/NAME/VERSION URIs.
+        if not value.strip() or any(c in value for c in "/@:'\"") or value != value.strip():
+            raise ValueError(f"{value!r} is not a registered model name (non-blank; no / @ : or quotes)")
+        return value
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError(
+                "must be a non-blank identity without surrounding spaces (e.g. alice@example.com)"
+            )
+        return value
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _approver_list(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: a JSON list or comma-separated identities
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
+        return value
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not a.strip() or a != a.strip() for a in value):
+            raise ValueError(
+                f"{value!r}: every approver must be a non-blank identity without spaces around it"
+            )
         return value
 
     @model_validator(mode="after")
@@ -71,6 +137,24 @@ class Settings(BaseSettings):
     def resolved_storage_root(self) -> str:
         """Where artifacts go: explicit, else ``home/store``."""
         return self.storage_root or str((self.home / "store").resolve())
+
+    @property
+    def resolved_approvers(self) -> tuple[str, ...]:
+        """Who may approve: explicit, else the demo approver locally and nobody on a cluster."""
+        if self.approvers is not None:
+            return tuple(self.approvers)
+        return (DEMO_APPROVER,) if self.profile is Profile.local else ()
+
+    @property
+    def resolved_identity(self) -> str:
+        """Who is acting: explicit, else ``USER@HOST`` of this process."""
+        if self.identity:
+            return self.identity
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+            user = "unknown"
+        return f"{user}@{socket.gethostname()}"
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,8 @@
 * ``preset:NAME`` — random weights of a preset (tests, baselines: what an untrained model scores);
 * a training output folder or one of its checkpoints, local or ``s3://`` — the weights of the latest
   checkpoint (or that one), with the preset, seed and resolution it was trained with;
-* ``models:/NAME@ALIAS`` — a registered MLflow model version (the registry arrives with issue 7).
+* ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` — a registered MLflow model version
+  (:mod:`worldloop.components.registry`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _text_encoder(dim: int) -> TextEncoder:
     return encoder
 
 
-def _checkpoint_folder(path: Path) -> Path:
+def checkpoint_folder(path: Path) -> Path:
     """``path`` itself when it is a checkpoint, else the latest checkpoint under it."""
     if (path / "model.safetensors").is_file() and (path / "state.json").is_file():
         return path
@@ -58,17 +59,16 @@ def load_model(uri: str, *, settings: Settings | None = None, seed: int = 0) -> 
         model, vae = build_models(load_preset(name), seed=seed)
         return ModelStack(uri, name, model.eval(), vae.eval(), _text_encoder(model.cfg.text_dim), None, None)
     if uri.startswith("models:/"):
-        raise ValueError(
-            f"{uri}: loading registered models needs the MLflow registry (issue #7); "
-            "pass a checkpoint path or preset:NAME"
-        )
-    if storage.scheme_of(uri) is not storage.Scheme.local:
-        folder = _checkpoint_folder(CheckpointMirror(uri, settings=settings).pull())  # the latest one
+        from worldloop.components.registry import download_checkpoint
+
+        folder = download_checkpoint(uri, settings=settings)  # the version's files, cached under home
+    elif storage.scheme_of(uri) is not storage.Scheme.local:
+        folder = checkpoint_folder(CheckpointMirror(uri, settings=settings).pull())  # the latest one
     else:
         local = storage.as_local_path(uri)
         if not local.exists():
             raise FileNotFoundError(f"--model {uri}: no such checkpoint folder")
-        folder = _checkpoint_folder(local)
+        folder = checkpoint_folder(local)
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     config = state.get("config")
     if not isinstance(config, dict) or "model_preset" not in config:

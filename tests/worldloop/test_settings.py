@@ -49,3 +49,41 @@ def test_bad_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
     with pytest.raises(ValidationError, match="extra"):
         Settings(unknown_field=1)  # type: ignore[call-arg]
+
+
+def test_registry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert settings.registered_model == "worldloop" and settings.gate_tolerance == 0.02
+    assert settings.resolved_approvers == ("demo@local",)  # the local demo can approve its own candidate
+    assert "@" in settings.resolved_identity  # USER@HOST unless set
+    monkeypatch.setenv("WORLDLOOP_APPROVERS", "alice@example.com, bob@example.com")
+    monkeypatch.setenv("WORLDLOOP_IDENTITY", "alice@example.com")
+    monkeypatch.setenv("WORLDLOOP_GATE_TOLERANCE", "0.05")
+    settings = Settings()
+    assert settings.resolved_approvers == ("alice@example.com", "bob@example.com")
+    assert settings.resolved_identity == "alice@example.com" and settings.gate_tolerance == 0.05
+    monkeypatch.setenv("WORLDLOOP_APPROVERS", '["carol@example.com"]')
+    assert Settings().resolved_approvers == ("carol@example.com",)
+    monkeypatch.delenv("WORLDLOOP_APPROVERS")
+    monkeypatch.setenv("WORLDLOOP_PROFILE", "cluster")
+    monkeypatch.setenv("WORLDLOOP_MLFLOW_URI", "http://mlflow:5000")
+    monkeypatch.setenv("WORLDLOOP_STORAGE_ROOT", "s3://worldloop/runs")
+    assert Settings().resolved_approvers == ()  # nobody approves on a cluster until configured
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("approvers", "alice@example.com,,"),
+        ("approvers", "[1"),
+        ("identity", " "),
+        ("registered_model", "world/loop"),
+        ("registered_model", "a@b"),
+        ("gate_tolerance", "-0.1"),
+        ("gate_tolerance", "2"),
+    ],
+)
+def test_bad_registry_settings_fail(monkeypatch: pytest.MonkeyPatch, field: str, value: str) -> None:
+    monkeypatch.setenv(f"WORLDLOOP_{field.upper()}", value)
+    with pytest.raises(ValidationError, match=field):
+        Settings()

@@ -14,7 +14,6 @@ def _later(what: str, issue: int) -> None:
 pipeline = typer.Typer(
     help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True
 )
-models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
 serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
 
@@ -31,26 +30,6 @@ def pipeline_run(
 @pipeline.command("compile", help="Compile a pipeline to reproducible IR YAML.")
 def pipeline_compile(name: str = typer.Argument(...), out: str = typer.Option(..., "--out")) -> None:
     _later("pipelines", 7)
-
-
-@models.command("list", help="Registered versions with aliases and InterBench scores.")
-def models_list() -> None:
-    _later("the model registry", 7)
-
-
-@models.command("approve", help="Record an approval (identity, reason, time) for a version.")
-def models_approve(version: str = typer.Argument(...), reason: str = typer.Option(..., "--reason")) -> None:
-    _later("the model registry", 7)
-
-
-@models.command("promote", help="Move 'champion' to a version that passed the gate and was approved.")
-def models_promote(version: str = typer.Argument(...)) -> None:
-    _later("the model registry", 7)
-
-
-@models.command("rollback", help="Restore the previous champion.")
-def models_rollback() -> None:
-    _later("the model registry", 7)
 
 
 @serve.command("run", help="Start the Ray Serve app (REST, WebSocket play, KServe v2, web page).")
@@ -76,7 +55,6 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
 
 SUBCOMMANDS = {
     "pipeline": pipeline,
-    "models": models,
     "serve": serve,
     "infra": infra,
 }

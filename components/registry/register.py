@@ -1,0 +1,211 @@
+"""Register a trained checkpoint as a version of the registered model, with its lineage and InterBench
+scores, and point the ``candidate`` alias at it (DESIGN.md §8).
+
+One MLflow run per registration (a child of the pipeline run when given, else in the
+``worldloop-registry`` experiment) holds the files serving loads — ``checkpoint/`` with
+``model.safetensors``, ``ema.safetensors`` and ``state.json``, never the optimizer state — the training
+config, and the InterBench report; the version points at that run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worldloop.components.registry.gate import DIMENSIONS
+from worldloop.components.registry.tags import (
+    CHECKPOINT,
+    CHECKPOINT_STEP,
+    CONFIG,
+    CONFIG_SHA256,
+    DATA_MANIFEST,
+    JUDGE,
+    MAX_TAG_CHARS,
+    MODEL_PRESET,
+    PIPELINE_RUN,
+    SCORES,
+    SUITE,
+)
+from worldloop.components.registry.versions import (
+    CANDIDATE,
+    CHECKPOINT_ARTIFACTS,
+    CHECKPOINT_FILES,
+    ModelVersionInfo,
+    client,
+    get_version,
+    model_exists,
+)
+
+from worldloop import storage
+from worldloop.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "worldloop-registry"
+
+
+def _local_checkpoint(checkpoint: str | Path, settings: Settings) -> Path:
+    """The checkpoint folder (or the latest one under a stage output), downloaded when remote."""
+    from worldloop.components.evaluation.model_source import checkpoint_folder
+    from worldloop.components.training.run import CheckpointMirror
+
+    uri = str(checkpoint)
+    if storage.scheme_of(uri) is not storage.Scheme.local:
+        return checkpoint_folder(CheckpointMirror(uri, settings=settings).pull())
+    local = storage.as_local_path(uri)
+    if not local.exists():
+        raise FileNotFoundError(f"{uri}: no such checkpoint folder")
+    return checkpoint_folder(local)
+
+
+def _interbench(scores: Mapping[str, Any] | Path | None, report_dir: Path | None) -> dict[str, Any] | None:
+    """The scores.json payload: given, read from a path, or from the report folder; checked."""
+    if scores is None and report_dir is not None and (report_dir / "scores.json").is_file():
+        scores = report_dir / "scores.json"
+    if scores is None:
+        return None
+    if isinstance(scores, Path):
+        if not scores.is_file():
+            raise FileNotFoundError(f"{scores}: no such InterBench scores.json")
+        payload: dict[str, Any] = json.loads(scores.read_text(encoding="utf-8"))
+    else:
+        payload = dict(scores)
+    dims = payload.get("interbench")
+    if not isinstance(dims, Mapping) or set(dims) != set(DIMENSIONS):
+        raise ValueError(
+            f"not an InterBench scores.json: 'interbench' must hold exactly {', '.join(DIMENSIONS)}"
+        )
+    for dim, value in dims.items():
+        if value is not None and not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+            raise ValueError(f"InterBench score {dim}={value!r} is not a number in [0, 1] (or null)")
+    return payload
+
+
+def _experiment_id(mlflow: MlflowClient, settings: Settings, pipeline_run_id: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+    from worldloop.components.training.run import local_artifacts
+
+    if pipeline_run_id is not None:  # beside the pipeline run, so the UI nests it there
+        try:
+            return str(mlflow.get_run(pipeline_run_id).info.experiment_id)
+        except MlflowException as err:
+            where = settings.resolved_mlflow_uri
+            raise ValueError(f"pipeline run {pipeline_run_id} not found in {where}") from err
+    found = mlflow.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None if settings.mlflow_uri else local_artifacts(settings)
+    return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
+
+
+def _version_tags(
+    uri: str,
+    folder: Path,
+    config: Mapping[str, Any],
+    payload: Mapping[str, Any] | None,
+    data_manifest: str | None,
+    pipeline_run_id: str | None,
+) -> dict[str, str]:
+    config_json = json.dumps(config, sort_keys=True, default=str)
+    tags = {
+        CHECKPOINT: uri,
+        CHECKPOINT_STEP: folder.name,
+        CONFIG_SHA256: hashlib.sha256(config_json.encode()).hexdigest(),
+        MODEL_PRESET: str(config.get("model_preset", "")),
+    }
+    if len(config_json) <= MAX_TAG_CHARS:  # always whole in the run's config.json
+        tags[CONFIG] = config_json
+    if data_manifest is not None:
+        tags[DATA_MANIFEST] = data_manifest
+    if pipeline_run_id is not None:
+        tags[PIPELINE_RUN] = pipeline_run_id
+    if payload is not None:
+        tags[SCORES] = json.dumps({d: payload["interbench"][d] for d in DIMENSIONS})
+        tags[SUITE] = str(payload.get("suite", {}).get("name", ""))
+        tags[JUDGE] = str(payload.get("judge", {}).get("name", ""))
+    return tags
+
+
+def _log_run(
+    mlflow: MlflowClient,
+    run_id: str,
+    folder: Path,
+    config: Mapping[str, Any],
+    payload: Mapping[str, Any] | None,
+    report_dir: Path | None,
+) -> None:
+    from mlflow.entities import Metric
+
+    for name in CHECKPOINT_FILES:
+        if (folder / name).is_file():
+            mlflow.log_artifact(run_id, str(folder / name), CHECKPOINT_ARTIFACTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(json.dumps(config, indent=1, sort_keys=True, default=str), encoding="utf-8")
+        mlflow.log_artifact(run_id, str(path))
+    if payload is not None:
+        values = {f"interbench.{k}": v for k, v in payload["interbench"].items() if v is not None}
+        values |= {f"general.{k}": v for k, v in payload.get("general", {}).items() if isinstance(v, float)}
+        now = int(time.time() * 1000)
+        mlflow.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()])
+    if report_dir is not None:
+        if not report_dir.is_dir():
+            raise FileNotFoundError(f"{report_dir}: no such InterBench report folder")
+        mlflow.log_artifacts(run_id, str(report_dir), "interbench")
+
+
+def register_version(
+    checkpoint: str | Path,
+    *,
+    scores: Mapping[str, Any] | Path | None = None,
+    report_dir: Path | None = None,
+    data_manifest: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    pipeline_run_id: str | None = None,
+    settings: Settings | None = None,
+) -> ModelVersionInfo:
+    """Register ``checkpoint`` (a checkpoint folder, or a stage output whose latest checkpoint is meant;
+    local or ``s3://``) as a new version with alias ``candidate``.
+
+    ``scores``: the InterBench ``scores.json`` payload or its path (default: ``report_dir/scores.json``
+    when there is one); a version without scores never passes the promotion gate. ``config``: the
+    training config (default: the checkpoint's ``state.json`` config).
+    """
+    settings = settings or get_settings()
+    folder = _local_checkpoint(checkpoint, settings)
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    config = dict(config if config is not None else state.get("config") or {})
+    payload = _interbench(scores, report_dir)
+    mlflow, name = client(settings), settings.registered_model
+
+    tags = {"mlflow.parentRunId": pipeline_run_id} if pipeline_run_id else {}
+    run = mlflow.create_run(_experiment_id(mlflow, settings, pipeline_run_id), run_name="register", tags=tags)
+    run_id = run.info.run_id
+    try:
+        _log_run(mlflow, run_id, folder, config, payload, report_dir)
+    except BaseException:
+        mlflow.set_terminated(run_id, status="FAILED")
+        raise
+    mlflow.set_terminated(run_id)
+
+    if not model_exists(mlflow, name):
+        mlflow.create_registered_model(name, description="worldloop world model (DESIGN.md §8)")
+    source = str(checkpoint)
+    if not source.rstrip("/").endswith(folder.name):  # a stage output: name the checkpoint taken from it
+        source = storage.join(source, folder.name)
+    version_tags = _version_tags(source, folder, config, payload, data_manifest, pipeline_run_id)
+    mv = mlflow.create_model_version(
+        name, f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACTS}", run_id=run_id, tags=version_tags
+    )
+    mlflow.set_registered_model_alias(name, CANDIDATE, str(mv.version))
+    log.info("registered %s version %s (%s) as %s", name, mv.version, folder, CANDIDATE)
+    return get_version(mlflow, name, int(mv.version), settings)

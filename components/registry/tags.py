@@ -1,0 +1,40 @@
+"""The MLflow tag names the registry writes: one place, so the CLI, the rules and the UI agree.
+
+On each model version:
+
+* ``lineage.*`` — where it came from: the pipeline run, the data manifest, the checkpoint it was cut
+  from, the training config (digest, and the JSON when it fits a tag), the model preset;
+* ``interbench.*`` — its InterBench scores (JSON of the six dimensions), suite and judge;
+* ``approval.*`` — the latest approval: identity, reason, UTC time;
+* ``promotion.*`` — set when it becomes champion: who, when, and the champion it replaced;
+* ``audit.NNNN`` — one JSON record per decision about it (approve, promote, rollback; allowed or
+  refused): who, what, when, the result and every reason.
+
+On the registered model: ``champion.history`` (JSON list of versions, the current champion last) for
+rollback, and ``audit.NNNN`` for decisions that concern no version (a rollback with no champion).
+"""
+
+LINEAGE = "lineage."
+PIPELINE_RUN = "lineage.pipeline_run_id"
+DATA_MANIFEST = "lineage.data_manifest"
+CHECKPOINT = "lineage.checkpoint"
+CHECKPOINT_STEP = "lineage.checkpoint_step"
+CONFIG = "lineage.config"
+CONFIG_SHA256 = "lineage.config_sha256"
+MODEL_PRESET = "lineage.model_preset"
+
+SCORES = "interbench.scores"
+SUITE = "interbench.suite"
+JUDGE = "interbench.judge"
+
+APPROVAL_IDENTITY = "approval.identity"
+APPROVAL_REASON = "approval.reason"
+APPROVAL_TIME = "approval.time"
+
+PROMOTED_BY = "promotion.identity"
+PROMOTED_AT = "promotion.time"
+PREVIOUS_CHAMPION = "promotion.previous_champion"
+
+AUDIT = "audit."
+CHAMPION_HISTORY = "champion.history"
+MAX_TAG_CHARS = 5000  # the smallest tag-value limit of MLflow's stores

@@ -1,0 +1,264 @@
+"""The registry against a real MLflow on sqlite: registration with lineage and ``candidate``, the
+approval-gated promotion (each refusal and the allowed path), rollback, audit tags, and loading a
+registered version through ``models:/``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file, save_file
+from worldloop.components.registry import (
+    AuditRecord,
+    Refused,
+    approve,
+    gate,
+    list_versions,
+    promote,
+    register_version,
+    rollback,
+    show,
+)
+
+from worldloop.settings import Settings
+
+DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")
+ALICE, BOB = "alice@example.com", "bob@example.com"  # an approver and someone who is not
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / "home", approvers=[ALICE], identity=ALICE, gate_tolerance=0.02)
+
+
+def _mlflow(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.resolved_mlflow_uri, registry_uri=settings.resolved_mlflow_uri)
+
+
+def _checkpoint(root: Path, step: int = 1) -> Path:
+    """A stage output folder with one small fake checkpoint and the ``latest`` pointer."""
+    folder = root / f"step-{step:08d}"
+    folder.mkdir(parents=True)
+    for name in ("model", "ema", "optimizer"):
+        save_file({"w": torch.full((4,), float(step))}, str(folder / f"{name}.safetensors"))
+    config = {"model_preset": "tiny", "seed": 0, "height": 64, "width": 64}
+    (folder / "state.json").write_text(json.dumps({"step": step, "config": config}))
+    (root / "latest").write_text(folder.name + "\n")
+    return folder
+
+
+def _scores(**overrides: float | None) -> dict[str, Any]:
+    return {
+        "model": "run",
+        "interbench": {d: overrides.get(d, 0.6) for d in DIMS},
+        "general": {"psnr": 21.5},
+        "suite": {"name": "synthworld-test", "cases": 2},
+        "judge": {"name": "synthworld", "held_out_accuracy": 0.99},
+    }
+
+
+def _register(tmp_path: Path, settings: Settings, step: int, **scores: float | None) -> int:
+    out = _checkpoint(tmp_path / f"run{step}", step).parent
+    return register_version(out, scores=_scores(**scores), settings=settings).version
+
+
+def _champion(settings: Settings) -> int | None:
+    aliases = _mlflow(settings).get_registered_model(settings.registered_model).aliases
+    return int(aliases["champion"]) if "champion" in aliases else None
+
+
+def _audit_is_complete(record: AuditRecord, action: str, identity: str, result: str) -> None:
+    assert (record.action, record.identity, record.result) == (action, identity, result)
+    assert datetime.fromisoformat(record.time).utcoffset() is not None  # UTC, with its offset
+    assert record.reasons and all(r.strip() for r in record.reasons)
+
+
+def test_register_sets_candidate_and_lineage(tmp_path: Path, settings: Settings) -> None:
+    mlflow = _mlflow(settings)
+    mlflow.create_experiment("pipeline", artifact_location=(tmp_path / "art").as_uri())
+    parent = mlflow.create_run(mlflow.get_experiment_by_name("pipeline").experiment_id).info.run_id
+    folder = _checkpoint(tmp_path / "stage")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "scores.json").write_text(json.dumps(_scores(physics=0.4)))
+    (report / "report.html").write_text("<html></html>")
+
+    info = register_version(
+        folder.parent,
+        report_dir=report,
+        data_manifest="s3://data/curated/manifest.jsonl",
+        pipeline_run_id=parent,
+        settings=settings,
+    )
+    assert (info.version, info.aliases) == (1, ("candidate",))
+    assert info.scores == {d: 0.4 if d == "physics" else 0.6 for d in DIMS}
+    assert info.lineage["pipeline_run_id"] == parent
+    assert info.lineage["data_manifest"] == "s3://data/curated/manifest.jsonl"
+    assert info.lineage["checkpoint"] == str(folder) and info.lineage["checkpoint_step"] == folder.name
+    assert json.loads(info.lineage["config"])["model_preset"] == "tiny"
+    assert len(info.lineage["config_sha256"]) == 64 and info.approval is None and info.audit == ()
+
+    run = mlflow.get_run(info.run_id or "")
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.metrics["interbench.physics"] == pytest.approx(0.4)
+    assert run.data.metrics["general.psnr"] == pytest.approx(21.5)
+    files = {a.path for a in mlflow.list_artifacts(info.run_id or "", "checkpoint")}
+    assert files == {"checkpoint/model.safetensors", "checkpoint/ema.safetensors", "checkpoint/state.json"}
+    assert {a.path for a in mlflow.list_artifacts(info.run_id or "", "interbench")} >= {
+        "interbench/report.html",
+        "interbench/scores.json",
+    }
+
+    second = register_version(_checkpoint(tmp_path / "stage2", 2), scores=_scores(), settings=settings)
+    assert second.aliases == ("candidate",) and show(1, settings=settings).aliases == ()
+    assert [v.version for v in list_versions(settings=settings)] == [2, 1]
+
+
+def test_register_rejects_bad_scores(tmp_path: Path, settings: Settings) -> None:
+    out = _checkpoint(tmp_path / "stage").parent
+    with pytest.raises(ValueError, match="exactly trigger"):
+        register_version(out, scores={"interbench": {"trigger": 0.5}}, settings=settings)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        register_version(tmp_path / "missing", settings=settings)
+
+
+def test_promotion_refused_without_approval(tmp_path: Path, settings: Settings) -> None:
+    version = _register(tmp_path, settings, 1)
+    with pytest.raises(Refused, match=r"v1 is not approved") as refused:
+        promote(version, settings=settings)
+    assert len(refused.value.reasons) == 1 and _champion(settings) is None
+    (record,) = show(version, settings=settings).audit
+    _audit_is_complete(record, "promote", ALICE, "refused")
+    assert record.gate is not None and record.gate.passed  # the approval alone was missing
+    with pytest.raises(Refused, match="worldloop has no champion to roll back"):
+        rollback(settings=settings)
+    model_tags = _mlflow(settings).get_registered_model("worldloop").tags  # no version concerned
+    no_champion = AuditRecord.model_validate_json(model_tags["audit.0001"])
+    _audit_is_complete(no_champion, "rollback", ALICE, "refused")
+
+
+def test_non_approvers_can_neither_approve_nor_promote(tmp_path: Path, settings: Settings) -> None:
+    version = _register(tmp_path, settings, 1)
+    with pytest.raises(Refused, match=f"{BOB} is not an authorised approver"):
+        approve(version, reason="looks fine", identity=BOB, settings=settings)
+    assert show(version, settings=settings).approval is None
+    with pytest.raises(ValueError, match="needs a reason"):
+        approve(version, reason="  ", settings=settings)
+
+    approve(version, reason="InterBench report reviewed", settings=settings)
+    with pytest.raises(Refused, match=f"may not promote: {BOB} is not an authorised approver"):
+        promote(version, identity=BOB, settings=settings)
+    # An approval counts only while its approver is still listed.
+    carol = settings.model_copy(update={"approvers": ["carol@example.com"], "identity": "carol@example.com"})
+    with pytest.raises(Refused, match=f"approval does not count: {ALICE} is not an authorised approver"):
+        promote(version, settings=carol)
+    assert _champion(settings) is None
+
+    audit = show(version, settings=settings).audit
+    assert [(r.action, r.identity, r.result) for r in audit] == [
+        ("approve", BOB, "refused"),
+        ("approve", ALICE, "allowed"),
+        ("promote", BOB, "refused"),
+        ("promote", "carol@example.com", "refused"),
+    ]
+    for record in audit:
+        _audit_is_complete(record, record.action, record.identity, record.result)
+
+
+def test_gate_failure_names_the_dimension(tmp_path: Path, settings: Settings) -> None:
+    first = _register(tmp_path, settings, 1)
+    approve(first, reason="baseline", settings=settings)
+    promote(first, settings=settings)
+    worse = _register(tmp_path, settings, 2, physics=0.5, fluency=0.59)  # physics −0.1, fluency within
+    approve(worse, reason="try it", settings=settings)
+    with pytest.raises(Refused, match=r"InterBench gate failed: physics 0\.500 is 0\.100 below") as refused:
+        promote(worse, settings=settings)
+    assert len(refused.value.reasons) == 1 and "fluency" not in str(refused.value)
+    assert _champion(settings) == first
+    record = show(worse, settings=settings).audit[-1]
+    _audit_is_complete(record, "promote", ALICE, "refused")
+    assert record.gate is not None and not record.gate.passed
+    assert [c.dimension for c in record.gate.checks if not c.passed] == ["physics"]
+    # A looser gate in settings lets it through.
+    promote(worse, settings=settings.model_copy(update={"gate_tolerance": 0.1}))
+    assert _champion(settings) == worse
+
+
+def test_promote_then_rollback_restores_previous_champions(tmp_path: Path, settings: Settings) -> None:
+    versions = [_register(tmp_path, settings, step, trigger=0.5 + step / 10) for step in (1, 2, 3)]
+    for version in versions:
+        approve(version, reason=f"v{version} reviewed", settings=settings)
+        decision = promote(version, settings=settings)
+        assert decision.champion_after == version and _champion(settings) == version
+        assert "champion" in decision.version.aliases
+    info = show(3, settings=settings)
+    tags = _mlflow(settings).get_model_version(settings.registered_model, "3").tags
+    assert tags["promotion.previous_champion"] == "2" and tags["promotion.identity"] == ALICE
+    assert info.approval is not None and info.approval.reason == "v3 reviewed"
+    promoted = info.audit[-1]
+    _audit_is_complete(promoted, "promote", ALICE, "allowed")
+    assert (promoted.champion_before, promoted.champion_after) == (2, 3)
+    assert any("approved by" in r for r in promoted.reasons)
+    with pytest.raises(Refused, match="already the champion"):
+        promote(3, settings=settings)
+
+    assert rollback(settings=settings).champion_after == 2 and _champion(settings) == 2
+    assert rollback(settings=settings).champion_after == 1 and _champion(settings) == 1
+    with pytest.raises(Refused, match="champion v1 has no previous champion to restore"):
+        rollback(settings=settings)
+    with pytest.raises(Refused, match="may not roll back"):
+        rollback(identity=BOB, settings=settings)
+    assert _champion(settings) == 1
+
+    rolled = [r for r in show(2, settings=settings).audit if r.action == "rollback"]
+    assert [(r.champion_before, r.champion_after) for r in rolled] == [(3, 2), (2, 1)]
+    for record in rolled:
+        _audit_is_complete(record, "rollback", ALICE, "allowed")
+    refused = [r for r in show(1, settings=settings).audit if r.result == "refused"]
+    assert [r.identity for r in refused] == [ALICE, BOB]
+
+
+def test_gate_rules() -> None:
+    scores = {d: 0.5 for d in DIMS}
+    assert gate(2, scores, champion=None, champion_scores=None, tolerance=0.02).reasons == [
+        "no champion yet: nothing to regress against"
+    ]
+    unscored = gate(2, None, champion=None, champion_scores=None, tolerance=0.02)
+    assert not unscored.passed and "no InterBench scores" in unscored.reasons[0]
+    edge = gate(2, scores | {"scope": 0.48}, champion=1, champion_scores=scores, tolerance=0.02)
+    assert edge.passed  # exactly the tolerance below
+    missing = gate(2, scores | {"trigger": None}, champion=1, champion_scores=scores, tolerance=0.02)
+    assert not missing.passed and missing.reasons == ["trigger has no score (champion v1: 0.500)"]
+    unknown = gate(2, scores, champion=1, champion_scores=scores | {"trigger": None}, tolerance=0.0)
+    assert unknown.passed and len(unknown.checks) == 6
+
+
+def test_models_uri_loads_the_registered_weights(tmp_path: Path, settings: Settings) -> None:
+    from worldloop.components.evaluation.model_source import load_model
+    from worldloop.model import build_world_model, tiny
+    from worldloop.model.train.checkpoint import rng_state
+
+    torch.manual_seed(3)
+    model = build_world_model(tiny())
+    folder = tmp_path / "stage" / "step-00000007"
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    config = {"model_preset": "tiny", "seed": 0, "height": 64, "width": 64}
+    (folder / "state.json").write_text(json.dumps({"step": 7, "config": config, "rng": rng_state()}))
+    register_version(folder, settings=settings)
+
+    stack = load_model("models:/worldloop@candidate", settings=settings)
+    saved = load_file(str(folder / "model.safetensors"))
+    loaded = stack.model.state_dict()
+    assert stack.preset == "tiny" and stack.trained_size == (64, 64)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    assert load_model("models:/worldloop/1", settings=settings).checkpoint == stack.checkpoint  # cached
+    with pytest.raises(ValueError, match="no alias 'champion'"):
+        load_model("models:/worldloop@champion", settings=settings)
+    with pytest.raises(ValueError, match="expected models:/NAME@ALIAS"):
+        load_model("models:/worldloop", settings=settings)
