@@ -3,10 +3,12 @@ writes scores.json, radar.png, report.html and videos, logs to MLflow, and an un
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import mlflow
@@ -14,6 +16,51 @@ import pytest
 from worldloop.components.evaluation.suite import build_synthworld_suite
 
 from worldloop.video import decode_video
+
+
+class _Page(HTMLParser):
+    """Reads the report the way a browser would: the radar image, the tables' cells, the links."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.radar = ""
+        self.tables: dict[str, list[list[str]]] = {}
+        self.links: list[str] = []
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "img" and a.get("id") == "radar":
+            self.radar = a.get("src") or ""
+        elif tag == "table":
+            self._table = a.get("id") or ""
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _parse(page: str) -> _Page:
+    parser = _Page()
+    parser.feed(page)
+    parser.close()
+    return parser
+
 
 DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")
 
@@ -59,8 +106,13 @@ def test_report_files_and_low_scores_for_random_weights(
         assert frames.shape == (33, 64, 64, 3)
     assert (out / "radar.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "report.html").read_text()
-    assert 'id="radar"' in page and "data:image/png;base64," in page
-    assert "Trigger rate" in page and "Physical correctness" in page and "videos/0000-snow.mp4" in page
+    parsed = _parse(page)
+    assert base64.b64decode(parsed.radar.removeprefix("data:image/png;base64,"))[:4] == b"\x89PNG"
+    header, overall = parsed.tables["dimensions"][0], parsed.tables["dimensions"][1]
+    assert header[1:] == ["Trigger rate", "Prompt–video alignment", "Interaction fluency", "Scope accuracy",
+                          "End-state consistency", "Physical correctness"]  # fmt: skip
+    assert overall[0] == "all cases" and overall[1] == "0.000"
+    assert len(parsed.tables["cases"]) == 3 and "videos/0000-snow.mp4" in parsed.links
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'home' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["worldloop-evaluation"], output_format="list")
