@@ -6,23 +6,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
-import os
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import httpx
 import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
-    field_validator,
 )
 from worldloop.components.curation.captioning.base import (
     CaptionError,
@@ -31,6 +25,14 @@ from worldloop.components.curation.captioning.base import (
 )
 from worldloop.components.synthworld.schema import Captions, InteractionCaption
 
+from worldloop.chat import (
+    ChatEndpointConfig,
+    encode_jpeg,
+    response_snippet,
+    strip_fences,
+)
+from worldloop.chat import retry_after as parse_retry_after
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------
@@ -38,48 +40,15 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-class ChatCaptionerConfig(BaseModel):
-    """Where and how to ask a VLM/LLM for captions."""
+class ChatCaptionerConfig(ChatEndpointConfig):
+    """Where and how to ask a VLM/LLM for captions (endpoint, model, HTTP: :class:`ChatEndpointConfig`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    endpoint: str = Field(description="Base URL of the OpenAI-compatible API, e.g. http://vlm:8000/v1.")
-    model: str = Field(min_length=1, description="Model name sent with every request.")
-    api_key: SecretStr | None = Field(None, description="Bearer token; overrides api_key_env.")
-    api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="Environment variable read for the key when api_key is unset."
-    )
-    timeout_s: float = Field(60.0, gt=0, description="Per-request connect/read/write timeout.")
-    max_retries: int = Field(3, ge=0, le=20, description="Retries after the first attempt.")
-    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles on each retry.")
-    backoff_max_s: float = Field(30.0, ge=0, description="Longest delay between attempts.")
     max_frames: int = Field(4, ge=0, le=32, description="Keyframes attached as images.")
     max_image_side: int = Field(768, ge=16, description="Longer image side is scaled down to this.")
     jpeg_quality: int = Field(85, ge=1, le=100)
-    temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, description="Sent as max_tokens when set.")
     require_candidate: bool = Field(
         True, description="Drop the model's interaction when the visual miner found no candidate."
     )
-    trust_env: bool = Field(True, description="Let httpx use proxy settings from the environment.")
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"endpoint must be an http(s) URL, got {value!r}")
-        if value.endswith("/chat/completions"):
-            value = value[: -len("/chat/completions")]
-        return value
-
-    def resolved_api_key(self) -> str | None:
-        """The explicit key, else the one in ``api_key_env``, else None."""
-        if self.api_key is not None and self.api_key.get_secret_value():
-            return self.api_key.get_secret_value()
-        if self.api_key_env:
-            return os.environ.get(self.api_key_env) or None
-        return None
 
 
 class _ChatAnswer(BaseModel):
@@ -113,20 +82,6 @@ _ANSWER_GUIDE = (
 )
 
 
-def encode_jpeg(frame: np.ndarray, quality: int, max_side: int) -> bytes:
-    """JPEG bytes of an RGB uint8 frame, scaled down so that its longer side is at most ``max_side``."""
-    height, width = frame.shape[:2]
-    scale = max_side / max(height, width)
-    if scale < 1:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    bgr = np.ascontiguousarray(frame[..., ::-1])
-    ok, buf = cv2.imencode(".jpg", bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 def pick_keyframes(indices: list[int], count: int, onset: int | None) -> list[int]:
     """Positions (into ``indices``) of at most ``count`` keyframes: the frames around the onset first,
     then the ends, then evenly spaced ones; returned in time order."""
@@ -151,16 +106,6 @@ def pick_keyframes(indices: list[int], count: int, onset: int | None) -> list[in
     return sorted(chosen)
 
 
-def _strip_fences(content: str) -> str:
-    text = content.strip()
-    fenced = re.search(r"```(?:json|JSON)?\s*(.*?)```", text, re.DOTALL)
-    if fenced:
-        return fenced.group(1).strip()
-    if not text.startswith("{") and "{" in text and "}" in text:
-        return text[text.index("{") : text.rindex("}") + 1]
-    return text
-
-
 class _BadAnswer(ValueError):
     pass
 
@@ -172,7 +117,7 @@ def parse_answer(content: Any) -> tuple[Captions, InteractionCaption | None]:
     if not isinstance(content, str) or not content.strip():
         raise _BadAnswer("empty message content")
     try:
-        data = json.loads(_strip_fences(content))
+        data = json.loads(strip_fences(content))
     except json.JSONDecodeError as exc:
         raise _BadAnswer(f"content is not JSON ({exc.msg} at {exc.pos})") from exc
     if not isinstance(data, dict):
@@ -220,7 +165,6 @@ class ChatCaptioner:
         self.config = config
         self.name = f"chat:{config.model}"
         self.url = f"{config.endpoint}/chat/completions"
-        self._api_key = config.resolved_api_key()
         self._own_client = client is None
         self._client = client or httpx.Client(
             timeout=httpx.Timeout(config.timeout_s), trust_env=config.trust_env
@@ -238,10 +182,7 @@ class ChatCaptioner:
         self.close()
 
     def headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        return headers
+        return self.config.headers()
 
     def build_payload(self, request: CaptionRequest) -> dict[str, Any]:
         """The Chat Completions request body for one clip."""
@@ -319,10 +260,10 @@ class ChatCaptioner:
             else:
                 status = response.status_code
                 if status == 429 or status >= 500:
-                    reason = f"HTTP {status}: {_snippet(response)}"
-                    retry_after = _retry_after(response)
+                    reason = f"HTTP {status}: {response_snippet(response)}"
+                    retry_after = parse_retry_after(response)
                 elif not 200 <= status < 300:
-                    reason = f"HTTP {status}: {_snippet(response)}"
+                    reason = f"HTTP {status}: {response_snippet(response)}"
                     raise CaptionError(
                         f"captioning {request.clip_id} via {self.url} failed after {attempt} attempt(s), "
                         f"not retried: {reason}",
@@ -360,7 +301,7 @@ class ChatCaptioner:
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _BadAnswer(f"response body is not JSON: {_snippet(response)}") from exc
+            raise _BadAnswer(f"response body is not JSON: {response_snippet(response)}") from exc
         try:
             content = body["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as exc:
@@ -372,23 +313,3 @@ class ChatCaptioner:
             return CaptionResult(captions=captions, interaction=interaction, captioner=self.name)
         except ValidationError as exc:
             raise _BadAnswer(str(exc).replace("\n", " ")) from exc
-
-
-def _snippet(response: httpx.Response, limit: int = 200) -> str:
-    try:
-        text = response.text
-    except UnicodeDecodeError:
-        text = repr(response.content[:limit])
-    text = " ".join(text.split())
-    return (text[:limit] + "…") if len(text) > limit else (text or "<empty body>")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -35,60 +35,32 @@ import base64
 import json
 import logging
 import math
-import os
-import re
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import httpx
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from worldloop.components.curation.captioning import encode_jpeg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Dimension
 from worldloop.components.evaluation.suite import InterBenchCase
+
+from worldloop.chat import ChatEndpointConfig, encode_jpeg, response_snippet, strip_fences
+from worldloop.chat import retry_after as parse_retry_after
 
 log = logging.getLogger(__name__)
 
 
-class VLMJudgeConfig(BaseModel):
-    """Where and how to ask the vision-language model."""
+class VLMJudgeConfig(ChatEndpointConfig):
+    """Where and how to ask the vision-language model (endpoint, model, HTTP: :class:`ChatEndpointConfig`;
+    ``max_retries`` counts HTTP retries, after which the run fails)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    endpoint: str = Field(description="Base URL of the OpenAI-compatible API, e.g. http://vlm:8000/v1.")
-    model: str = Field(min_length=1, description="Model name sent with every request.")
-    api_key: SecretStr | None = Field(None, description="Bearer token; overrides api_key_env.")
-    api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="Environment variable read for the key when api_key is unset."
-    )
     frames_per_question: int = Field(
         8, ge=3, le=32, description="Frames attached to each question (reference, instruction, last + even)."
     )
     max_image_side: int = Field(512, ge=16, description="Longer image side is scaled down to this.")
     jpeg_quality: int = Field(90, ge=1, le=100)
-    timeout_s: float = Field(60.0, gt=0, description="Per-request connect/read/write timeout.")
-    max_retries: int = Field(3, ge=0, le=20, description="Retries of a failed HTTP request (then raise).")
     answer_retries: int = Field(2, ge=0, le=10, description="Re-asks after an unusable answer (then None).")
-    backoff_s: float = Field(1.0, ge=0, description="First HTTP retry delay; doubles on each retry.")
-    backoff_max_s: float = Field(30.0, ge=0, description="Longest delay between HTTP attempts.")
-    temperature: float = Field(0.0, ge=0, le=2, description="0 keeps the judge (near) deterministic.")
-    max_tokens: int | None = Field(None, ge=1, description="Sent as max_tokens when set.")
-    trust_env: bool = Field(True, description="Let httpx use proxy settings from the environment.")
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"endpoint must be an http(s) URL, got {value!r}")
-        return value.removesuffix("/chat/completions")
-
-    def resolved_api_key(self) -> str | None:
-        """The explicit key, else the one in ``api_key_env``, else None."""
-        if self.api_key is not None and self.api_key.get_secret_value():
-            return self.api_key.get_secret_value()
-        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
 
 
 class VLMJudgeError(RuntimeError):
@@ -237,13 +209,8 @@ def parse_answer(content: object, *, dimension: Dimension) -> DimensionAnswer:
     text = _message_text(content).strip()
     if not text:
         raise _BadAnswer("empty message content")
-    fenced = re.search(r"```(?:json|JSON)?\s*(.*?)```", text, re.DOTALL)
-    if fenced:
-        text = fenced.group(1).strip()
-    elif not text.startswith("{") and "{" in text and "}" in text:
-        text = text[text.index("{") : text.rindex("}") + 1]
     try:
-        data = json.loads(text)
+        data = json.loads(strip_fences(text))
     except json.JSONDecodeError as exc:
         raise _BadAnswer(f"not JSON: {exc.msg} at {exc.pos}") from exc
     if not isinstance(data, dict):
@@ -352,7 +319,6 @@ class VLMJudge:
         self.cfg = cfg
         self.name = f"vlm:{cfg.model}"
         self.url = f"{cfg.endpoint}/chat/completions"
-        self._api_key = cfg.resolved_api_key()
         self._own_client = client is None
         self._client = client or httpx.Client(timeout=httpx.Timeout(cfg.timeout_s), trust_env=cfg.trust_env)
         self._sleep = sleep
@@ -431,9 +397,7 @@ class VLMJudge:
         }
         if self.cfg.max_tokens is not None:
             payload["max_tokens"] = self.cfg.max_tokens
-        headers = {"Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        headers = self.cfg.headers()
         attempts, reason = self.cfg.max_retries + 1, ""
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
@@ -446,7 +410,7 @@ class VLMJudge:
             else:
                 if response.is_success:
                     return response
-                reason = f"HTTP {response.status_code}: {_snippet(response)}"
+                reason = f"HTTP {response.status_code}: {response_snippet(response)}"
                 if response.status_code not in (408, 429) and response.status_code < 500:
                     raise VLMJudgeError(
                         f"VLM judge: {what} via {self.url} failed, not retried: {reason}",
@@ -454,7 +418,7 @@ class VLMJudge:
                         attempts=attempt,
                         reason=reason,
                     )
-                retry_after = _retry_after(response)
+                retry_after = parse_retry_after(response)
             if attempt < attempts:
                 delay = min(self.cfg.backoff_s * 2 ** (attempt - 1), self.cfg.backoff_max_s)
                 if retry_after is not None:
@@ -481,22 +445,8 @@ def _content(response: httpx.Response) -> object:
     try:
         body = response.json()
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _BadAnswer(f"response body is not JSON: {_snippet(response)}") from exc
+        raise _BadAnswer(f"response body is not JSON: {response_snippet(response)}") from exc
     try:
         return body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
         raise _BadAnswer("response has no choices[0].message.content") from exc
-
-
-# Small copies of curation/captioning/chat.py's private helpers (shared code would live there).
-def _snippet(response: httpx.Response, limit: int = 200) -> str:
-    text = " ".join(response.text.split()) if response.content else ""
-    return (text[:limit] + "…") if len(text) > limit else (text or "<empty body>")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        seconds = float(response.headers.get("retry-after", "nan"))
-    except ValueError:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
