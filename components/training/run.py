@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -15,7 +16,8 @@ from worldloop.components.curation.dataset import iter_clips
 from worldloop.components.training.sample import sample_video
 from worldloop.model import ModelConfig, WorldModel, build_world_model, load_preset
 from worldloop.model.text import TextEncoderConfig, build_text_encoder
-from worldloop.model.train.checkpoint import LATEST, latest_checkpoint, load_checkpoint
+from worldloop.model.text.encoder import TextEncoder
+from worldloop.model.train.checkpoint import LATEST, is_partitioned, latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
 from worldloop.model.train.distill_trainer import DistillTrainer
@@ -168,8 +170,14 @@ def run_stage(
         on_progress=on_progress,
         on_checkpoint=mirror.push if mirror else None,
     )
+    # the end-of-stage sample (what the stage generates now): rank 0 logs it
+    sample = functools.partial(_sample, model, vae=vae, text_encoder=text_encoder, clip=clips[0], cfg=cfg)
     if tracker is None:
-        return StageRun(trainer.run(max_steps=max_steps), None, checkpoint_dir)
+        result = trainer.run(max_steps=max_steps)
+        if track and result.losses and _partitioned(model):  # a ZeRO-3 rank > 0: rank 0 samples now
+            with tempfile.TemporaryDirectory() as tmp:
+                sample(folder=Path(tmp))  # its video is not kept
+        return StageRun(result, None, checkpoint_dir)
     with tracker:
         result = trainer.run(max_steps=max_steps)
         first = result.resumed_from or 0
@@ -180,18 +188,42 @@ def run_stage(
         )
         if result.losses:  # a stage that trained shows what it generates now
             with tempfile.TemporaryDirectory() as tmp:
-                video = sample_video(
-                    model,
-                    vae=vae,
-                    text_encoder=text_encoder,
-                    clip=clips[0],
-                    height=cfg.height,
-                    width=cfg.width,
-                    path=Path(tmp) / f"sample_{cfg.stage.value}.mp4",
-                    seed=cfg.seed,
-                )
-                tracker.log_file(video)
+                tracker.log_file(sample(folder=Path(tmp)))
     return StageRun(result, tracker.run_id, checkpoint_dir)
+
+
+def _partitioned(model: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitioned ``model``'s parameters over the ranks."""
+    return any(is_partitioned(p) for p in model.parameters())
+
+
+def _sample(
+    model: WorldModel,
+    *,
+    vae: CausalVideoVAE,
+    text_encoder: TextEncoder,
+    clip: TrainClip,
+    cfg: TrainConfig,
+    folder: Path,
+) -> Path:
+    """The end-of-stage sample video, written into ``folder``.
+
+    Under ZeRO-3 every rank calls this, in the same order: the model's forward gathers each module's
+    partitioned parameters with a collective, so rank 0 alone would wait forever. All ranks run the
+    same rollout (same clip, same seed), one layer's parameters gathered at a time as in training —
+    which also holds at a14b, where a full copy of the model would not fit on one rank — and only rank
+    0 logs its video. Under ZeRO 0–2 every rank holds the full weights and rank 0 samples alone.
+    """
+    return sample_video(
+        model,
+        vae=vae,
+        text_encoder=text_encoder,
+        clip=clip,
+        height=cfg.height,
+        width=cfg.width,
+        path=folder / f"sample_{cfg.stage.value}.mp4",
+        seed=cfg.seed,
+    )
 
 
 CHAIN = (Stage.action, Stage.instruction, Stage.distill, Stage.long)

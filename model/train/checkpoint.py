@@ -329,3 +329,15 @@ def gathered_state_dict(module: nn.Module) -> dict[str, Tensor]:
         elif rank == 0:
             out[name] = tensor.detach().cpu().clone()
     return out
+
+
+def check_resumable(folder: str | Path, *, zero_stage: int, world: int) -> None:
+    """Optimizer state fits only the ZeRO stage that wrote it (ZeRO ≥ 1 keeps it flattened per
+    partition), and then only the same number of processes."""
+    state = json.loads((Path(folder) / "state.json").read_text())
+    zero, written = int(state["config"]["zero_stage"]), int(state["world_size"])
+    if zero != zero_stage or (zero >= 1 and written != world):
+        raise ValueError(
+            f"{folder} was written by ZeRO-{zero} on {written} process(es); its optimizer state resumes "
+            f"only there (this run: ZeRO-{zero_stage} on {world} process(es))"
+        )

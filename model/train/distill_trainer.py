@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +52,7 @@ from worldloop.model.distill.self_forcing import self_forcing_rollout
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.checkpoint import (
     Weights,
+    check_resumable,
     gather_shards,
     gathered_state_dict,
     latest_checkpoint,
@@ -73,6 +73,7 @@ from worldloop.model.train.trainer import (
     TrainResult,
     ensure_distributed,
     warmup_lambda,
+    zero_optimization,
 )
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
@@ -163,16 +164,7 @@ class DistillTrainer:
         return gen, critic
 
     def _zero(self, module: WorldModel) -> dict[str, Any]:
-        """The ``zero_optimization`` section; under ZeRO-3 also marks ``module``'s leaf modules."""
-        if self.cfg.zero_stage < 3:
-            return {"stage": self.cfg.zero_stage}
-        from deepspeed.utils import set_z3_leaf_modules
-
-        # MultiheadAttention multiplies by out_proj.weight without calling out_proj: gather it whole.
-        set_z3_leaf_modules(module, [torch.nn.MultiheadAttention], raise_if_not_found=False)
-        # Parameters below the threshold stay whole on every rank (biases, norms, modulation vectors):
-        # one collective each would cost more than it saves. 10·dim is the usual choice (HF "auto").
-        return {"stage": 3, "stage3_param_persistence_threshold": 10 * module.cfg.dim}
+        return zero_optimization(self.cfg.zero_stage, module, dim=module.cfg.dim)
 
     def _engine(self, module: WorldModel, groups: list[dict[str, Any]]) -> tuple[Any, Any, Any]:
         import deepspeed
@@ -190,6 +182,7 @@ class DistillTrainer:
                 "gradient_accumulation_steps": 1,
                 "gradient_clipping": self.cfg.grad_clip,
                 "zero_optimization": self._zero(module),
+                "bf16": {"enabled": self.cfg.precision.value == "bf16"},
                 "steps_per_print": 1 << 30,
                 "zero_allow_untested_optimizer": True,
             },
@@ -205,6 +198,7 @@ class DistillTrainer:
             config={
                 "train_micro_batch_size_per_gpu": self.cfg.batch_size,
                 "zero_optimization": self._zero(self.teacher),
+                "bf16": {"enabled": self.cfg.precision.value == "bf16"},  # the dtype of student and critic
                 "steps_per_print": 1 << 30,
             },
         )
@@ -289,7 +283,7 @@ class DistillTrainer:
         self.lr_table.update({f"critic/{g['name']}": g["lr"] for g in c_groups})
         found = latest_checkpoint(self.checkpoint_dir)
         if found is not None:  # before the engines: ZeRO copies (1/2) or partitions (3) these weights
-            self._check_resumable(found)
+            check_resumable(found, zero_stage=self.cfg.zero_stage, world=self.world)
             modules = {"critic": self.critic, "teacher": self.teacher}
             if not (found / "teacher.safetensors").exists():  # written before the teacher was saved
                 log.warning("%s has no teacher: the real score is the model this trainer was given", found)
@@ -427,14 +421,3 @@ class DistillTrainer:
             save_optimizer_shard(shards, "critic_optimizer", c_opt)
             dist.barrier()  # every shard is on disk before rank 0 moves them into the checkpoint
         return Snapshot(student, critic, teacher, ema, shards)
-
-    def _check_resumable(self, folder: Path) -> None:
-        """Optimizer state fits only the ZeRO stage that wrote it, and when partitioned (ZeRO ≥ 1) only
-        the same number of processes."""
-        state = json.loads((folder / "state.json").read_text())
-        zero, world = int(state["config"]["zero_stage"]), int(state["world_size"])
-        if zero != self.cfg.zero_stage or (zero >= 1 and world != self.world):
-            raise ValueError(
-                f"{folder} was written by ZeRO-{zero} on {world} process(es); its optimizer state resumes "
-                f"only there (this run: ZeRO-{self.cfg.zero_stage} on {self.world})"
-            )

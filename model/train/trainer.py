@@ -8,6 +8,13 @@ from ``torchrun``. Rank ``r`` of ``W`` takes samples ``r·B .. r·B + B - 1`` of
 ``W·B`` and ``W`` processes with batch ``B`` compute the same losses and, up to float summation
 order, the same updates.
 
+ZeRO 0–3. Every expert runs in every training forward (see ``WorldModel.forward``), so all ranks call
+the same modules — what ZeRO-2's gradient buckets and ZeRO-3's per-module parameter gathers need. Under
+ZeRO-3 ``nn.MultiheadAttention`` is a leaf module (it reads ``out_proj.weight`` without calling
+``out_proj``), the EMA is kept per partition and gathered for checkpoints, and weights are loaded
+before ``deepspeed.initialize`` so ZeRO-1/2 take their fp32 master copy and ZeRO-3 its partitions from
+the resumed values (:mod:`worldloop.model.train.checkpoint`).
+
 No tracking service is imported here: metrics go to ``on_metrics`` (the platform plugs MLflow in).
 """
 
@@ -25,10 +32,25 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
 from worldloop.model.arch.dit import set_gradient_checkpointing
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.text.encoder import TextEncoder
-from worldloop.model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from worldloop.model.train.checkpoint import (
+    Weights,
+    check_resumable,
+    gather_shards,
+    gathered_state_dict,
+    latest_checkpoint,
+    load_training_state,
+    load_weights,
+    local_shard,
+    optimizer_state_access,
+    save_checkpoint,
+    save_optimizer_shard,
+    shard_of,
+)
 from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, WindowSampler
 from worldloop.model.train.objectives import flow_matching_loss, prepare_batch
@@ -73,6 +95,22 @@ def select_trainable(model: WorldModel, cfg: TrainConfig) -> list[dict[str, Any]
         for p in g["params"]:
             p.requires_grad_(True)
     return out
+
+
+def zero_optimization(stage: int, module: nn.Module, *, dim: int) -> dict[str, Any]:
+    """DeepSpeed's ``zero_optimization`` section for ``stage``; under ZeRO-3 also marks ``module``'s
+    leaf modules (call it before ``deepspeed.initialize``). ``dim``: the model width."""
+    if stage < 3:
+        return {"stage": stage}
+    from deepspeed.utils import set_z3_leaf_modules
+
+    # MultiheadAttention multiplies by out_proj.weight without calling out_proj. Inside the engine's
+    # forward ZeRO-3 fetches such a parameter on access (one more blocking gather), outside it (rollouts,
+    # samples) nothing does: as a leaf the whole module is gathered on entry.
+    set_z3_leaf_modules(module, [nn.MultiheadAttention], raise_if_not_found=False)
+    # Parameters below the threshold stay whole on every rank (biases, norms, modulation vectors):
+    # one collective each would cost more than it saves. 10·dim is the usual choice (HF "auto").
+    return {"stage": 3, "stage3_param_persistence_threshold": 10 * dim}
 
 
 def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
@@ -151,10 +189,9 @@ class FlowMatchingTrainer:
             cfg, self.rank, self.world, self.total_steps, on_metrics, on_progress, on_checkpoint
         )
 
-    def _engine(self) -> Any:
+    def _engine(self, groups: list[dict[str, Any]]) -> tuple[Any, torch.optim.Optimizer, Any]:
         import deepspeed
 
-        groups = select_trainable(self.model, self.cfg)
         optimizer = torch.optim.AdamW(
             [{k: v for k, v in g.items() if k != "name"} for g in groups], weight_decay=self.cfg.weight_decay
         )
@@ -163,13 +200,13 @@ class FlowMatchingTrainer:
             "train_micro_batch_size_per_gpu": self.cfg.batch_size,
             "gradient_accumulation_steps": self.cfg.grad_accum,
             "gradient_clipping": self.cfg.grad_clip,
-            "zero_optimization": {"stage": self.cfg.zero_stage},
+            "zero_optimization": zero_optimization(self.cfg.zero_stage, self.model, dim=self.model.cfg.dim),
             "bf16": {"enabled": self.cfg.precision.value == "bf16"},
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
             "zero_allow_untested_optimizer": True,
         }
-        engine, ds_optimizer, _, _ = deepspeed.initialize(
+        engine, _, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
         self._names = [g["name"] for g in groups]
@@ -187,14 +224,21 @@ class FlowMatchingTrainer:
         """Train to the end of the curriculum (or ``max_steps`` more steps), resuming if possible."""
         started = time.perf_counter()
         cfg = self.cfg
-        engine, optimizer, scheduler = self._engine()
+        groups = select_trainable(self.model, cfg)
+        found = latest_checkpoint(self.checkpoint_dir)
+        if found is not None:  # before the engine: ZeRO copies (1/2) or partitions (3) these weights
+            check_resumable(found, zero_stage=cfg.zero_stage, world=self.world)
+            load_weights(found, model=self.model)
+        engine, optimizer, scheduler = self._engine(groups)
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        ema = {n: p.detach().clone().float() for n, p in trainable.items()}
+        ema = {n: local_shard(p).detach().clone().float() for n, p in trainable.items()}  # this rank's part
         step, resumed = 0, None
         history: list[float] = []
-        found = latest_checkpoint(self.checkpoint_dir)
         if found is not None:
-            state = load_checkpoint(found, model=self.model, optimizer=optimizer, ema=ema)
+            with optimizer_state_access(engine):
+                state = load_training_state(found, optimizer=optimizer, ema=None)
+            for n, full in load_file(str(found / "ema.safetensors")).items():
+                ema[n].copy_(shard_of(full, trainable[n]))
             scheduler.load_state_dict(state["scheduler"])
             step = resumed = int(state["step"])
             history = list(state.get("loss_history", []))
@@ -202,7 +246,7 @@ class FlowMatchingTrainer:
         samplers: dict[int, WindowSampler] = {}
         result = TrainResult(steps=step, resumed_from=resumed)
         end = self.total_steps if max_steps is None else min(self.total_steps, step + max_steps)
-        per_rank, micro = cfg.batch_size, cfg.grad_accum
+        per_rank, micro, decay = cfg.batch_size, cfg.grad_accum, self.ema_decay
         global_batch = per_rank * self.world
         with_instruction = cfg.stage is Stage.instruction
         self.model.train()
@@ -242,8 +286,8 @@ class FlowMatchingTrainer:
                 losses.append(float(loss.detach()))
             step += 1
             with torch.no_grad():
-                for n, p in trainable.items():
-                    ema[n].mul_(self.ema_decay).add_(p.detach().float(), alpha=1 - self.ema_decay)
+                for n, p in trainable.items():  # this rank's partition under ZeRO-3, else the tensor
+                    ema[n].mul_(decay).add_(local_shard(p).detach().float(), alpha=1 - decay)
             mean = torch.tensor(sum(losses) / len(losses))
             if self.world > 1:
                 dist.all_reduce(mean)
@@ -254,28 +298,60 @@ class FlowMatchingTrainer:
             metrics.update(
                 {f"lr/{n}": g["lr"] for n, g in zip(self._names, optimizer.param_groups, strict=True)}
             )
-            saved = self.reporter.after_step(
-                step,
-                end,
-                metrics,
-                functools.partial(
-                    save_checkpoint,
-                    self.checkpoint_dir,
+            # StepReporter saves on rank 0 only; what it needs from the other ranks is collected here, on
+            # every rank, at the steps it saves (the same rule as StepReporter.after_step).
+            due = step % cfg.checkpoint_every == 0 or step == end
+            with optimizer_state_access(engine):  # the shards and rank 0's save read it
+                weights, full_ema, shards = self._snapshot(step, ema, trainable, optimizer, collect=due)
+                saved = self.reporter.after_step(
                     step,
-                    model=self.model,
-                    optimizer=optimizer,
-                    ema=ema,
-                    state={
-                        "scheduler": scheduler.state_dict(),
-                        "config": cfg.model_dump(mode="json"),
-                        "loss_history": history,
-                        "world_size": self.world,
-                    },
-                    metadata={"model_config": self.model.cfg.model_dump_json()},
-                ),
-            )
+                    end,
+                    metrics,
+                    functools.partial(
+                        save_checkpoint,
+                        self.checkpoint_dir,
+                        step,
+                        model=weights,
+                        optimizer=optimizer,
+                        ema=full_ema,
+                        shards=shards,
+                        state={
+                            "scheduler": scheduler.state_dict(),
+                            "config": cfg.model_dump(mode="json"),
+                            "loss_history": history,
+                            "world_size": self.world,
+                        },
+                        metadata={"model_config": self.model.cfg.model_dump_json()},
+                    ),
+                )
             result.checkpoint = saved or result.checkpoint
         result.steps = step
         result.seconds = time.perf_counter() - started
-        self.ema = ema
+        self.ema = ema  # this rank's partitions under ZeRO-3
         return result
+
+    def _snapshot(
+        self,
+        step: int,
+        ema: dict[str, torch.Tensor],
+        trainable: dict[str, nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        *,
+        collect: bool,
+    ) -> tuple[Weights, dict[str, torch.Tensor], Path | None]:
+        """The weights, EMA and optimizer-shard staging folder rank 0 writes at ``step``.
+
+        With ``collect`` (a checkpoint step), collected on every rank: full weights and EMA gathered
+        from ZeRO-3 partitions and, with a partitioned optimizer (ZeRO ≥ 1, several ranks), every
+        rank's optimizer shard in a staging folder. Otherwise the module and EMA themselves."""
+        if not collect:
+            return self.model, ema, None
+        weights: Weights = self.model
+        if self.cfg.zero_stage == 3:
+            weights, ema = gathered_state_dict(self.model), gather_shards(ema, trainable)
+        shards = None
+        if self.cfg.zero_stage >= 1 and self.world > 1:
+            shards = self.checkpoint_dir / f".step-{step:08d}.shards"
+            save_optimizer_shard(shards, "optimizer", optimizer)
+            dist.barrier()  # every shard is on disk before rank 0 moves them into the checkpoint
+        return weights, ema, shards
