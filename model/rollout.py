@@ -110,7 +110,7 @@ class Rollout:
         vae_weight = next(self.vae.parameters())
         image = image.to(device=vae_weight.device, dtype=vae_weight.dtype)  # e.g. fp32 host pixels
         reference = self.vae.encode(image[:, :, None])  # (B, C, 1, h, w)
-        cache = self.model.new_cache(batch=b, height=self.height, width=self.width, dtype=reference.dtype)
+        cache = self.model.new_cache(batch=b, height=self.height, width=self.width, dtype=self.model.dtype)
         self.model.set_context(cache, self.conditioning(prompt, instruction, batch=b))
         track = actions_to_camera(
             [ActionFrame()], width=self.width, height=self.height, fov_deg=self.model.cfg.fov_deg

@@ -78,10 +78,14 @@ class WorldModel(nn.Module):
         if pad:
             text = torch.cat([text, text.new_zeros(text.shape[0], pad, text.shape[2])], dim=1)
             mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
+        instruction = cond.instruction_tokens
         inter, inter_mask = self.interaction(
-            cond.instruction_tokens, cond.instruction_mask, batch=text.shape[0]
+            None if instruction is None else instruction.to(self.dtype),
+            cond.instruction_mask,
+            batch=text.shape[0],
         )
-        return torch.cat([text, inter.to(text.dtype)], dim=1), torch.cat([mask, inter_mask], dim=1)
+        tokens = torch.cat([text.to(self.dtype), inter.to(self.dtype)], dim=1)
+        return tokens, torch.cat([mask, inter_mask], dim=1)
 
     def block_mask(self, num_frames: int, tokens_per_frame: int) -> Tensor:
         """Block-sparse causal mask (T·P, T·P) bool: sinks + window + own block (DESIGN.md §5.4)."""
@@ -118,8 +122,9 @@ class WorldModel(nn.Module):
             (B, C, T, h, w) predicted velocity ε − x0.
         """
         b, _, t, h, w = latents.shape
-        x = torch.cat([latents, cond.to(latents.dtype)], dim=1)
-        cam = self.camera_encoder(camera.to(latents.dtype))
+        dtype = self.dtype  # inputs arrive in fp32 from the data path; bf16 training runs bf16 weights
+        x = torch.cat([latents.to(dtype), cond.to(dtype)], dim=1)
+        cam = self.camera_encoder(camera.to(dtype))
         ctx, ctx_mask = self.context_tokens(conditioning)
         tpf = cam.shape[1] // t
         if causal and (t - 1) % self.cfg.causal.block_frames:
@@ -144,7 +149,7 @@ class WorldModel(nn.Module):
                 camera_tokens=cam[idx],
                 attn_mask=mask,
             )
-            out[idx] = y
+            out[idx] = y.to(out.dtype)
         return out
 
     # -- streaming ----------------------------------------------------------------------------------
@@ -200,7 +205,7 @@ class WorldModel(nn.Module):
             raise ValueError("cache has no context: call set_context(cache, conditioning) first")
         visible = cache.visible_index(expert, block_index)
         past = [cache.past(expert, layer, visible) for layer in range(self.cfg.num_layers)]
-        x = torch.cat([latents, cond.to(latents.dtype)], dim=1)
+        x = torch.cat([latents, cond.to(latents.dtype)], dim=1).to(self.dtype)
         y, new_kv = self.expert(expert)(
             x,
             timesteps=timesteps,
@@ -213,7 +218,7 @@ class WorldModel(nn.Module):
         if update_cache:
             for layer, (k, v) in enumerate(new_kv):
                 cache.write(expert, block_index, layer, k, v)
-        return y
+        return y.to(latents.dtype)
 
     def encode_camera(self, camera: Tensor) -> Tensor:
         """Grouped Plücker rays (B, f, 6·stride, H, W) → camera tokens (B, f·P, dim), model dtype."""

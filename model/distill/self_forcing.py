@@ -77,7 +77,7 @@ def self_forcing_rollout(
 
     if camera.shape[1] != total:
         raise ValueError(f"camera has {camera.shape[1]} latent frames, the rollout needs {total}")
-    cache = student.new_cache(batch=b, height=height, width=width, dtype=reference.dtype)
+    cache = student.new_cache(batch=b, height=height, width=width, dtype=student.dtype)
     with torch.set_grad_enabled(torch.is_grad_enabled() and grad_from <= num_blocks):
         student.set_context(cache, conditioning)
     with torch.no_grad():

@@ -128,6 +128,7 @@ class DistillTrainer:
         self.cfg, self.dcfg = cfg, cfg.distill
         self.student, self.vae, self.text_encoder = model, vae.eval(), text_encoder
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self.device = model.device  # the engines' device once they exist (run)
         self.critic = copy.deepcopy(model)
         self.clips, self.checkpoint_dir = clips, Path(checkpoint_dir)
         self.on_metrics, self.on_progress = on_metrics, on_progress
@@ -208,10 +209,14 @@ class DistillTrainer:
         start = first * b * self.world + self.rank * b
         indices = list(range(start, start + b))
         batch = prepare_batch(
-            sampler.batch(indices), vae=self.vae, text_encoder=self.text_encoder, with_instruction=True
+            sampler.batch(indices),
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            with_instruction=True,
+            device=self.device,
         )
         empty = self.text_encoder.encode([""] * b)
-        return batch, Conditioning(empty.tokens, empty.mask), indices
+        return batch, Conditioning(empty.tokens.to(self.device), empty.mask.to(self.device)), indices
 
     def global_first(self, indices: list[int]) -> int:
         """The first sample index of the global batch that this rank's ``indices`` belong to: the seed of
@@ -293,6 +298,10 @@ class DistillTrainer:
             self._partition_teacher()
         g_engine, g_opt, g_sched = self._engine(self.student, g_groups)
         c_engine, c_opt, c_sched = self._engine(self.critic, c_groups)
+        self.device = g_engine.device
+        self.vae.to(self.device)
+        if cfg.zero_stage < 3:  # the ZeRO-3 teacher already sits in its own engine
+            self.teacher.to(self.device, dtype=self.student.dtype)  # frozen: bf16 like the student
         trained = {n: p for n, p in self.student.named_parameters() if p.requires_grad}
         ema = {n: local_shard(p).detach().clone().float() for n, p in trained.items()}  # this rank's part
         step, resumed, history = 0, None, []

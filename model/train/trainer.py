@@ -230,6 +230,7 @@ class FlowMatchingTrainer:
             check_resumable(found, zero_stage=cfg.zero_stage, world=self.world)
             load_weights(found, model=self.model)
         engine, optimizer, scheduler = self._engine(groups)
+        self.vae.to(engine.device)  # the frozen VAE encodes each batch where the model trains
         trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         ema = {n: local_shard(p).detach().clone().float() for n, p in trainable.items()}  # this rank's part
         step, resumed = 0, None

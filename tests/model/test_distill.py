@@ -13,7 +13,7 @@ from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.world_model import Conditioning, i2v_condition
 from worldloop.model.distill import dmd_generator_loss, self_forcing_rollout
 from worldloop.model.text import HashingEncoder
-from worldloop.model.train.config import CurriculumPhase, stage_preset
+from worldloop.model.train.config import CurriculumPhase, Precision, stage_preset
 from worldloop.model.train.data import TrainClip, load_synthworld
 from worldloop.model.train.distill_trainer import DistillTrainer
 from worldloop.model.vae import CausalVideoVAE
@@ -153,10 +153,11 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
     return load_synthworld(out)
 
 
-def _trainer(clips: list[TrainClip], ckpt: Path, steps: int) -> DistillTrainer:
+def _trainer(clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -> DistillTrainer:
     cfg = stage_preset("distill")
     cfg = cfg.model_copy(
         update={
+            **update,
             "curriculum": (CurriculumPhase(frames=9, steps=steps),),
             "height": 32,
             "width": 32,
@@ -200,3 +201,11 @@ def test_distillation_resumes_to_the_same_student_and_critic(clips: list[TrainCl
     for a, b in ((straight.student, resumed.student), (straight.critic, resumed.critic)):
         pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
         assert all(torch.equal(pa[n], pb[n]) for n in pa)
+
+
+def test_bf16_distillation_runs(clips: list[TrainClip], tmp_path: Path) -> None:
+    """bf16 (the GPU precision) casts fp32 data-path inputs at the model; the KV cache takes its dtype."""
+    trainer = _trainer(clips, tmp_path / "ckpt", steps=1, precision=Precision.bf16)
+    result = trainer.run()
+    assert trainer.student.dtype == torch.bfloat16 and trainer.teacher.dtype == torch.bfloat16
+    assert result.steps == 1 and all(torch.isfinite(torch.tensor(result.losses)))

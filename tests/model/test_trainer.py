@@ -11,7 +11,7 @@ from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.checkpoint import latest_checkpoint
-from worldloop.model.train.config import CurriculumPhase, stage_preset
+from worldloop.model.train.config import CurriculumPhase, Precision, stage_preset
 from worldloop.model.train.data import TrainClip, load_synthworld
 from worldloop.model.train.trainer import FlowMatchingTrainer
 from worldloop.model.vae import CausalVideoVAE
@@ -85,3 +85,12 @@ def test_resumed_run_matches_an_uninterrupted_one(clips: list[TrainClip], tmp_pa
     assert rest.losses == full.losses[3:]
     a, b = dict(straight.model.named_parameters()), dict(resumed.model.named_parameters())
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_bf16_training_runs_and_lowers_its_loss(clips: list[TrainClip], tmp_path: Path) -> None:
+    """bf16 (the GPU precision): fp32 batches from the data path are cast at the model's boundary."""
+    trainer = _trainer("instruction", clips, tmp_path, steps=8, batch_size=2, precision=Precision.bf16)
+    result = trainer.run()
+    assert trainer.model.dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert sum(result.losses[-3:]) < sum(result.losses[:3]), result.losses
