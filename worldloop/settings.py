@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = Field(None, description="S3 access key (or boto3's chain).")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     kfp_host: str | None = Field(None, description="Kubeflow Pipelines API URL (cluster profile).")
+    pipeline_cluster_config: Path | None = Field(
+        None,
+        description=(
+            "YAML of the pipelines' cluster settings (image, GPUs, tolerations, node selector, PVC, secret "
+            "names, retries; worldloop.pipelines.cluster.ClusterConfig). Default: its defaults."
+        ),
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster to run curation on (ray://host:10001); None starts a local Ray."
     )

@@ -78,15 +78,21 @@ def test_synth_acceptance(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_again(tmp_path) -> None:
-    env = {**os.environ, "WORLDLOOP_HOME": str(tmp_path / "home")}
-    for _ in range(2):  # the second run reuses the curated shards and resumes the training
-        out = subprocess.run(
-            [EXE, "demo", "--clips", "3"], capture_output=True, text=True, timeout=600, env=env
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert "stage action: step 12" in out.stdout
-    demo = tmp_path / "home" / "demo"
-    assert (demo / "curated" / "manifest.jsonl").read_text().strip()
-    assert (demo / "checkpoints" / "action" / "step-00000012" / "model.safetensors").exists()
+def test_demo_runs_the_pipeline_and_promotes_a_champion(tmp_path) -> None:
+    # A smaller variant of `make demo` (fewer clips, one step per stage, two InterBench cases).
+    env = {**os.environ, "WORLDLOOP_HOME": str(tmp_path / "home"), "COLUMNS": "200"}  # rich: no wrapping
+    out = subprocess.run(
+        [EXE, "demo", "--clips", "2", "--max-steps", "1", "--eval-cases", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "registered version 1" in out.stdout
+    assert "demo@local approved and promoted v1 to champion" in out.stdout
+    assert "InterBench" in out.stdout
+    assert "worldloop serve run --model models:/worldloop@champion" in out.stdout
+    listed = subprocess.run([EXE, "models", "list"], capture_output=True, text=True, timeout=120, env=env)
+    assert listed.returncode == 0 and "champion" in listed.stdout
     assert (tmp_path / "home" / "mlflow.db").exists()

@@ -14,6 +14,7 @@ from worldloop.cli import planned
 from worldloop.cli.curate import curate
 from worldloop.cli.evaluate import evaluate
 from worldloop.cli.models import models
+from worldloop.cli.pipeline import pipeline
 from worldloop.cli.synth import demo, synth
 from worldloop.cli.train import train
 
@@ -55,6 +56,7 @@ app.command(help="Run a training stage (action | sft | distill | extend); resuma
 app.command(help="Run the local demo end to end and print where its outputs went.")(demo)
 app.add_typer(evaluate, name="eval")
 app.add_typer(models, name="models")
+app.add_typer(pipeline, name="pipeline")
 for name, sub in planned.SUBCOMMANDS.items():
     app.add_typer(sub, name=name)
 

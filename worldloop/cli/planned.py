@@ -11,25 +11,8 @@ def _later(what: str, issue: int) -> None:
     raise typer.Exit(3)
 
 
-pipeline = typer.Typer(
-    help="Run, compile or submit Kubeflow pipelines (full, curation, evaluation).", no_args_is_help=True
-)
 serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
-
-
-@pipeline.command("run", help="Run a pipeline locally (kfp.local) or on a KFP cluster with --host.")
-def pipeline_run(
-    name: str = typer.Argument(..., help="full | curation | evaluation"),
-    preset: str = typer.Option("tiny", "--preset"),
-    host: str = typer.Option(None, "--host", help="KFP API server URL; omit to run locally."),
-) -> None:
-    _later("pipelines", 7)
-
-
-@pipeline.command("compile", help="Compile a pipeline to reproducible IR YAML.")
-def pipeline_compile(name: str = typer.Argument(...), out: str = typer.Option(..., "--out")) -> None:
-    _later("pipelines", 7)
 
 
 @serve.command("run", help="Start the Ray Serve app (REST, WebSocket play, KServe v2, web page).")
@@ -54,7 +37,6 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
 
 
 SUBCOMMANDS = {
-    "pipeline": pipeline,
     "serve": serve,
     "infra": infra,
 }

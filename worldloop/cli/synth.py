@@ -83,62 +83,62 @@ def synth(
 
 
 def demo(
-    clips: int = typer.Option(6, "--clips", min=1, help="SynthWorld clips to render."),
+    clips: int = typer.Option(
+        6, "--clips", min=1, help="Labelled SynthWorld clips (twice as many raw pairs)."
+    ),
+    max_steps: int = typer.Option(4, "--max-steps", min=1, help="Optimiser steps per training stage."),
+    eval_cases: int = typer.Option(3, "--eval-cases", min=2, help="InterBench cases (a suite of this size)."),
 ) -> None:
-    """SynthWorld in both modes → curation of the raw pairs → a short stage-1 training run in MLflow.
+    """The ``full`` pipeline locally (kfp.local, tiny preset, short stages) → register → approve and
+    promote the version as the local demo approver → where everything is and how to play it.
 
-    Until the Kubeflow pipeline exists (issue #7) the steps run one after the other in-process.
-    Re-running reuses what is there (curation skips finished shards, training resumes).
+    Re-running skips the steps whose inputs are unchanged (the local pipeline cache) and registers,
+    approves and promotes a new version.
     """
-    settings = get_settings()
-    home = settings.home / "demo"
-    synth(
-        out=home / "synthworld",
-        clips=clips,
-        frames=33,
-        size=128,
-        seed=0,
-        fps=16,
-        events="",
-        raw=False,
-        bad_fraction=0.4,
-        workers=1,
-    )
-    synth(
-        out=home / "raw",
-        clips=clips * 2,
-        frames=33,
-        size=128,
-        seed=0,
-        fps=16,
-        events="",
-        raw=True,
-        bad_fraction=0.4,
-        workers=1,
-    )
-    from worldloop.cli.curate import summary_table
-    from worldloop.components.curation.pipeline import run_curation
-    from worldloop.components.training.run import run_stage
-    from worldloop.model.train.config import CurriculumPhase, stage_preset
+    from worldloop.components.registry import approve, promote, show
+    from worldloop.components.registry.gate import DIMENSIONS
+    from worldloop.pipelines.local import run_local
+    from worldloop.settings import DEMO_APPROVER
 
-    console.print("[bold]Curating the raw pairs[/bold] (decode → shots → filters → camera → captions)")
-    curated = run_curation(str(home / "raw"), str(home / "curated"), executor="local", settings=settings)
-    console.print(summary_table(curated))
-    console.print("[bold]Stage 1 (action injection)[/bold], tiny preset, on the labelled clips")
-    cfg = stage_preset("action").model_copy(
-        update={
-            "curriculum": (CurriculumPhase(frames=9, steps=8), CurriculumPhase(frames=17, steps=4)),
-            "checkpoint_every": 4,
-            "log_every": 1,
-        }
+    settings = get_settings()
+    arguments: dict[str, str | int | float | bool] = {
+        "preset": "tiny",
+        "clips": clips,
+        "raw_clips": clips * 2,
+        "max_steps": max_steps,
+        "eval_cases": eval_cases,
+        "suite_cases": eval_cases,
+        "curation_executor": "local",
+    }
+    console.print(
+        "[bold]Pipeline full[/bold] (kfp.local): SynthWorld + curation → stages 1–4 → InterBench → register"
     )
-    ckpt = home / "checkpoints" / "action"
-    run = run_stage(cfg, data=str(home / "synthworld"), out=ckpt, settings=settings)
-    losses = run.result.losses
-    trend = f"loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "already trained (resumed at the end)"
-    console.print(f"stage action: step {run.result.steps}, {trend}")
-    console.print(f"Labelled clips (MP4 + JSON ground truth): {(home / 'synthworld').resolve()}")
-    console.print(f"Raw text-video pairs:                     {(home / 'raw').resolve()}")
-    console.print(f"Curated dataset (shards + manifest):      {(home / 'curated').resolve()}")
-    console.print(f"Stage-1 checkpoints:                      {ckpt.resolve()}")
-    console.print(f"MLflow (runs, loss curve):                {settings.resolved_mlflow_uri}")
+    started = time.perf_counter()
+    run = run_local("full", arguments, settings=settings)
+    version = int(str(run.outputs["Output"]))
+    cached = f", {run.steps_cached} step(s) skipped (unchanged inputs: outputs from the cache)"
+    console.print(
+        f"pipeline finished in {time.perf_counter() - started:.0f} s{cached}; registered version {version}"
+    )
+    approve(version, reason="make demo: tiny local pipeline run", identity=DEMO_APPROVER, settings=settings)
+    decision = promote(version, identity=DEMO_APPROVER, settings=settings)
+    info = show(version, settings=settings)
+    table = Table(title=f"InterBench of v{version}", caption=", ".join(info.aliases))
+    table.add_column("dimension")
+    table.add_column("score", justify="right")
+    for dim in DIMENSIONS:
+        value = (info.scores or {}).get(dim)
+        table.add_row(dim, "—" if value is None else f"{value:.3f}")
+    console.print(table)
+    before = "none" if decision.champion_before is None else f"v{decision.champion_before}"
+    console.print(
+        f"{DEMO_APPROVER} approved and promoted v{decision.champion_after} to champion (was {before})"
+    )
+    console.print(
+        f"MLflow (pipeline run {run.parent_run_id}, steps as child runs): {settings.resolved_mlflow_uri}"
+    )
+    console.print(f"  browse it: mlflow ui --backend-store-uri {settings.resolved_mlflow_uri}")
+    console.print(f"Pipeline outputs (kfp.local): {(settings.home / 'kfp' / 'outputs').resolve()}")
+    champion = f"models:/{settings.registered_model}@champion"
+    console.print(f"Serve and play the champion: worldloop serve run --model {champion}")
+    console.print("  then open http://127.0.0.1:8000/ in a browser (W/A/S/D + mouse, type an instruction)")

@@ -1,0 +1,48 @@
+"""KFP component: one training stage (action | instruction | distill | long), resumable, in MLflow.
+
+Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library from the image.
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+from worldloop.components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE)
+def train_stage(
+    stage: str,
+    preset: str,
+    max_steps: int,
+    parent_run_id: str,
+    data: Input[Dataset],
+    checkpoint: Output[Model],
+    init: Input[Model] | None = None,
+) -> None:
+    """Train ``stage`` of the ``preset`` scale on ``data`` into ``checkpoint``, initialised from ``init``
+    (the previous stage's checkpoint). ``max_steps`` > 0 caps the steps (a short run); 0 runs the
+    preset's whole curriculum."""
+    from worldloop.components.training.run import run_stage
+    from worldloop.model.train.config import stage_preset
+
+    cfg = stage_preset(stage, scale=preset)
+    if max_steps > 0:  # a short run still saves its last step (checkpoint_every or the end)
+        cfg = cfg.model_copy(update={"checkpoint_every": max_steps, "log_every": 1})
+    run = run_stage(
+        cfg,
+        data=data.path,
+        out=checkpoint.path,
+        init=init.path if init is not None else None,
+        max_steps=max_steps if max_steps > 0 else None,
+        parent_run_id=parent_run_id or None,
+    )
+    losses = run.result.losses
+    checkpoint.metadata.update(
+        {
+            "stage": stage,
+            "preset": preset,
+            "steps": run.result.steps,
+            "mlflow_run_id": run.mlflow_run_id or "",
+        }
+    )
+    if losses:
+        checkpoint.metadata["final_loss"] = float(losses[-1])

@@ -1,0 +1,101 @@
+"""The ``full`` pipeline: SynthWorld + curation → stages 1–4 → InterBench → candidate version.
+
+The training stages run on the labelled SynthWorld clips (exact camera ground truth); the raw pairs go
+through curation, whose manifest is registered as the version's data lineage.
+"""
+
+from kfp import dsl
+from kfp.dsl import PipelineTask
+from kfp.dsl.graph_component import GraphComponent
+from worldloop.components.curation.component import curate
+from worldloop.components.evaluation.component import evaluate
+from worldloop.components.registry.component import register
+from worldloop.components.synthworld.component import synth
+from worldloop.components.training.component import train_stage
+from worldloop.pipelines.cluster import ClusterConfig, apply_common, apply_training
+
+STAGES = ("action", "instruction", "distill", "long")
+
+
+def cached(task: PipelineTask, cache_key: str | None) -> PipelineTask:
+    """Local runs key the cache on a fingerprint of the inputs (``worldloop.pipelines.local``)."""
+    if cache_key is not None:
+        task.set_caching_options(True, cache_key=f"{cache_key}:{task.name}")
+    return task
+
+
+def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None) -> GraphComponent:
+    cfg = cluster or ClusterConfig()
+
+    @dsl.pipeline(
+        name="worldloop-full", description="SynthWorld/curation → stages 1–4 → InterBench → registry"
+    )
+    def full(
+        preset: str = "tiny",
+        clips: int = 6,
+        raw_clips: int = 12,
+        frames: int = 33,
+        size: int = 128,
+        seed: int = 0,
+        max_steps: int = 0,
+        eval_cases: int = 4,
+        suite_cases: int = 0,
+        curation_executor: str = "ray",
+        parent_run_id: str = "",
+    ) -> int:
+        labelled, raw = (  # labelled clips for training; raw pairs with bad items for curation
+            synth(
+                clips=count,
+                frames=frames,
+                size=size,
+                seed=seed,
+                raw=is_raw,
+                bad_fraction=bad,
+                parent_run_id=parent_run_id,
+            ).set_display_name(label)
+            for count, is_raw, bad, label in (
+                (clips, False, 0.0, "synthworld"),
+                (raw_clips, True, 0.4, "synthworld-raw"),
+            )
+        )
+        curated = curate(
+            source_uri="",
+            executor=curation_executor,
+            parent_run_id=parent_run_id,
+            raw=raw.outputs["dataset"],
+        ).set_display_name("curation")
+        for task in (labelled, raw, curated):
+            cached(apply_common(task, cfg), cache_key)
+        previous: PipelineTask | None = None
+        for stage in STAGES:
+            init = {} if previous is None else {"init": previous.outputs["checkpoint"]}
+            train = train_stage(
+                stage=stage,
+                preset=preset,
+                max_steps=max_steps,
+                parent_run_id=parent_run_id,
+                data=labelled.outputs["dataset"],
+                **init,
+            ).set_display_name(f"train-{stage}")
+            cached(apply_training(train, cfg), cache_key)
+            previous = train
+        assert previous is not None
+        scores = evaluate(
+            model_uri="",
+            cases=eval_cases,
+            suite_cases=suite_cases,
+            parent_run_id=parent_run_id,
+            checkpoint=previous.outputs["checkpoint"],
+        ).set_display_name("interbench")
+        cached(apply_common(scores, cfg), cache_key)
+        # Not cached: every pipeline run registers its own version (DESIGN.md §8).
+        version = register(
+            parent_run_id=parent_run_id,
+            checkpoint=previous.outputs["checkpoint"],
+            interbench=scores.outputs["interbench"],
+            curated=curated.outputs["curated"],
+        ).set_display_name("register")
+        apply_common(version, cfg).set_caching_options(False)
+        return version.output
+
+    return full
