@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -127,7 +128,7 @@ QUESTIONS: dict[Dimension, str] = {
 REPAIR_PROMPT = "Your answer could not be used ({problem}). Answer again with only this JSON object: {format}"
 
 
-class DimensionAnswer(BaseModel):
+class DimensionAnswer(BaseModel, ABC):
     """A dimension's answer; ``score`` maps it to [0, 1]."""
 
     model_config = ConfigDict(extra="ignore")
@@ -135,11 +136,11 @@ class DimensionAnswer(BaseModel):
 
     reason: str = Field("", description="One sentence: why.")
 
-    def score(self) -> float:
-        raise NotImplementedError
+    @abstractmethod
+    def score(self) -> float: ...
 
-    def summary(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def summary(self) -> str: ...
 
 
 def _lower(value: object) -> object:
