@@ -11,10 +11,6 @@ rank takes part in the end-of-stage sample (a collective under ZeRO-3) and rank 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import mlflow
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_launch import train_cli
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model.train.config import CurriculumPhase, stage_preset
 
@@ -29,12 +26,6 @@ from worldloop.config_io import save_yaml
 
 STEPS = 4
 CLI = {"action": "action", "instruction": "sft"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(path: Path, stage: str, batch: int, zero: int) -> Path:
@@ -63,14 +54,8 @@ def _train(
     home: Path | None = None,
 ) -> Path:
     """``worldloop train`` of ``stage`` in ``nproc`` processes; tracked in MLflow under ``home``."""
-    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
-    run = subprocess.run(
+    train_cli(
         [
-            sys.executable,
-            *(launcher if nproc > 1 else []),
-            "-m",
-            "worldloop.cli.main",
-            "train",
             "--stage",
             CLI[stage],
             "--data",
@@ -82,12 +67,9 @@ def _train(
             *(["--steps", str(steps)] if steps else []),
             *(["--no-track"] if home is None else []),
         ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "WORLDLOOP_HOME": str(home)} if home else None,
+        nproc=nproc,
+        env={"WORLDLOOP_HOME": str(home)} if home else None,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     return out
 
 

@@ -13,14 +13,12 @@ different modules would hang or mix up parameters rather than drift.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_launch import train_cli
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.train.checkpoint import load_checkpoint, save_checkpoint
@@ -30,12 +28,6 @@ from worldloop.config_io import save_yaml
 
 STEPS = 2
 CLI = {"distill": "distill", "long": "extend"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(stage: str, batch: int, zero: int) -> TrainConfig:
@@ -78,14 +70,8 @@ def _train(root: Path, setup: tuple[Path, Path], stage: str, *, nproc: int, zero
     data, init = setup
     out = root / f"{stage}-z{zero}-n{nproc}"
     config = save_yaml(_config(stage, 2 // nproc, zero), root / f"{out.name}.yaml")
-    launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
-    run = subprocess.run(
+    train_cli(
         [
-            sys.executable,
-            *(launcher if nproc > 1 else []),
-            "-m",
-            "worldloop.cli.main",
-            "train",
             "--stage",
             CLI[stage],
             "--data",
@@ -100,11 +86,8 @@ def _train(root: Path, setup: tuple[Path, Path], stage: str, *, nproc: int, zero
             str(steps),
             "--no-track",
         ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        nproc=nproc,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
     return out
 
 
