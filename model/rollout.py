@@ -131,6 +131,23 @@ class Rollout:
 
         Returns (B, 3, frames_per_block, H, W) in [-1, 1].
         """
+        return self.decode(state, self.denoise(state, actions, instruction=instruction))
+
+    @torch.no_grad()
+    def decode(self, state: StreamState, latents: Tensor) -> Tensor:
+        """The VAE's streaming decode of a block's clean latents → (B, 3, frames, H, W) in [-1, 1].
+
+        Separate from :meth:`denoise` so servers can time it, and so sequence-parallel ranks other
+        than the first can skip it (every rank holds the same latents).
+        """
+        return self.vae.decode_step(latents, state.decode_cache).clamp(-1, 1)
+
+    @torch.no_grad()
+    def denoise(
+        self, state: StreamState, actions: Sequence[ActionFrame], *, instruction: str | None = None
+    ) -> Tensor:
+        """The next block's clean latents (B, C, block_frames, h, w), its K/V committed to the cache;
+        decode them with :meth:`decode` (in order: the decoder's cache is causal)."""
         if len(actions) != self.frames_per_block:
             raise ValueError(f"need {self.frames_per_block} actions per block, got {len(actions)}")
         cfg, b = self.model.cfg, state.reference.shape[0]
@@ -180,4 +197,4 @@ class Rollout:
             state.cache, block_index=block, latents=x0, cond=cond, camera=camera, camera_tokens=camera_tokens
         )
         state.camera, state.next_block = track.end, block + 1
-        return self.vae.decode_step(x0, state.decode_cache).clamp(-1, 1)
+        return x0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,26 @@ from worldloop.model.arch.transformer_block import DiTBlock
 from worldloop.model.config import ModelConfig
 
 KV = tuple[Tensor, Tensor]
+
+
+class TokenSharding(Protocol):
+    """Hook splitting one forward's tokens across workers (set by ``worldloop.model.parallel``).
+
+    Tokens are frame-major, ``num_frames`` frames of P tokens; a worker holds its share of every frame,
+    so per-frame modulation still applies to its tokens unchanged.
+    """
+
+    def shard(self, x: Tensor, *, num_frames: int, dim: int) -> Tensor:
+        """This worker's tokens of ``x``, whose ``dim`` is the (F·P) token axis → F·P/N tokens."""
+        ...
+
+    def gather(self, x: Tensor, *, num_frames: int, dim: int) -> Tensor:
+        """Every worker's tokens, back in frame-major order: F·P/N → F·P along ``dim``."""
+        ...
+
+    def attention_mask(self, mask: Tensor, *, num_frames: int) -> Tensor:
+        """``mask`` (F·P, Lpast + F·P) over frame-major tokens → over the order self-attention sees."""
+        ...
 
 
 class Head(nn.Module):
@@ -68,6 +88,8 @@ class ExpertTransformer(nn.Module):
         # Activation checkpointing per DiT block (training only): recompute each block in backward
         # instead of storing its activations. Set with :func:`set_gradient_checkpointing`.
         self.gradient_checkpointing = False
+        # None: single device. Set by worldloop.model.parallel (with each block's head exchange).
+        self.token_sharding: TokenSharding | None = None
         init_linear_(self)
         nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
         nn.init.zeros_(self.head.head.weight)  # Wan initialises the output projection to zero
@@ -116,7 +138,13 @@ class ExpertTransformer(nn.Module):
         tokens, grid = patchify(x, self.patch_embedding)  # (B, F·P, dim), grid (F, h', w')
         if camera_tokens is not None:
             tokens = tokens + camera_tokens.to(tokens.dtype)
-        positions = token_positions(frame_start, grid[0], grid[1], grid[2])
+        positions = token_positions(frame_start, grid[0], grid[1], grid[2])  # (F·P, 3)
+        sharding = self.token_sharding
+        if sharding is not None:  # this worker's F·P/N tokens, with their positions
+            tokens = sharding.shard(tokens, num_frames=grid[0], dim=1)
+            positions = sharding.shard(positions, num_frames=grid[0], dim=0)
+            if attn_mask is not None:
+                attn_mask = sharding.attention_mask(attn_mask, num_frames=grid[0])
         cos, sin = rope_cos_sin(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta)
         # One host→device copy per forward, not one per attention call (4 per layer): on an H200 the
         # per-call copies were 600 pageable transfers per 480p block, a quarter of it host-bound.
@@ -141,6 +169,8 @@ class ExpertTransformer(nn.Module):
             new_kv.append((k, v))
         # 4. head and unpatchify
         out = self.head(tokens, e)  # (B, F·P, C·pt·ph·pw)
+        if sharding is not None:
+            out = sharding.gather(out, num_frames=grid[0], dim=1)
         return unpatchify(out, grid, cfg.patch_size, cfg.latent_channels), new_kv
 
 

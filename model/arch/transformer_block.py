@@ -7,6 +7,8 @@ Wan2.2 adapter is a key map, not a re-implementation. Attention runs through
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 from worldloop.model.arch.attention import AttentionBackend, attend
@@ -28,6 +30,22 @@ class RMSNorm(nn.Module):
         return y.to(x.dtype) * self.weight
 
 
+class HeadExchange(Protocol):
+    """Hook that lets self-attention see every token while each worker holds a share of them.
+
+    Set on :attr:`SelfAttention.head_exchange` from outside (``worldloop.model.parallel``, Ulysses);
+    the module itself stays single-device. ``N`` is the number of workers.
+    """
+
+    def to_heads(self, x: Tensor) -> Tensor:
+        """(B, L/N, H, Dh) this worker's tokens → (B, L, H/N, Dh) every token, this worker's heads."""
+        ...
+
+    def to_tokens(self, x: Tensor) -> Tensor:
+        """Inverse of :meth:`to_heads`: (B, L, H/N, Dh) → (B, L/N, H, Dh)."""
+        ...
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention whose rotated keys/values can be cached by the caller."""
 
@@ -38,6 +56,9 @@ class SelfAttention(nn.Module):
         self.norm_q: nn.Module = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k: nn.Module = RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.backend = AttentionBackend.sdpa
+        # None: single device. Set by worldloop.model.parallel for sequence parallelism; then past_k/v,
+        # the mask and the returned k/v cover every token but only this worker's heads.
+        self.head_exchange: HeadExchange | None = None
 
     def forward(
         self,
@@ -52,13 +73,16 @@ class SelfAttention(nn.Module):
         """x (B, L, dim); past_k/v (B, Lp, H, Dh) already rotated; mask (L, Lp + L) bool.
 
         Returns the output (B, L, dim) and this call's rotated keys and values (B, L, H, Dh), which
-        the caller may write into its KV cache.
+        the caller may write into its KV cache. With a :attr:`head_exchange`, x/cos/sin/output hold this
+        worker's tokens and past_k/v, the mask and the returned k/v every token of its heads.
         """
-        b, n, _ = x.shape
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))  # (B, L, H, Dh)
         k = self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1))
         v = self.v(x).unflatten(-1, (self.num_heads, -1))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        exchange = self.head_exchange
+        if exchange is not None:  # (B, L/N, H, Dh) → (B, L, H/N, Dh)
+            q, k, v = exchange.to_heads(q), exchange.to_heads(k), exchange.to_heads(v)
         keys, values = k, v
         if past_k is not None and past_v is not None:
             keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
@@ -68,8 +92,10 @@ class SelfAttention(nn.Module):
             values.transpose(1, 2),
             backend=self.backend,
             attn_mask=attn_mask,
-        )  # (B, H, L, Dh)
-        return self.o(out.transpose(1, 2).flatten(2)), k, v
+        ).transpose(1, 2)  # (B, L, H, Dh)
+        if exchange is not None:  # (B, L, H/N, Dh) → (B, L/N, H, Dh)
+            out = exchange.to_tokens(out)
+        return self.o(out.flatten(2)), k, v
 
 
 class CrossAttention(nn.Module):

@@ -39,6 +39,9 @@ class WorldModel(nn.Module):
         self.camera_encoder = CameraEncoder(cfg)
         self.interaction = InteractionExtractor(cfg)
         set_attention_backend(self, cfg.attention.value)
+        # Heads per worker in a new KV cache: None = all ``cfg.num_heads`` (single device); set by
+        # worldloop.model.parallel, where each worker caches every token of its share of the heads.
+        self.cache_heads: int | None = None
 
     # -- experts ------------------------------------------------------------------------------------
     def expert_for(self, timestep: float) -> int:
@@ -161,7 +164,7 @@ class WorldModel(nn.Module):
             num_experts=self.cfg.num_experts,
             num_layers=self.cfg.num_layers,
             batch=batch,
-            num_heads=self.cfg.num_heads,
+            num_heads=self.cfg.num_heads if self.cache_heads is None else self.cache_heads,
             head_dim=self.cfg.head_dim,
             dtype=dtype or param.dtype,
             device=param.device,
