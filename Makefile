@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.worldloop/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test bench bench-gpu lint clean
+.PHONY: install chromium demo test bench bench-gpu lint clean
 
 install: $(STAMP)
 
@@ -22,10 +22,18 @@ $(STAMP): pyproject.toml setup.py
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation 'deepspeed>=0.14'
 	touch $(STAMP)
 
+# The play page's end-to-end test drives Debian's Chromium through Playwright (no browser download).
+# Without root or apt the test skips and says why.
+chromium:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null)); } || \
+		echo "make: /usr/bin/chromium missing and not installable here; the browser test will skip"
+
 demo: install
 	$(VENV)/bin/worldloop demo
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q
 
 bench: install

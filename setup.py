@@ -19,4 +19,9 @@ def _packages() -> list[str]:
     return names
 
 
-setup(packages=_packages(), package_dir=PACKAGE_ROOTS, include_package_data=True)
+setup(
+    packages=_packages(),
+    package_dir=PACKAGE_ROOTS,
+    include_package_data=True,
+    package_data={"worldloop.serving": ["web/*"]},  # the play page ships with the wheel
+)

@@ -4,6 +4,7 @@ from benchmarks import (
     bench_curation,
     bench_flow_matching,
     bench_fp8,
+    bench_serving,
     bench_synthworld,
     bench_training,
     bench_vae,
@@ -19,6 +20,7 @@ if __name__ == "__main__":
         bench_world_model,
         bench_curation,
         bench_training,
+        bench_serving,
     )
     for bench in benches:
         print(f"\n== {bench.__name__.removeprefix('benchmarks.')} ==", flush=True)

@@ -82,6 +82,31 @@ class Settings(BaseSettings):
         ),
     )
 
+    serve_api_keys: Annotated[list[SecretStr] | None, NoDecode] = Field(
+        None,
+        description=(
+            "API keys the serving API accepts (comma-separated or a JSON list); None: no authentication "
+            "(local use). Clients send `Authorization: Bearer KEY`, `X-API-Key: KEY` or `?api_key=KEY`."
+        ),
+    )
+    serve_sessions_per_key: int = Field(4, ge=1, description="Open sessions one API key may hold.")
+    serve_max_sessions: int = Field(64, ge=1, description="Open sessions the serving API holds in all.")
+    serve_max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest HTTP request body (images, inference tensors)."
+    )
+    serve_max_message_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest WebSocket message a client may send."
+    )
+    serve_session_idle_s: float = Field(
+        600.0, gt=0, description="Seconds without a step after which a session is closed."
+    )
+    serve_model_poll_s: float = Field(
+        30.0, gt=0, description="How often a generator serving models:/NAME@ALIAS checks for a new version."
+    )
+    serve_resume_timeout_s: float = Field(
+        120.0, gt=0, description="How long a session waits for a restarted generator to rebuild it."
+    )
+
     @field_validator("mlflow_uri", "kfp_host", "s3_endpoint_url", "ray_address")
     @classmethod
     def _no_blank(cls, value: str | None) -> str | None:
@@ -106,7 +131,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("approvers", mode="before")
+    @field_validator("approvers", "serve_api_keys", mode="before")
     @classmethod
     def _approver_list(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment: a JSON list or comma-separated identities
@@ -121,6 +146,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value!r}: every approver must be a non-blank identity without spaces around it"
             )
+        return value
+
+    @field_validator("serve_api_keys")
+    @classmethod
+    def _api_keys(cls, value: list[SecretStr] | None) -> list[SecretStr] | None:
+        if value is not None:
+            weak = [i for i, k in enumerate(value) if len(k.get_secret_value().strip()) < 16]
+            if weak:
+                raise ValueError(f"API keys must be at least 16 characters (entries {weak} are not)")
         return value
 
     @model_validator(mode="after")

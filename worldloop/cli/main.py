@@ -15,6 +15,7 @@ from worldloop.cli.curate import curate
 from worldloop.cli.evaluate import evaluate
 from worldloop.cli.models import models
 from worldloop.cli.pipeline import pipeline
+from worldloop.cli.serve import play, serve
 from worldloop.cli.synth import demo, synth
 from worldloop.cli.train import train
 
@@ -57,6 +58,8 @@ app.command(help="Run the local demo end to end and print where its outputs went
 app.add_typer(evaluate, name="eval")
 app.add_typer(models, name="models")
 app.add_typer(pipeline, name="pipeline")
+app.add_typer(serve, name="serve")
+app.command(help="Print (or --open) the play page of a running server.")(play)
 for name, sub in planned.SUBCOMMANDS.items():
     app.add_typer(sub, name=name)
 

@@ -11,17 +11,7 @@ def _later(what: str, issue: int) -> None:
     raise typer.Exit(3)
 
 
-serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
 infra = typer.Typer(help="Render, validate and apply the Kubernetes manifests.", no_args_is_help=True)
-
-
-@serve.command("run", help="Start the Ray Serve app (REST, WebSocket play, KServe v2, web page).")
-def serve_run(
-    model: str = typer.Option("models:/worldloop@champion", "--model"),
-    port: int = typer.Option(8000, "--port"),
-    devices: int = typer.Option(1, "--devices", help="Sequence-parallel degree per replica."),
-) -> None:
-    _later("serving", 8)
 
 
 @infra.command("render", help="Render kustomize manifests from settings.")
@@ -37,6 +27,5 @@ def infra_validate(path: str = typer.Argument(...)) -> None:
 
 
 SUBCOMMANDS = {
-    "serve": serve,
     "infra": infra,
 }

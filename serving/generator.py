@@ -1,0 +1,167 @@
+"""The generator deployment: one replica = one engine on N devices (DESIGN.md §9).
+
+Sessions stick to the replica that holds their stream through Ray Serve's model multiplexing: the
+ingress tags every call with ``multiplexed_model_id=<session id>`` and the router prefers the replica
+that has that id loaded. A replica that does not hold the stream (it restarted, or LRU-evicted it)
+answers :class:`~worldloop.serving.engine.SessionNotFound`, and the ingress rebuilds the stream from
+the session's last frame.
+
+Serving ``models:/NAME@ALIAS`` the replica polls the registry; when the alias moves (a promotion or a
+rollback) it loads the new version next to the old one, switches, and frees the old: new sessions get
+the new model at once, running ones are rebuilt on it from their last frames — no downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from ray import serve
+from worldloop.serving.engine import Block, EngineConfig, SessionNotFound, VideoEngine, build_engine
+from worldloop.serving.images import decode_image, encode_frame
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS_PER_REPLICA = 32
+
+
+def encode_block(block: Block, fmt: str, quality: int) -> dict[str, Any]:
+    """A block as the ingress receives it: metadata and the encoded frames (``raw``: the uint8 array)."""
+    t0 = time.perf_counter()
+    frames: Any = block.frames if fmt == "raw" else [encode_frame(f, fmt, quality) for f in block.frames]
+    meta = asdict(block)
+    del meta["frames"]
+    meta.update(frames=frames, encode_ms=(time.perf_counter() - t0) * 1000.0, format=fmt)
+    return meta
+
+
+class _Slot:
+    """What Serve's multiplexing tracks per session on this replica; evicting it closes the stream."""
+
+    def __init__(self, owner: Generator, session: str) -> None:
+        self.owner, self.session = owner, session
+
+    async def __del__(self) -> None:  # called by Serve on LRU eviction (awaited there)
+        with contextlib.suppress(Exception):
+            await self.owner.engine.close(self.session)
+
+
+class Generator:
+    """Ray Serve deployment class (wrapped by :func:`worldloop.serving.app.build_app`)."""
+
+    def __init__(self, engine: dict[str, Any], poll_s: float = 30.0) -> None:
+        self.cfg = EngineConfig.model_validate(engine)
+        self.engine: VideoEngine = build_engine(self.cfg)
+        self._poll: asyncio.Task[None] | None = None
+        self.poll_s = poll_s
+        self.follows = self.cfg.model.startswith("models:/") and "@" in self.cfg.model
+        log.info("generator ready: %s", self.engine.info)
+
+    # -- model following ----------------------------------------------------------------------------
+    async def _follow(self) -> None:
+        from worldloop.components.registry import resolve
+
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                info = await asyncio.to_thread(resolve, self.cfg.model)
+                if str(info.version) != self.engine.info.version:
+                    await self.swap()
+            except Exception:  # the registry being briefly away must not kill the replica
+                log.exception("checking %s for a new version failed; keeping the current one", self.cfg.model)
+
+    async def swap(self) -> str | None:
+        """Load what ``cfg.model`` names now, switch to it, free the old engine; returns the version."""
+        fresh = await asyncio.to_thread(build_engine, self.cfg)
+        old, self.engine = self.engine, fresh
+        await old.shutdown()
+        log.info("now serving %s version %s", self.cfg.model, fresh.info.version)
+        return fresh.info.version
+
+    # -- sessions -----------------------------------------------------------------------------------
+    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
+    async def _slot(self, session: str) -> _Slot:
+        return _Slot(self, session)
+
+    async def _claim(self, session: str) -> None:
+        """Register ``session`` with the multiplexing router (the call carries its id)."""
+        if self.follows and self._poll is None:  # started on the replica's event loop, on first use
+            self._poll = asyncio.get_running_loop().create_task(self._follow())
+        if serve.get_multiplexed_model_id() != session:
+            raise ValueError("calls must carry multiplexed_model_id=<session id>")
+        await self._slot(session)
+
+    async def info(self) -> dict[str, Any]:
+        if self.follows and self._poll is None:
+            self._poll = asyncio.get_running_loop().create_task(self._follow())
+        return asdict(self.engine.info)
+
+    async def start(
+        self,
+        session: str,
+        *,
+        image: bytes | np.ndarray,
+        prompt: str,
+        instruction: str | None,
+        seed: int,
+        frame_index: int = 0,
+        blocks: int = 0,
+        fmt: str = "jpeg",
+        quality: int = 85,
+    ) -> dict[str, Any]:
+        """Start ``session`` (or rebuild it from its last frame: ``frame_index``/``blocks`` > 0)."""
+        await self._claim(session)
+        pixels = decode_image(image) if isinstance(image, bytes) else image
+        block = await self.engine.start(
+            session,
+            image=pixels,
+            prompt=prompt,
+            instruction=instruction,
+            seed=seed,
+            frame_index=frame_index,
+            blocks=blocks,
+        )
+        out = await asyncio.to_thread(encode_block, block, fmt, quality)
+        out["version"] = self.engine.info.version
+        return out
+
+    async def step(
+        self,
+        session: str,
+        *,
+        keys: list[str],
+        mouse: tuple[float, float],
+        text: str | None,
+        fmt: str = "jpeg",
+        quality: int = 85,
+    ) -> dict[str, Any]:
+        """One block of ``session`` (raises SessionNotFound when this replica does not hold it)."""
+        await self._claim(session)
+        blocks = [b async for b in self.engine.generate(session, keys=keys, mouse=mouse, text=text)]
+        out = await asyncio.to_thread(encode_block, blocks[0], fmt, quality)
+        out["version"] = self.engine.info.version
+        return out
+
+    async def holds(self, session: str) -> bool:
+        """Whether this replica holds ``session``'s stream (and claims the id for routing)."""
+        await self._claim(session)
+        return await self.engine.holds(session)
+
+    async def close(self, session: str) -> bool:
+        return await self.engine.close(session)
+
+    async def check_health(self) -> None:
+        """Ray Serve's health probe: failing it restarts the replica."""
+        await self.engine.check_health()
+
+    def __del__(self) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+
+
+__all__ = ["Generator", "SessionNotFound", "encode_block"]

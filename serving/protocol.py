@@ -1,0 +1,193 @@
+"""The wire formats of the serving API: REST bodies and the WebSocket play protocol (DESIGN.md §9).
+
+REST (JSON, OpenAPI at ``/docs``)::
+
+    POST   /v1/sessions            CreateSession → 201 SessionInfo
+    GET    /v1/sessions            → SessionList (the caller's sessions)
+    GET    /v1/sessions/{id}       → SessionInfo
+    GET    /v1/sessions/{id}/frame → the last frame as an image (frame_format)
+    DELETE /v1/sessions/{id}       → 204
+
+Every error is JSON ``{"error": {"status": 4xx, "message": "...", "field": "..."?}}``.
+Authentication (when API keys are configured): header ``Authorization: Bearer KEY`` or ``X-API-Key:
+KEY``; browsers' WebSockets cannot set headers, so the play socket also takes ``?api_key=KEY``.
+
+WebSocket ``/v1/sessions/{id}/play`` — text messages are JSON, frames are binary messages:
+
+* server → client, on connect: :class:`Hello` (JSON) and then ``count`` binary messages, the current
+  last frame (frame 0 for a new session; the frame it stopped at after a reconnect);
+* client → server: :class:`StepMessage` — the keys held and the mouse motion over the next ``blocks``
+  blocks, optionally a text instruction; the server answers each generated block with a
+  :class:`BlockMessage` followed by ``count`` binary messages, one encoded image per frame, in order
+  (frame indices ``first_index .. first_index + count - 1``). A client keeps one step in flight for a
+  smooth stream (send the next step when a block header arrives);
+* :class:`PingMessage` → :class:`PongMessage`;
+* a bad message gets :class:`ErrorMessage` (status 4xx) and the socket stays open; an unknown session
+  closes the socket with code 4404, a bad key with 4401, a newer socket for the same session closes
+  the older one with 4409; a generator that stays lost past the resume timeout closes it with 1013 (try
+  again): reconnecting to the same id resumes from the last frame. An :class:`ErrorMessage` answers the
+  step in flight: that step produced no block.
+
+Keys: ``w a s d space``. Mouse: motion over the whole step in mouse units (1 unit = 1 degree by
+default; dx > 0 turns right, dy > 0 looks down), spread evenly over its frames.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from worldloop.model.camera.actions import Key
+
+MAX_PROMPT_CHARS = 2000
+MAX_BLOCKS_PER_STEP = 8
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FrameFormat(Strict):
+    """How frames are encoded on the wire."""
+
+    format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="Image codec of each frame.")
+    quality: int = Field(85, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
+
+
+class CreateSession(Strict):
+    """``POST /v1/sessions``: a reference image and the scene prompt start a stream."""
+
+    image: str | None = Field(
+        None,
+        description=(
+            "Reference image (PNG/JPEG/WebP), base64 (a data: URL is accepted). It is resized and centre-"
+            "cropped to the served resolution. Omitted: the server's sample scene."
+        ),
+    )
+    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="Scene description.")
+    instruction: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="An instruction active from the start."
+    )
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Noise seed (None: random).")
+    frames: FrameFormat = Field(default_factory=FrameFormat)
+
+    @field_validator("prompt", "instruction")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class ModelInfo(BaseModel):
+    uri: str
+    version: str | None = Field(None, description="Registry version serving this session (models:/ URIs).")
+    preset: str
+
+
+class SessionInfo(BaseModel):
+    """A session as the API reports it."""
+
+    id: str
+    prompt: str
+    instruction: str | None
+    width: int
+    height: int
+    fps: float = Field(..., description="Playback rate of the model's frames (not generation speed).")
+    frames_per_block: int
+    frame_index: int = Field(..., description="Index of the last frame generated (0 = the reference).")
+    blocks: int = Field(..., description="Blocks generated, over every replica this session lived on.")
+    recaches: int = Field(..., description="Instruction changes applied (each one KV recache).")
+    resumes: int = Field(..., description="Times the session was rebuilt from its last frame.")
+    frames: FrameFormat
+    model: ModelInfo
+    created_at: float
+    last_active: float
+    expires_after_s: float
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionInfo]
+
+
+class StepMessage(Strict):
+    """Client → server: generate ``blocks`` blocks with these inputs held."""
+
+    type: Literal["step"]
+    keys: list[Key] = Field(default_factory=list, description="Keys held (w a s d space).")
+    mouse: tuple[float, float] = Field(
+        (0.0, 0.0), description="Mouse (dx, dy) over the whole step, spread over its frames."
+    )
+    text: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="A new instruction (triggers one recache)."
+    )
+    blocks: int = Field(1, ge=1, le=MAX_BLOCKS_PER_STEP)
+
+    @field_validator("mouse")
+    @classmethod
+    def _finite(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if any(v != v or abs(v) > 1e4 for v in value):  # NaN or absurd motion
+            raise ValueError("mouse motion must be finite and within ±10000 units")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("an instruction must not be blank (omit it to keep the current one)")
+        return value
+
+
+class PingMessage(Strict):
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[StepMessage | PingMessage, Field(discriminator="type")]
+
+
+class Timing(BaseModel):
+    """Where one block's time went, in milliseconds."""
+
+    queue_ms: float = Field(..., description="Waiting for the generator (other sessions' blocks).")
+    generate_ms: float = Field(..., description="Denoising + clean pass (+ recache) on the workers.")
+    decode_ms: float = Field(..., description="VAE decode of the block.")
+    encode_ms: float = Field(..., description="Image encoding of its frames.")
+    total_ms: float = Field(..., description="From the step message to the block being sent.")
+
+
+class Hello(BaseModel):
+    type: Literal["hello"] = "hello"
+    session: SessionInfo
+    resumed: bool = Field(..., description="True when the session was rebuilt from its last frame.")
+    first_index: int
+    count: int = 1
+    format: str
+
+
+class BlockMessage(BaseModel):
+    type: Literal["block"] = "block"
+    block: int = Field(..., description="Block number in the session (1 = first generated).")
+    first_index: int
+    count: int
+    format: str
+    recached: bool = Field(..., description="This block applied a new instruction.")
+    instruction: str | None
+    timing: Timing
+
+
+class PongMessage(BaseModel):
+    type: Literal["pong"] = "pong"
+
+
+class ErrorMessage(BaseModel):
+    type: Literal["error"] = "error"
+    status: int
+    message: str
+    retry: bool = Field(False, description="Worth retrying (e.g. the generator is restarting).")
+
+
+# WebSocket close codes (4000–4999 are the application's)
+CLOSE_BAD_KEY = 4401
+CLOSE_UNKNOWN_SESSION = 4404
+CLOSE_TAKEN_OVER = 4409  # another play socket opened for this session; the newest one wins
+CLOSE_TRY_AGAIN = 1013

@@ -1,0 +1,184 @@
+"""Sequence-parallel workers of one generator replica (DESIGN.md §9).
+
+A replica that serves with ``sp`` = N owns N devices: Ray Serve reserves them as one placement group
+(STRICT_PACK: one node, so the all-to-alls stay on NVLink/shared memory) whose bundle 0 holds the replica
+itself and bundles 1..N one :class:`SPWorker` each. The workers form a ``torch.distributed`` group
+(NCCL on GPUs, gloo on CPU) and each runs the same :class:`~worldloop.serving.engine.Streams` calls
+in the same order; the model inside shards every forward over the group (Ulysses), so each worker
+holds 1/N of the tokens and of the KV cache heads. Rank 0 decodes and returns the frames.
+
+The workers are owned by the replica's process: when the replica dies they die with it, and the
+sessions they held are rebuilt elsewhere from their last frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from worldloop.model.camera.actions import Key
+from worldloop.serving.engine import Block, EngineConfig, EngineInfo, Streams
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+class SPWorker:
+    """One rank: a process-group member holding a sharded copy of every stream (a Ray actor)."""
+
+    def __init__(self, cfg: dict[str, Any], rank: int, world: int) -> None:
+        self.cfg = EngineConfig.model_validate(cfg)
+        self.rank, self.world = rank, world
+        self.streams: Streams | None = None
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Where rank 0 listens for the process group (called on rank 0 only)."""
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def setup(self, host: str, port: int) -> EngineInfo:
+        import torch.distributed as dist
+        from worldloop.serving.engine import resolve_device
+
+        device = resolve_device(self.cfg)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world
+        )
+        self.streams = Streams(self.cfg, rank=self.rank, decode=self.rank == 0)
+        self.streams.parallelize(dist.group.WORLD)
+        return self.streams.info()
+
+    def _streams(self) -> Streams:
+        if self.streams is None:
+            raise RuntimeError("worker not set up")
+        return self.streams
+
+    def start(self, session: str, kwargs: dict[str, Any]) -> Block:
+        return self._streams().start(session, **kwargs)
+
+    def step(self, session: str, kwargs: dict[str, Any]) -> Block:
+        return self._streams().step(session, **kwargs)
+
+    def close(self, session: str) -> bool:
+        return self._streams().close(session)
+
+    def ping(self) -> int:
+        return self.rank
+
+
+class ShardedEngine:
+    """A :class:`~worldloop.serving.engine.VideoEngine` over ``cfg.sp`` :class:`SPWorker` actors.
+
+    Every operation goes to all ranks under one lock, so the ranks see the same sequence of calls; the
+    answer is rank 0's (the only one that decodes).
+    """
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.cfg = cfg
+        n = cfg.sp
+        gpus = 1 if self._wants_gpu() else 0
+        pg = get_current_placement_group()
+        first_bundle = 1
+        self._own_pg: PlacementGroup | None = None
+        if pg is None or len(pg.bundle_specs) < n + 1:  # not inside a Serve replica's group: make one
+            bundle: dict[str, float] = {"CPU": 1.0, **({"GPU": float(gpus)} if gpus else {})}
+            pg = placement_group([bundle] * n, strategy="STRICT_PACK")
+            ray.get(pg.ready(), timeout=300)
+            self._own_pg, first_bundle = pg, 0
+        actor: Any = ray.remote(SPWorker)
+        self.workers: list[Any] = [
+            actor.options(
+                num_cpus=1,
+                num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=pg, placement_group_bundle_index=first_bundle + rank
+                ),
+            ).remote(cfg.model_dump(), rank, n)
+            for rank in range(n)
+        ]
+        host, port = ray.get(self.workers[0].rendezvous.remote())
+        infos = ray.get([w.setup.remote(host, port) for w in self.workers])
+        self._info: EngineInfo = infos[0]
+        self._lock = asyncio.Lock()
+        self._sessions: set[str] = set()
+
+    def _wants_gpu(self) -> bool:
+        if self.cfg.device == "cuda":
+            return True
+        if self.cfg.device == "cpu":
+            return False
+        return float(ray.cluster_resources().get("GPU", 0.0)) >= self.cfg.sp
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    async def _all(self, method: str, *args: Any) -> Any:
+        async with self._lock:
+            refs = [getattr(w, method).remote(*args) for w in self.workers]
+            results = await asyncio.gather(*refs)
+        return results[0]
+
+    async def start(
+        self,
+        session: str,
+        *,
+        image: np.ndarray,
+        prompt: str,
+        instruction: str | None = None,
+        seed: int = 0,
+        frame_index: int = 0,
+        blocks: int = 0,
+    ) -> Block:
+        kwargs = dict(
+            image=image,
+            prompt=prompt,
+            instruction=instruction,
+            seed=seed,
+            frame_index=frame_index,
+            blocks=blocks,
+        )
+        result: Block = await self._all("start", session, kwargs)
+        self._sessions.add(session)
+        return result
+
+    async def generate(
+        self,
+        session: str,
+        *,
+        keys: Sequence[Key | str] = (),
+        mouse: tuple[float, float] = (0.0, 0.0),
+        text: str | None = None,
+        blocks: int = 1,
+    ) -> AsyncIterator[Block]:
+        share = (mouse[0] / blocks, mouse[1] / blocks)
+        for i in range(blocks):
+            kwargs = dict(keys=[Key(k).value for k in keys], mouse=share, text=text if i == 0 else None)
+            block: Block = await self._all("step", session, kwargs)
+            yield block
+
+    async def close(self, session: str) -> bool:
+        closed: bool = await self._all("close", session)
+        self._sessions.discard(session)
+        return closed
+
+    async def holds(self, session: str) -> bool:
+        return session in self._sessions
+
+    async def check_health(self) -> None:
+        await asyncio.wait_for(asyncio.gather(*[w.ping.remote() for w in self.workers]), timeout=30)
+
+    async def shutdown(self) -> None:
+        for w in self.workers:
+            ray.kill(w)
+        if self._own_pg is not None:
+            ray.util.remove_placement_group(self._own_pg)

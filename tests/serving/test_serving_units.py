@@ -1,0 +1,150 @@
+"""Serving pieces that need no Ray: deployment options, sessions and keys, images, the engine."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import SecretStr, ValidationError
+from worldloop.serving.app import ServeOptions, build_app, deployment_options
+from worldloop.serving.engine import EngineConfig, SessionNotFound, Streams, block_actions
+from worldloop.serving.images import ImageError, decode_base64_image, encode_frame, fit
+from worldloop.serving.protocol import FrameFormat, ModelInfo, StepMessage
+from worldloop.serving.sessions import ApiError, ApiKeys, SessionRecord, SessionStore, key_id
+
+
+def test_sequence_parallel_replicas_pack_their_devices_on_one_node() -> None:
+    opts = ServeOptions(model="preset:tiny", sp=4, device="cuda")
+    options = deployment_options(opts)
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+    bundles = options["placement_group_bundles"]
+    assert len(bundles) == 5 and "GPU" not in bundles[0]  # bundle 0: the replica itself
+    assert all(b == {"CPU": 1.0, "GPU": 1.0} for b in bundles[1:])
+    assert options["ray_actor_options"]["num_cpus"] <= bundles[0]["CPU"]
+    single = deployment_options(ServeOptions(model="preset:tiny", device="cuda"))
+    assert "placement_group_bundles" not in single and single["ray_actor_options"]["num_gpus"] == 1.0
+    scaled = deployment_options(ServeOptions(model="preset:tiny", replicas=1, max_replicas=3))
+    assert scaled["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in scaled
+
+
+def test_build_app_validates_its_arguments() -> None:
+    with pytest.raises(ValueError, match="sp"):
+        build_app({"model": "preset:tiny", "sp": "zero"})
+    with pytest.raises(ValueError, match="colour"):
+        build_app({"model": "preset:tiny", "colour": "red"})
+    build_app({"model": "preset:tiny", "sp": "2", "fp8": "false"})  # serve config args arrive as strings
+
+
+def _record(owner: str, sid: str) -> SessionRecord:
+    return SessionRecord(
+        id=sid,
+        owner=owner,
+        prompt="p",
+        instruction=None,
+        seed=0,
+        frames=FrameFormat(),
+        model=ModelInfo(uri="preset:tiny", preset="tiny"),
+        width=64,
+        height=64,
+        fps=16.0,
+        frames_per_block=8,
+    )
+
+
+def test_session_store_limits_owners_and_expiry() -> None:
+    store = SessionStore(per_owner=2, total=3, idle_s=10.0)
+    store.reserve(_record("a", "s1"))
+    store.reserve(_record("a", "s2"))
+    with pytest.raises(ApiError) as per_owner:
+        store.reserve(_record("a", "s3"))
+    assert per_owner.value.status == 429
+    store.reserve(_record("b", "s4"))
+    with pytest.raises(ApiError, match="server"):
+        store.reserve(_record("c", "s5"))
+    with pytest.raises(ApiError) as other:
+        store.get("s1", "b")
+    assert other.value.status == 404
+    store.get("s1", "a").last_active -= 11.0
+    assert [r.id for r in store.expired()] == ["s1"]
+    assert [r.id for r in store.owned("a")] == ["s2"]
+
+
+def test_api_keys() -> None:
+    open_access = ApiKeys(None)
+    assert open_access.owner(None) == "anonymous"
+    keys = ApiKeys([SecretStr("k" * 20)])
+    assert keys.owner("k" * 20) == key_id("k" * 20) != "k" * 20
+    for bad in (None, "", "x" * 20):
+        with pytest.raises(ApiError) as err:
+            keys.owner(bad)
+        assert err.value.status == 401
+
+
+def test_settings_refuse_short_api_keys() -> None:
+    from worldloop.settings import Settings
+
+    with pytest.raises(ValidationError, match="16 characters"):
+        Settings(serve_api_keys=["short"])
+    assert Settings(serve_api_keys="a" * 16 + "," + "b" * 16).serve_api_keys is not None
+
+
+def test_images_decode_fit_and_encode() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    png = encode_frame(image, "png")
+    assert np.array_equal(decode_base64_image(base64.b64encode(png).decode()), image)
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    assert decode_base64_image(data_url).shape == (30, 50, 3)
+    assert fit(image, 64, 64).shape == (64, 64, 3)
+    assert fit(image, 30, 50) is image
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="GIF")
+    for bad, reason in (
+        (base64.b64encode(buf.getvalue()).decode(), "not accepted"),
+        (base64.b64encode(b"\x89PNG broken").decode(), "could not be decoded"),
+        ("@@@", "base64"),
+        ("data:image/png,abc", "base64"),
+    ):
+        with pytest.raises(ImageError, match=reason):
+            decode_base64_image(bad)
+    for fmt in ("jpeg", "webp"):
+        assert len(encode_frame(image, fmt, 80)) > 0
+
+
+def test_step_message_validation() -> None:
+    StepMessage(type="step", keys=["w", "space"], mouse=(3.0, -1.0))
+    for bad in (
+        {"keys": ["q"]},
+        {"blocks": 0},
+        {"mouse": (float("nan"), 0.0)},
+        {"text": ""},
+        {"extra": 1},
+    ):
+        with pytest.raises(ValidationError):
+            StepMessage.model_validate({"type": "step", **bad})
+
+
+def test_block_actions_spread_the_mouse_over_the_frames() -> None:
+    actions = block_actions(["w"], (8.0, -4.0), 4)
+    assert len(actions) == 4 and all(a.label() == "w" for a in actions)
+    assert sum(a.mouse_dx for a in actions) == pytest.approx(8.0)
+    assert actions[0].mouse_dy == pytest.approx(-1.0)
+
+
+def test_streams_run_sessions_independently() -> None:
+    streams = Streams(EngineConfig(model="preset:tiny", device="cpu"))
+    image = np.full((64, 64, 3), 120, np.uint8)
+    start = streams.start("a", image=image, prompt="a room", seed=1)
+    assert start.frames.shape == (1, 64, 64, 3) and start.first_index == 0
+    streams.start("b", image=image, prompt="a room", seed=1, frame_index=40, blocks=5)  # a resume
+    a = streams.step("a", keys=["w"])
+    b = streams.step("b", keys=["w"], text="make it snow")
+    assert (a.block, a.first_index) == (1, 1)
+    assert (b.block, b.first_index, b.recached) == (6, 41, True)
+    assert streams.recaches("b") == 1 and streams.recaches("a") == 0
+    assert streams.close("a") and not streams.close("a")
+    with pytest.raises(SessionNotFound):
+        streams.step("a")

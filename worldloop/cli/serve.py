@@ -1,0 +1,82 @@
+"""``worldloop serve run`` (the Ray Serve app) and ``worldloop play URL`` (the browser page)."""
+
+from __future__ import annotations
+
+import webbrowser
+
+import typer
+
+serve = typer.Typer(help="Ray Serve: real-time sessions, KServe v2, web play page.", no_args_is_help=True)
+
+
+@serve.command("run", help="Start the Ray Serve app (REST, WebSocket play, KServe v2, web page); blocks.")
+def serve_run(
+    model: str = typer.Option(
+        "models:/worldloop@champion", "--model", help="preset:NAME, a checkpoint folder/URI or models:/..."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface the HTTP proxy listens on."),
+    port: int = typer.Option(8000, "--port"),
+    devices: int = typer.Option(
+        1, "--devices", "--sp", help="Devices per replica = sequence-parallel workers (Ulysses)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    fp8: bool = typer.Option(False, "--fp8", help="FP8 weights and activations (CUDA, sm_89+)."),
+    attention: str = typer.Option("sdpa", "--attention", help="Self-attention kernel: sdpa | sage | auto."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the DiT blocks."),
+    height: int = typer.Option(None, "--height", help="Frame height (default: the model's trained size)."),
+    width: int = typer.Option(None, "--width", help="Frame width (default: the model's trained size)."),
+    replicas: int = typer.Option(1, "--replicas", help="Generator replicas (minimum when autoscaling)."),
+    max_replicas: int = typer.Option(None, "--max-replicas", help="Autoscale generator replicas up to this."),
+) -> None:
+    import ray
+    from ray import serve as ray_serve
+
+    from worldloop.serving.app import build_app
+    from worldloop.settings import get_settings
+
+    args = {
+        "model": model,
+        "sp": devices,
+        "device": device,
+        "fp8": fp8,
+        "attention": attention,
+        "compile": compile_,
+        "height": height,
+        "width": width,
+        "replicas": replicas,
+        "max_replicas": max_replicas,
+    }
+    app = build_app({k: v for k, v in args.items() if v is not None})  # validates before Ray starts
+    settings = get_settings()
+    ray.init(address=settings.ray_address, include_dashboard=False)
+    ray_serve.start(http_options={"host": host, "port": port})
+    url = f"http://{host}:{port}/"
+    typer.echo(f"worldloop: starting {model} on {devices} device(s) per replica ...", err=True)
+    ray_serve.run(app, name="worldloop", route_prefix="/", blocking=False)
+    typer.echo(f"worldloop: serving at {url}  (play page {url} · API docs {url}docs · KServe v2 {url}v2)")
+    typer.echo(f"worldloop: play with `worldloop play {url}`; Ctrl-C stops", err=True)
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()
+
+
+def play(
+    url: str = typer.Argument("http://127.0.0.1:8000/", help="Where the server runs."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+) -> None:
+    """Print (or open) the play page of a running server, after checking it answers."""
+    import httpx
+
+    page = url.rstrip("/") + "/"
+    try:
+        response = httpx.get(page + "healthz", timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        raise ValueError(f"{page} does not answer as a worldloop server ({err})") from None
+    typer.echo(page)
+    if open_browser:
+        webbrowser.open(page)
