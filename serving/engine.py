@@ -327,11 +327,11 @@ class LocalEngine:
     def info(self) -> EngineInfo:
         return self.streams.info()
 
-    def _run(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _run(self, fn, session: str, /, **kwargs):  # type: ignore[no-untyped-def]
         with self._lock:
-            if self._closed:
-                raise RuntimeError("engine is shut down")
-            return fn(*args, **kwargs)
+            if self._closed:  # swapped out for a new model version: the stream is rebuilt on the new one
+                raise SessionNotFound(session)
+            return fn(session, **kwargs)
 
     async def start(
         self,
@@ -387,9 +387,13 @@ class LocalEngine:
             raise RuntimeError("engine is shut down")
 
     async def shutdown(self) -> None:
-        with self._lock:
-            self._closed = True
-            self.streams._streams.clear()
+        def close_all() -> None:
+            with self._lock:  # after the block in flight, if any
+                self._closed = True
+                for session in list(self.streams._streams):
+                    self.streams.close(session)
+
+        await asyncio.to_thread(close_all)
 
 
 def build_engine(cfg: EngineConfig) -> VideoEngine:

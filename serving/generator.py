@@ -64,16 +64,22 @@ class Generator:
 
     # -- model following ----------------------------------------------------------------------------
     async def _follow(self) -> None:
-        from worldloop.components.registry import resolve
-
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                info = await asyncio.to_thread(resolve, self.cfg.model)
-                if str(info.version) != self.engine.info.version:
-                    await self.swap()
+                await self.check_for_update()
             except Exception:  # the registry being briefly away must not kill the replica
                 log.exception("checking %s for a new version failed; keeping the current one", self.cfg.model)
+
+    async def check_for_update(self) -> bool:
+        """Swap to the version ``cfg.model`` names now if it moved (promotion, rollback); True if swapped."""
+        from worldloop.components.registry import resolve
+
+        info = await asyncio.to_thread(resolve, self.cfg.model)
+        if str(info.version) == self.engine.info.version:
+            return False
+        await self.swap()
+        return True
 
     async def swap(self) -> str | None:
         """Load what ``cfg.model`` names now, switch to it, free the old engine; returns the version."""

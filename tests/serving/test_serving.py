@@ -305,3 +305,17 @@ def test_two_sequence_parallel_workers_equal_one(serve_cluster, live_server, tin
         assert diff.max() <= 1, f"sequence-parallel frames differ by up to {diff.max()} levels"
     finally:
         serve_cluster.delete("sp2")
+
+
+def test_play_command_checks_the_server(live_server) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("worldloop"))
+    ok = subprocess.run([exe, "play", live_server.url], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.strip() == live_server.url
+    down = subprocess.run([exe, "play", "http://127.0.0.1:9/"], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 2 and "does not answer" in down.stderr and "Traceback" not in down.stderr
+    help_text = subprocess.run([exe, "serve", "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "--devices" in help_text.stdout and "--fp8" in help_text.stdout
