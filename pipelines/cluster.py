@@ -43,7 +43,7 @@ class ClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image: str = Field(IMAGE, description="Component image (infra/Dockerfile.component).")
+    image: str = Field(IMAGE, description="Component image (infra/docker/Dockerfile.component).")
     gpu_type: str = Field("nvidia.com/gpu", description="Accelerator resource of the training tasks.")
     gpu_count: int = Field(1, ge=0, description="GPUs per training task (0: CPU training).")
     gpu_node_selector: dict[str, str] = Field(

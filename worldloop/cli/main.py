@@ -10,9 +10,9 @@ import typer
 from pydantic import ValidationError
 
 from worldloop import __version__
-from worldloop.cli import planned
 from worldloop.cli.curate import curate
 from worldloop.cli.evaluate import evaluate
+from worldloop.cli.infra import infra
 from worldloop.cli.models import models
 from worldloop.cli.pipeline import pipeline
 from worldloop.cli.serve import play, serve
@@ -60,8 +60,7 @@ app.add_typer(models, name="models")
 app.add_typer(pipeline, name="pipeline")
 app.add_typer(serve, name="serve")
 app.command(help="Print (or --open) the play page of a running server.")(play)
-for name, sub in planned.SUBCOMMANDS.items():
-    app.add_typer(sub, name=name)
+app.add_typer(infra, name="infra")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,308 @@
+"""A Kubernetes API server for tests: discovery, GET and server-side-apply PATCH of objects, with real
+``APIResourceList``/``APIGroupList``/``Status`` bodies, bearer-token auth, scripted failures, and a log
+of every request. Apply is simplified to one field manager: the body replaces the object, the server
+adds metadata and a few defaults and keeps ``status``, and ``dryRun=All`` stores nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import yaml
+
+NOW = "2026-01-01T00:00:00Z"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+# group version -> (resource, kind, namespaced), subresources included as a real server lists them.
+RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
+    "v1": [
+        ("configmaps", "ConfigMap", True),
+        ("namespaces", "Namespace", False),
+        ("namespaces/status", "Namespace", False),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("secrets", "Secret", True),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("services", "Service", True),
+    ],
+    "apps/v1": [
+        ("deployments", "Deployment", True),
+        ("deployments/scale", "Scale", True),
+        ("deployments/status", "Deployment", True),
+        ("statefulsets", "StatefulSet", True),
+        ("statefulsets/status", "StatefulSet", True),
+    ],
+    "rbac.authorization.k8s.io/v1": [
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+        ("clusterroles", "ClusterRole", False),
+        ("rolebindings", "RoleBinding", True),
+        ("roles", "Role", True),
+    ],
+    "networking.k8s.io/v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "ray.io/v1": [
+        ("rayclusters", "RayCluster", True),
+        ("rayjobs", "RayJob", True),
+        ("rayservices", "RayService", True),
+        ("rayservices/status", "RayService", True),
+    ],
+}
+_OBJECT_PATH = re.compile(
+    r"/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>[^/]+)/(?P<name>[^/]+)"
+)
+
+Key = tuple[str, str, str | None, str]  # group version, resource, namespace, name
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names lower-cased: HTTP header names are case-insensitive
+    body: Any
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A scripted answer to PATCH of a kind: 403 Forbidden, or 422 Invalid with (field, message) causes."""
+
+    code: int
+    causes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class FakeKube:
+    token: str = "fake-token"
+    with_ray: bool = True  # False: the KubeRay CRDs are not installed
+    objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, Failure] = field(default_factory=dict)  # kind -> failure of its PATCH
+    requests: list[Request] = field(default_factory=list)
+
+    def serve(self) -> tuple[ThreadingHTTPServer, str]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                url = urlparse(self.path)
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = Request(
+                    self.command,
+                    url.path,
+                    parse_qs(url.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    yaml.safe_load(raw) if raw else None,
+                )
+                fake.requests.append(request)
+                status, body = fake.handle(request)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PATCH = _handle  # noqa: N815
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # A short poll interval keeps ``server.shutdown()`` (which waits for the next poll) quick.
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+    # ----------------------------------------------------------------------------------------------
+
+    def served(self) -> dict[str, list[tuple[str, str, bool]]]:
+        return {gv: r for gv, r in RESOURCES.items() if self.with_ray or not gv.startswith("ray.io/")}
+
+    def put(self, obj: dict[str, Any]) -> None:
+        """Store ``obj`` as if a controller had created it (status included)."""
+        gv, (resource, namespaced) = obj["apiVersion"], self._lookup(obj["apiVersion"], obj["kind"])
+        namespace = obj["metadata"].get("namespace") if namespaced else None
+        self.objects[(gv, resource, namespace, obj["metadata"]["name"])] = copy.deepcopy(obj)
+
+    def get(self, gv: str, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((gv, resource, namespace, name))
+
+    def patches(self) -> list[Request]:
+        return [r for r in self.requests if r.method == "PATCH"]
+
+    def _lookup(self, gv: str, kind: str) -> tuple[str, bool]:
+        return next((r, ns) for r, k, ns in self.served()[gv] if k == kind and "/" not in r)
+
+    def handle(self, request: Request) -> tuple[int, dict[str, Any]]:
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return status(401, "Unauthorized", "Unauthorized")
+        served = self.served()
+        if request.method == "GET" and request.path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if request.method == "GET" and request.path == "/apis":
+            return 200, group_list(served)
+        if request.method == "GET" and (gv := _discovery_path(request.path)) in served:
+            return 200, resource_list(gv, served[gv])
+        match = _OBJECT_PATH.fullmatch(request.path)
+        gv = match and (match["core"] or match["gv"])
+        entry = match and next((e for e in served.get(str(gv), []) if e[0] == match["res"]), None)
+        if not match or not entry or entry[2] != (match["ns"] is not None):
+            return status(404, "NotFound", "the server could not find the requested resource")
+        key: Key = (str(gv), match["res"], match["ns"], match["name"])
+        if request.method == "GET":
+            live = self.objects.get(key)
+            return (200, live) if live is not None else not_found(key)
+        return self._apply(request, key, entry[1])
+
+    def _apply(self, request: Request, key: Key, kind: str) -> tuple[int, dict[str, Any]]:
+        gv, resource, namespace, name = key
+        query = {k: v[-1] for k, v in request.query.items()}
+        if request.headers.get("content-type") != APPLY_PATCH:
+            return status(415, "UnsupportedMediaType", "the body of the request was in an unknown format")
+        if not query.get("fieldManager") or query.get("force") != "true":
+            return status(400, "BadRequest", "fieldManager is required for apply requests (and force=true)")
+        if query.get("dryRun", "All") != "All":
+            return status(400, "BadRequest", f"Invalid dry run value: {query['dryRun']}")
+        body = request.body
+        if (body.get("apiVersion"), body.get("kind"), body["metadata"].get("name")) != (gv, kind, name):
+            return status(400, "BadRequest", "the object does not match the URL")
+        if (failure := self.failures.get(kind)) is not None:
+            return scripted(failure, key, kind)
+        if namespace is not None and ("v1", "namespaces", None, namespace) not in self.objects:
+            return not_found(("v1", "namespaces", None, namespace))
+        live = self.objects.get(key)
+        result = _merged(body, live, query["fieldManager"])
+        if "dryRun" not in query:
+            self.objects[key] = result
+        return (200 if live else 201), result
+
+
+def _discovery_path(path: str) -> str | None:
+    if path == "/api/v1":
+        return "v1"
+    match = re.fullmatch(r"/apis/([^/]+/[^/]+)", path)
+    return match[1] if match else None
+
+
+def _merged(body: dict[str, Any], live: dict[str, Any] | None, manager: str) -> dict[str, Any]:
+    result = copy.deepcopy(body)
+    _default(result)
+    metadata = result["metadata"]
+    old_meta = (live or {}).get("metadata", {})
+    changed = live is None or {k: v for k, v in result.items() if k not in ("metadata", "status")} != {
+        k: v for k, v in live.items() if k not in ("metadata", "status")
+    }
+    version = int(old_meta.get("resourceVersion", "0"))
+    metadata.update(
+        uid=old_meta.get("uid", str(uuid.uuid4())),
+        creationTimestamp=old_meta.get("creationTimestamp", NOW),
+        resourceVersion=str(version + 1 if changed else version),
+        generation=old_meta.get("generation", 0) + (1 if changed else 0),
+        managedFields=[{"manager": manager, "operation": "Apply", "apiVersion": body["apiVersion"]}],
+    )
+    if live and "status" in live:
+        result["status"] = live["status"]
+    return result
+
+
+def _default(obj: dict[str, Any]) -> None:
+    """A few of the defaults a real server fills in, so a diff must look only at manifest paths."""
+    if obj["kind"] == "Deployment":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        for container in spec.get("template", {}).get("spec", {}).get("containers", []):
+            container.setdefault("terminationMessagePath", "/dev/termination-log")
+            container.setdefault("imagePullPolicy", "IfNotPresent")
+    if obj["kind"] == "Namespace":
+        obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+
+
+def group_list(served: dict[str, list[tuple[str, str, bool]]]) -> dict[str, Any]:
+    groups = []
+    for gv in served:
+        if "/" in gv:
+            group, version = gv.split("/")
+            entry = {"groupVersion": gv, "version": version}
+            groups.append({"name": group, "versions": [entry], "preferredVersion": entry})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+def resource_list(gv: str, resources: list[tuple[str, str, bool]]) -> dict[str, Any]:
+    entries = []
+    for resource, kind, namespaced in resources:
+        sub = "/" in resource
+        verbs = ["get", "patch", "update"] if sub else ["create", "delete", "get", "list", "patch", "update"]
+        singular = "" if sub else kind.lower()
+        entries.append(
+            {
+                "name": resource,
+                "singularName": singular,
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }
+        )
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": entries}
+
+
+def status(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+    body.update(message=message, reason=reason, details=details or {}, code=code)
+    return code, body
+
+
+def _qualified(gv: str, resource: str) -> tuple[str, str]:
+    group = gv.rpartition("/")[0]
+    return group, f"{resource}.{group}" if group else resource
+
+
+def not_found(key: Key) -> tuple[int, dict[str, Any]]:
+    gv, resource, _, name = key
+    group, qualified = _qualified(gv, resource)
+    details = {"name": name, "group": group, "kind": resource}
+    return status(404, "NotFound", f'{qualified} "{name}" not found', details)
+
+
+def scripted(failure: Failure, key: Key, kind: str) -> tuple[int, dict[str, Any]]:
+    gv, resource, namespace, name = key
+    group, qualified = _qualified(gv, resource)
+    if failure.code == 403:
+        message = (
+            f'{qualified} "{name}" is forbidden: User "system:serviceaccount:ci:deployer" cannot patch '
+            f'resource "{resource}" in API group "{group}" in the namespace "{namespace}"'
+        )
+        return status(403, "Forbidden", message, {"name": name, "group": group, "kind": resource})
+    kind_group = f"{kind}.{group}" if group else kind
+    summary = ", ".join(f"{f}: {m}" for f, m in failure.causes)
+    causes = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in failure.causes]
+    details = {"name": name, "group": group, "kind": kind, "causes": causes}
+    return status(422, "Invalid", f'{kind_group} "{name}" is invalid: {summary}', details)
+
+
+def write_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """Two contexts on ``server``: ``fake`` with ``token`` and the current ``stale`` with a wrong one."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [
+            {"name": "deployer", "user": {"token": token}},
+            {"name": "stale", "user": {"token": "expired"}},
+        ],
+        "contexts": [
+            {"name": "fake", "context": {"cluster": "fake", "user": "deployer"}},
+            {"name": "stale", "context": {"cluster": "fake", "user": "stale"}},
+        ],
+        "current-context": "stale",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,1 @@
+"""Kubernetes deployment of the worldloop platform: render, validate, apply and report status."""
