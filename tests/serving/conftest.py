@@ -61,6 +61,8 @@ def serve_cluster() -> Iterator[ServeCluster]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
+    if ray.is_initialized():  # an earlier test's local Ray (e.g. curation): ours needs its own sizing
+        ray.shutdown()
     # Logical CPUs: replicas and workers reserve CPUs; the tiny model needs a fraction of a core each.
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
     port = _free_port()
