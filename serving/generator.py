@@ -82,10 +82,18 @@ class Generator:
         return True
 
     async def swap(self) -> str | None:
-        """Load what ``cfg.model`` names now, switch to it, free the old engine; returns the version."""
+        """Load what ``cfg.model`` names now, switch to it, free the old engine; returns the version.
+
+        One device: the new model loads next to the old one, which keeps serving until the switch.
+        Sequence-parallel workers own the replica's placement-group bundles, so with ``sp`` > 1 the
+        old workers stop first and sessions wait for the new ones (seconds to a model load).
+        """
+        if self.cfg.sp > 1:
+            await self.engine.shutdown()
         fresh = await asyncio.to_thread(build_engine, self.cfg)
         old, self.engine = self.engine, fresh
-        await old.shutdown()
+        if self.cfg.sp == 1:
+            await old.shutdown()
         log.info("now serving %s version %s", self.cfg.model, fresh.info.version)
         return fresh.info.version
 
