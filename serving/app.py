@@ -130,7 +130,9 @@ def _oip_key(request: Request) -> None:
             raise StarletteHTTPException(err.status, err.message) from None
 
 
-# KServe v2 / OIP under /v2: the models are set by the ingress replica (api.state.oip_models).
+# KServe v2 / OIP under /v2. The models come from ``api.state`` as the ingress replica sets it: Serve
+# ships ``api`` and the Ingress class to the replica by value, together, so they share that object
+# (a module-level registry would not be: the class's copy and the module's would differ; tested).
 api.include_router(
     oip_router(lambda: getattr(api.state, "oip_models", {}), server_name="worldloop"),
     dependencies=[Depends(_oip_key)],
