@@ -10,8 +10,9 @@ Two captioners speak the same :class:`Captioner` protocol:
   lexicon for the three interaction categories (environment, character action, entity emergence),
   combines it with the pipeline's camera-motion text and visual interaction candidate, and is fully
   deterministic with no network.
-* :class:`ChatCaptioner` asks a VLM/LLM behind an OpenAI-compatible Chat Completions endpoint,
-  sending keyframes as JPEG data URLs and validating the JSON answer, with retries and backoff.
+* :class:`ChatCaptioner` (``vlm_captioner.py``) asks a VLM/LLM behind an OpenAI-compatible Chat
+  Completions endpoint through the platform's :class:`~worldloop.platform.chat.ChatClient`, sending
+  keyframes as JPEG data URLs and validating the JSON answer.
 
 :class:`FallbackCaptioner` chains the two; :func:`build_captioner` turns a config into a captioner.
 """
@@ -31,14 +32,15 @@ from worldloop.components.curation.captioning.base import (
     clean_text,
     region_phrase,
 )
-from worldloop.components.curation.captioning.chat import (
+from worldloop.components.curation.captioning.rules import RuleCaptioner, RuleCaptionerConfig
+from worldloop.components.curation.captioning.vlm_captioner import (
     ChatCaptioner,
     ChatCaptionerConfig,
-    encode_jpeg,
     parse_answer,
     pick_keyframes,
 )
-from worldloop.components.curation.captioning.rules import RuleCaptioner, RuleCaptionerConfig
+
+from worldloop.platform.chat import encode_jpeg
 
 log = logging.getLogger(__name__)
 

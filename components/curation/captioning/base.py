@@ -17,6 +17,8 @@ from pydantic import (
 )
 from worldloop.components.synthworld.schema import Captions, InteractionCaption
 
+from worldloop.platform.chat import ChatError
+
 # --------------------------------------------------------------------------------------------------
 # Request / result types
 # --------------------------------------------------------------------------------------------------
@@ -107,14 +109,9 @@ class CaptionResult(BaseModel):
         return self
 
 
-class CaptionError(RuntimeError):
-    """A captioner could not produce a caption (endpoint down, bad answers, ...)."""
-
-    def __init__(self, message: str, *, endpoint: str = "", attempts: int = 0, reason: str = "") -> None:
-        super().__init__(message)
-        self.endpoint = endpoint
-        self.attempts = attempts
-        self.reason = reason
+class CaptionError(ChatError):
+    """A captioner could not produce a caption (endpoint down, bad answers, ...); ``endpoint``,
+    ``attempts`` and ``reason`` as in :class:`ChatError`."""
 
 
 @runtime_checkable

@@ -22,32 +22,36 @@ physics     ``{"rating": 0..10, "reason"}``             rating / 10
 The questions (:data:`QUESTIONS`), the answer formats (:data:`ANSWER_FORMATS`) and the system prompt
 (:data:`SYSTEM_PROMPT`) are module constants so that reports can show exactly what was asked.
 
-Failures: an answer that is not JSON or breaks the schema is asked again (the model sees its answer
-and what was wrong with it) up to ``answer_retries`` times; then the dimension scores ``None`` with a
-note. Connection errors, timeouts and HTTP 408/429/5xx are retried with exponential backoff up to
-``max_retries`` times, then — like any other HTTP error, which is not retried — raise
-:class:`VLMJudgeError` naming the endpoint: a judge that is down fails the run, it does not score 0.
+Failures: an answer that is not JSON or breaks the schema is asked again at once (the model sees its
+answer and what was wrong with it) up to ``answer_retries`` times; then the dimension scores ``None``
+with a note. HTTP is the platform's :class:`~worldloop.platform.chat.ChatClient`: connection errors,
+timeouts and HTTP 408/429/5xx are retried with exponential backoff up to ``max_retries`` times, then —
+like any other HTTP error, which is not retried — raise :class:`VLMJudgeError` naming the endpoint: a
+judge that is down fails the run, it does not score 0.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-import httpx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Dimension
 from worldloop.components.evaluation.suite import InterBenchCase
 
-from worldloop.chat import ChatEndpointConfig, encode_jpeg, response_snippet, strip_fences
-from worldloop.chat import retry_after as parse_retry_after
+from worldloop.platform.chat import (
+    ChatClient,
+    ChatEndpointConfig,
+    ChatError,
+    UnusableAnswer,
+    jpeg_data_url,
+    json_object,
+    message_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +68,8 @@ class VLMJudgeConfig(ChatEndpointConfig):
     answer_retries: int = Field(2, ge=0, le=10, description="Re-asks after an unusable answer (then None).")
 
 
-class VLMJudgeError(RuntimeError):
+class VLMJudgeError(ChatError):
     """The judge endpoint could not be reached or refused the request (after retries where retried)."""
-
-    def __init__(self, message: str, *, endpoint: str, attempts: int, reason: str) -> None:
-        super().__init__(message)
-        self.endpoint, self.attempts, self.reason = endpoint, attempts, reason
 
 
 # -- what is asked --------------------------------------------------------------------------------------
@@ -200,33 +200,15 @@ ANSWERS: dict[Dimension, type[DimensionAnswer]] = {
 ANSWER_FORMATS: dict[Dimension, str] = {dim: answer.FORMAT for dim, answer in ANSWERS.items()}
 
 
-class _BadAnswer(ValueError):
-    pass
-
-
-def parse_answer(content: object, *, dimension: Dimension) -> DimensionAnswer:
-    """The validated answer in a message's content (a string, or a list of text parts); code fences
-    and text around the JSON object are tolerated. Raises ValueError saying what is wrong."""
-    text = _message_text(content).strip()
-    if not text:
-        raise _BadAnswer("empty message content")
-    try:
-        data = json.loads(strip_fences(text))
-    except json.JSONDecodeError as exc:
-        raise _BadAnswer(f"not JSON: {exc.msg} at {exc.pos}") from exc
-    if not isinstance(data, dict):
-        raise _BadAnswer(f"expected a JSON object, got {type(data).__name__}")
+def parse_answer(text: str, *, dimension: Dimension) -> DimensionAnswer:
+    """The validated answer in a message's text; code fences and text around the JSON object are
+    tolerated. Raises :class:`UnusableAnswer` saying what is wrong."""
+    data = json_object(text)
     try:
         return ANSWERS[dimension].model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in exc.errors())
-        raise _BadAnswer(f"does not match the schema ({problems})") from exc
-
-
-def _message_text(content: object) -> str:
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
+        raise UnusableAnswer(f"does not match the schema ({problems})") from exc
 
 
 # -- what is shown --------------------------------------------------------------------------------------
@@ -307,32 +289,12 @@ def question_prompt(case: InterBenchCase, *, dimension: Dimension, indices: list
 
 
 # -- the judge ------------------------------------------------------------------------------------------
-class VLMJudge:
-    """Scores a generated video by asking a VLM one question per InterBench dimension (module docstring)."""
+class VLMJudge(ChatClient[VLMJudgeConfig]):
+    """Scores a generated video by asking a VLM one question per InterBench dimension (module docstring);
+    HTTP and its retries are :class:`ChatClient`'s, failing with :class:`VLMJudgeError`."""
 
-    def __init__(
-        self,
-        cfg: VLMJudgeConfig,
-        *,
-        client: httpx.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.cfg = cfg
-        self.name = f"vlm:{cfg.model}"
-        self.url = f"{cfg.endpoint}/chat/completions"
-        self._own_client = client is None
-        self._client = client or httpx.Client(timeout=httpx.Timeout(cfg.timeout_s), trust_env=cfg.trust_env)
-        self._sleep = sleep
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> VLMJudge:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    kind = "vlm"
+    error = VLMJudgeError
 
     def score(self, case: InterBenchCase, video: np.ndarray) -> CaseScores:
         """Six questions about ``video`` (F, H, W, 3) uint8 RGB, F = ``case.frames``."""
@@ -341,12 +303,11 @@ class VLMJudge:
         if len(video) != case.frames:
             raise ValueError(f"case {case.id} wants {case.frames} frames, the video has {len(video)}")
         indices = sample_frames(
-            len(video), instruction_frame=case.instruction_frame, count=self.cfg.frames_per_question
+            len(video), instruction_frame=case.instruction_frame, count=self.config.frames_per_question
         )
         frames: list[dict[str, Any]] = []  # encoded once, sent with every question
         for i in indices:
-            jpeg = encode_jpeg(video[i], self.cfg.jpeg_quality, self.cfg.max_image_side)
-            url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+            url = jpeg_data_url(video[i], self.config.jpeg_quality, self.config.max_image_side)
             frames.append({"type": "text", "text": _frame_label(i, case, len(video) - 1)})
             frames.append({"type": "image_url", "image_url": {"url": url}})
         scores: dict[Dimension, float | None] = {}
@@ -362,92 +323,27 @@ class VLMJudge:
     def _ask(
         self, case: InterBenchCase, dim: Dimension, prompt: list[dict[str, Any]]
     ) -> tuple[DimensionAnswer | None, str]:
-        """The validated answer and a note; (None, why) when every answer was unusable."""
+        """The validated answer and a note; (None, why) when every answer was unusable. An unusable
+        answer is asked again at once with the model's answer and the problem shown; HTTP failures are
+        the client's (:class:`VLMJudgeError` when it gives up)."""
         question: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": prompt},
         ]
-        messages, attempts, problem = question, self.cfg.answer_retries + 1, ""
+        messages, attempts, problem = question, self.config.answer_retries + 1, ""
         what = f"case {case.id}, {dim.value}"
         for attempt in range(1, attempts + 1):
-            response = self._complete(messages, what)
-            content: object = None
+            said = ""
             try:
-                content = _content(response)
-                answer = parse_answer(content, dimension=dim)
-            except _BadAnswer as exc:
+                said = message_text(self.complete(self.request_body(messages), what=what))
+                answer = parse_answer(said, dimension=dim)
+            except UnusableAnswer as exc:
                 problem = str(exc)
                 log.warning("%s: %s: answer %d/%d unusable: %s", self.name, what, attempt, attempts, problem)
-                said = _message_text(content).strip()
+                said = said.strip()
                 repair = REPAIR_PROMPT.format(problem=problem, format=ANSWER_FORMATS[dim])
                 messages = question + ([{"role": "assistant", "content": said[:2000]}] if said else [])
                 messages += [{"role": "user", "content": repair}]
                 continue
             return answer, f"{dim.value}: {answer.summary()}: {' '.join(answer.reason.split())[:160]}"
         return None, f"{dim.value}: no usable answer after {attempts} attempt(s): {problem}"
-
-    def _complete(self, messages: list[dict[str, Any]], what: str) -> httpx.Response:
-        """One chat completion's 2xx response. Retries connection errors, timeouts and HTTP 408/429/5xx
-        with backoff (honouring ``Retry-After``), then raises :class:`VLMJudgeError`; other HTTP errors
-        raise at once."""
-        payload: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": messages,
-            "temperature": self.cfg.temperature,
-            "response_format": {"type": "json_object"},
-        }
-        if self.cfg.max_tokens is not None:
-            payload["max_tokens"] = self.cfg.max_tokens
-        headers = self.cfg.headers()
-        attempts, reason = self.cfg.max_retries + 1, ""
-        for attempt in range(1, attempts + 1):
-            retry_after: float | None = None
-            try:
-                response = self._client.post(self.url, json=payload, headers=headers)
-            except httpx.TimeoutException as exc:
-                reason = f"timeout after {self.cfg.timeout_s:g} s ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                reason = f"connection error ({type(exc).__name__}: {exc})"
-            else:
-                if response.is_success:
-                    return response
-                reason = f"HTTP {response.status_code}: {response_snippet(response)}"
-                if response.status_code not in (408, 429) and response.status_code < 500:
-                    raise VLMJudgeError(
-                        f"VLM judge: {what} via {self.url} failed, not retried: {reason}",
-                        endpoint=self.url,
-                        attempts=attempt,
-                        reason=reason,
-                    )
-                retry_after = parse_retry_after(response)
-            if attempt < attempts:
-                delay = min(self.cfg.backoff_s * 2 ** (attempt - 1), self.cfg.backoff_max_s)
-                if retry_after is not None:
-                    delay = max(delay, min(retry_after, self.cfg.backoff_max_s))
-                log.warning(
-                    "%s: %s: attempt %d/%d failed (%s); retry in %.2f s",
-                    what,
-                    self.url,
-                    attempt,
-                    attempts,
-                    reason,
-                    delay,
-                )
-                self._sleep(delay)
-        raise VLMJudgeError(
-            f"VLM judge: {what} via {self.url} failed after {attempts} attempt(s): {reason}",
-            endpoint=self.url,
-            attempts=attempts,
-            reason=reason,
-        )
-
-
-def _content(response: httpx.Response) -> object:
-    try:
-        body = response.json()
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise _BadAnswer(f"response body is not JSON: {response_snippet(response)}") from exc
-    try:
-        return body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise _BadAnswer("response has no choices[0].message.content") from exc

@@ -6,18 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from chat_endpoint import Reply, Sent, chat_server, endpoint_fields, refused_url
 from PIL import Image
 from pydantic import ValidationError
 from worldloop.components.curation.captioning import (
@@ -307,7 +302,7 @@ def test_pick_keyframes_keeps_the_frames_around_the_onset() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# ChatCaptioner against a real local HTTP server
+# ChatCaptioner against a real local HTTP server (tests/chat_endpoint.py)
 # ------------------------------------------------------------------------------------------------
 
 ANSWER = {
@@ -326,110 +321,23 @@ ANSWER = {
 }
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    content: str | None = json.dumps(ANSWER)  # the assistant message; None: send `raw` instead
-    raw: bytes = b""
-    delay_s: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
+GOOD = json.dumps(ANSWER)
 
 
-@dataclass
-class Server:
-    url: str
-    received: list[dict[str, Any]]
-
-
-@contextmanager
-def chat_server(replies: Callable[[int], Reply]) -> Iterator[Server]:
-    """A ThreadingHTTPServer on 127.0.0.1; ``replies(n)`` answers the n-th request (1-based)."""
-    received: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with lock:
-                received.append(
-                    {
-                        "path": self.path,
-                        "authorization": self.headers.get("Authorization"),
-                        "content_type": self.headers.get("Content-Type"),
-                        "body": json.loads(body),
-                    }
-                )
-                n = len(received)
-            reply = replies(n)
-            if reply.delay_s:
-                stop.wait(reply.delay_s)
-            if reply.content is not None:
-                data = json.dumps(
-                    {
-                        "id": f"cmpl-{n}",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": "test-vlm",
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": reply.content},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                    }
-                ).encode()
-            else:
-                data = reply.raw
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout test)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield Server(f"http://127.0.0.1:{server.server_address[1]}/v1", received)
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def good(n: int, sent: Sent) -> Reply:
+    """A script (tests/chat_endpoint.py) that answers every request with :data:`ANSWER`."""
+    return Reply(content=GOOD)
 
 
 def chat_config(url: str, **overrides: Any) -> ChatCaptionerConfig:
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "model": "test-vlm",
-        "api_key": "sk-test",
-        "api_key_env": None,
-        "timeout_s": 5.0,
-        "max_retries": 2,
-        "backoff_s": 0.01,
-        "max_frames": 2,
-        "trust_env": False,
-    }
-    values.update(overrides)
-    return ChatCaptionerConfig.model_validate(values)
+    fields = endpoint_fields(url, api_key="sk-test", max_retries=2, max_frames=2)
+    return ChatCaptionerConfig.model_validate(fields | overrides)
 
 
 def test_chat_sends_a_proper_request_and_parses_the_answer() -> None:
     source = "a stone hall, the player opens the door"
     req = request(source, candidate(6), keyframes=frames(3), indices=[0, 8, 16])
-    with chat_server(lambda n: Reply()) as server, ChatCaptioner(chat_config(server.url + "/")) as chat:
+    with chat_server(good) as server, ChatCaptioner(chat_config(server.url + "/")) as chat:
         result = chat.caption(req)
     assert isinstance(chat, Captioner) and chat.name == "chat:test-vlm"
     assert result.captioner == "chat:test-vlm"
@@ -437,10 +345,10 @@ def test_chat_sends_a_proper_request_and_parses_the_answer() -> None:
     assert result.captions.short == ANSWER["captions"]["short"]
 
     (sent,) = server.received
-    assert sent["path"] == "/v1/chat/completions"
-    assert sent["authorization"] == "Bearer sk-test"
-    assert sent["content_type"] == "application/json"
-    body = sent["body"]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.authorization == "Bearer sk-test"
+    assert sent.content_type == "application/json"
+    body = sent.body
     assert body["model"] == "test-vlm" and body["temperature"] == 0.0
     assert body["response_format"] == {"type": "json_object"}
     system, user = body["messages"]
@@ -476,31 +384,31 @@ def test_chat_tolerates_fences_reads_key_from_env_and_drops_unbacked_interaction
     fenced = "Here you go:\n```json\n" + json.dumps(ANSWER) + "\n```"
     cfg = dict(api_key=None, api_key_env="WL_TEST_CHAT_KEY")
     with (
-        chat_server(lambda n: Reply(content=fenced)) as server,
+        chat_server(lambda n, _: Reply(content=fenced)) as server,
         ChatCaptioner(chat_config(server.url, **cfg)) as chat,
     ):
         backed = chat.caption(request("x", candidate()))
         unbacked = chat.caption(request("x", None))
     assert backed.interaction is not None and backed.interaction.instruction == "open the door"
     assert unbacked.interaction is None  # require_candidate
-    assert [r["authorization"] for r in server.received] == ["Bearer from-env"] * 2
+    assert [r.authorization for r in server.received] == ["Bearer from-env"] * 2
 
     with (
-        chat_server(lambda n: Reply()) as server,
+        chat_server(good) as server,
         ChatCaptioner(chat_config(server.url, api_key=None, api_key_env=None, max_frames=0)) as chat,
     ):
         chat.caption(request("x", candidate()))
-    assert server.received[0]["authorization"] is None
-    assert len(server.received[0]["body"]["messages"][1]["content"]) == 1  # text only
+    assert server.received[0].authorization is None
+    assert len(server.received[0].body["messages"][1]["content"]) == 1  # text only
 
 
 def test_chat_retries_500_then_429_then_succeeds() -> None:
     script = {
-        1: Reply(status=500, content=None, raw=b"boom"),
-        2: Reply(status=429, content=None, raw=b"slow down"),
+        1: Reply(status=500, raw=b"boom"),
+        2: Reply(status=429, raw=b"slow down"),
     }
     delays: list[float] = []
-    with chat_server(lambda n: script.get(n, Reply())) as server:
+    with chat_server(lambda n, _: script.get(n, Reply(content=GOOD))) as server:
         chat = ChatCaptioner(chat_config(server.url), sleep=delays.append)
         result = chat.caption(request("x", candidate()))
         chat.close()
@@ -522,13 +430,28 @@ def caption_error(url: str, **overrides: Any) -> CaptionError:
 
 def test_chat_retries_an_answer_that_breaks_the_schema() -> None:
     bad = json.dumps({"captions": {"long": "only long"}})
-    with chat_server(lambda n: Reply(content=bad) if n == 1 else Reply()) as server:
+    with chat_server(lambda n, _: Reply(content=bad if n == 1 else GOOD)) as server:
         result = caption_once(server.url)
     assert len(server.received) == 2 and result.captions.short
 
 
+def test_chat_counts_answers_apart_from_http_retries() -> None:
+    """The rule since the captioner uses the platform's ChatClient: a clip gets max_retries + 1 answers,
+    an unusable one is re-sent at once, and the HTTP retries before an answer are the client's."""
+    bad = json.dumps({"captions": {"long": "only long"}})
+    script = {1: Reply(status=500, raw=b"boom"), 2: Reply(content=bad)}
+    delays: list[float] = []
+    with (
+        chat_server(lambda n, _: script.get(n, Reply(content=GOOD))) as server,
+        ChatCaptioner(chat_config(server.url, max_retries=1), sleep=delays.append) as chat,
+    ):
+        result = chat.caption(request("x", candidate()))
+    assert len(server.received) == 3 and result.captions.short
+    assert delays == pytest.approx([0.01])  # the 500 backs off; the bad answer is re-sent at once
+
+
 def test_chat_gives_up_on_invalid_json_after_all_attempts() -> None:
-    with chat_server(lambda n: Reply(content="I think the door opens {not json")) as server:
+    with chat_server(lambda n, _: Reply(content="I think the door opens {not json")) as server:
         err = caption_error(server.url, max_retries=2)
     assert len(server.received) == 3  # max_retries + 1
     message = str(err)
@@ -537,7 +460,7 @@ def test_chat_gives_up_on_invalid_json_after_all_attempts() -> None:
 
 
 def test_chat_does_not_retry_a_client_error() -> None:
-    with chat_server(lambda n: Reply(status=400, content=None, raw=b'{"error": "bad model"}')) as server:
+    with chat_server(lambda n, _: Reply(status=400, raw=b'{"error": "bad model"}')) as server:
         err = caption_error(server.url, max_retries=3)
     assert len(server.received) == 1
     assert "HTTP 400" in str(err) and "bad model" in str(err) and err.attempts == 1
@@ -545,7 +468,7 @@ def test_chat_does_not_retry_a_client_error() -> None:
 
 def test_chat_times_out() -> None:
     started = time.perf_counter()
-    with chat_server(lambda n: Reply(delay_s=3.0)) as server:
+    with chat_server(lambda n, _: Reply(content=GOOD, delay_s=3.0)) as server:
         err = caption_error(server.url, timeout_s=0.2, max_retries=1)
         assert len(server.received) == 2
     assert time.perf_counter() - started < 2.5
@@ -553,16 +476,13 @@ def test_chat_times_out() -> None:
 
 
 def test_chat_connection_refused() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    err = caption_error(f"http://127.0.0.1:{port}/v1", max_retries=1)
+    err = caption_error(refused_url(), max_retries=1)
     assert "connection error" in str(err) and err.attempts == 2
 
 
 def test_fallback_to_rules_when_chat_fails() -> None:
     text = "a hall, the player draws a torch"
-    with chat_server(lambda n: Reply(status=503, content=None, raw=b"down")) as server:
+    with chat_server(lambda n, _: Reply(status=503, raw=b"down")) as server:
         cfg = CaptionerConfig(
             kind="chat", chat=chat_config(server.url, max_retries=1), fallback_to_rules=True
         )
@@ -573,7 +493,7 @@ def test_fallback_to_rules_when_chat_fails() -> None:
     assert len(server.received) == 2
     assert result.captioner == "rules(fallback)"
     assert result.interaction is not None and result.interaction.instruction == "draw a torch"
-    with chat_server(lambda n: Reply()) as server:
+    with chat_server(good) as server:
         both = FallbackCaptioner(ChatCaptioner(chat_config(server.url)), RULES)
         ok = both.caption(request(text, candidate()))
         both.close()

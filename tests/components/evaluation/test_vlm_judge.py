@@ -7,17 +7,12 @@ import base64
 import io
 import json
 import re
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import pytest
+from chat_endpoint import Reply, Script, Sent, chat_server, endpoint_fields, refused_url
 from PIL import Image
 from pydantic import ValidationError
 from worldloop.components.evaluation.judges import (
@@ -66,104 +61,28 @@ EXPECTED = {
 }
 
 
-# -- a local Chat Completions server --------------------------------------------------------------------
-@dataclass
-class Reply:
-    status: int = 200
-    content: str | None = None  # the assistant message; None: send `raw` as the body instead
-    raw: bytes = b""
-    delay_s: float = 0.0
-
-
-@dataclass
-class Asked:
-    """One request as the server saw it."""
-
-    path: str
-    authorization: str | None
-    body: dict[str, Any]
-
-    @property
-    def dimension(self) -> Dimension:
-        text = self.body["messages"][1]["content"][0]["text"]
-        found = re.search(r"^Question \((\w+)\):", text, re.MULTILINE)
-        assert found, text
-        return Dimension(found.group(1))
-
-
-Script = Callable[[int, Asked], Reply]
+# -- the local Chat Completions server (tests/chat_endpoint.py) -----------------------------------------
+def dimension(sent: Sent) -> Dimension:
+    """The dimension a request asks about."""
+    text = sent.body["messages"][1]["content"][0]["text"]
+    found = re.search(r"^Question \((\w+)\):", text, re.MULTILINE)
+    assert found, text
+    return Dimension(found.group(1))
 
 
 def answers(by_dim: dict[Dimension, Any]) -> Script:
     """A script that answers each question with ``by_dim[dimension]`` (a JSON value or raw text)."""
 
-    def reply(n: int, asked: Asked) -> Reply:
-        value = by_dim[asked.dimension]
+    def reply(n: int, sent: Sent) -> Reply:
+        value = by_dim[dimension(sent)]
         return Reply(content=value if isinstance(value, str) else json.dumps(value))
 
     return reply
 
 
-@contextmanager
-def vlm_server(script: Script) -> Iterator[tuple[str, list[Asked]]]:
-    """(base URL, requests received) of a ThreadingHTTPServer on 127.0.0.1 answering with ``script``."""
-    received: list[Asked] = []
-    lock, stop = threading.Lock(), threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            asked = Asked(self.path, self.headers.get("Authorization"), body)
-            with lock:
-                received.append(asked)
-                n = len(received)
-            reply = script(n, asked)
-            stop.wait(reply.delay_s)
-            data = reply.raw
-            if reply.content is not None:
-                message = {"role": "assistant", "content": reply.content}
-                choice = {"index": 0, "message": message, "finish_reason": "stop"}
-                data = json.dumps({"id": f"c{n}", "object": "chat.completion", "choices": [choice]}).encode()
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timeout test)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", received
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 def config(url: str, **overrides: Any) -> VLMJudgeConfig:
-    values: dict[str, Any] = {
-        "endpoint": url,
-        "model": "test-vlm",
-        "api_key": "sk-judge",
-        "api_key_env": None,
-        "frames_per_question": 5,
-        "timeout_s": 5.0,
-        "max_retries": 2,
-        "answer_retries": 2,
-        "backoff_s": 0.01,
-        "trust_env": False,
-    }
-    return VLMJudgeConfig.model_validate(values | overrides)
+    fields = endpoint_fields(url, api_key="sk-judge", frames_per_question=5, max_retries=2, answer_retries=2)
+    return VLMJudgeConfig.model_validate(fields | overrides)
 
 
 def judge(url: str, **overrides: Any) -> VLMJudge:
@@ -172,7 +91,7 @@ def judge(url: str, **overrides: Any) -> VLMJudge:
 
 # -- tests ----------------------------------------------------------------------------------------------
 def test_requests_carry_frames_instruction_and_one_question_per_dimension() -> None:
-    with vlm_server(answers(GOOD)) as (url, received), judge(url + "/chat/completions/") as vlm:
+    with chat_server(answers(GOOD)) as (url, received), judge(url + "/chat/completions/") as vlm:
         typed: Judge = vlm  # satisfies the protocol
         result = typed.score(CASE, VIDEO)
     assert vlm.name == "vlm:test-vlm" and vlm.url == url + "/chat/completions"
@@ -181,7 +100,7 @@ def test_requests_carry_frames_instruction_and_one_question_per_dimension() -> N
     assert "scope: 4/10: The wall changes too." in result.notes
     assert "end_state: partly: It half closes again." in result.notes
 
-    assert [a.dimension for a in received] == list(DIMENSIONS)
+    assert [dimension(a) for a in received] == list(DIMENSIONS)
     for asked in received:
         assert asked.path == "/v1/chat/completions" and asked.authorization == "Bearer sk-judge"
         body = asked.body
@@ -196,8 +115,8 @@ def test_requests_carry_frames_instruction_and_one_question_per_dimension() -> N
             '"a stone hall with a wooden door"',
             "frames 1-4: move forward; frames 5-8: move forward and turn right",
             "Attached frames, in time order: 0, 2, 4, 6, 8.",
-            QUESTIONS[asked.dimension],
-            ANSWER_FORMATS[asked.dimension],
+            QUESTIONS[dimension(asked)],
+            ANSWER_FORMATS[dimension(asked)],
         ):
             assert needle in text["text"]
         labels, images = parts[0::2], parts[1::2]
@@ -222,7 +141,7 @@ def test_answers_are_normalised_and_fences_tolerated() -> None:
     loose[Dimension.trigger] = 'Sure:\n```json\n{"answer": " No ", "reason": "nothing"}\n```'
     loose[Dimension.alignment] = {"rating": 2.5, "reason": "barely", "extra": 1}
     loose[Dimension.fluency] = "Here it is: " + json.dumps({"rating": "6"})  # reason optional, text around
-    with vlm_server(answers(loose)) as (url, received), judge(url) as vlm:
+    with chat_server(answers(loose)) as (url, received), judge(url) as vlm:
         result = vlm.score(CASE, VIDEO)
     assert len(received) == 6
     assert result.scores[Dimension.trigger] == 0.0
@@ -233,25 +152,26 @@ def test_answers_are_normalised_and_fences_tolerated() -> None:
 def test_malformed_answer_is_asked_again_with_the_problem() -> None:
     tries: dict[Dimension, int] = {}
 
-    def script(n: int, asked: Asked) -> Reply:
-        tries[asked.dimension] = tries.get(asked.dimension, 0) + 1
-        if asked.dimension is Dimension.alignment and tries[asked.dimension] == 1:
+    def script(n: int, asked: Sent) -> Reply:
+        dim = dimension(asked)
+        tries[dim] = tries.get(dim, 0) + 1
+        if dim is Dimension.alignment and tries[dim] == 1:
             return Reply(content="The door opens, I'd say 7 {not json")
-        if asked.dimension is Dimension.scope and tries[asked.dimension] == 1:
+        if dim is Dimension.scope and tries[dim] == 1:
             return Reply(content=json.dumps({"rating": 14}))  # valid JSON, breaks the schema
-        return Reply(content=json.dumps(GOOD[asked.dimension]))
+        return Reply(content=json.dumps(GOOD[dim]))
 
-    with vlm_server(script) as (url, received), judge(url) as vlm:
+    with chat_server(script) as (url, received), judge(url) as vlm:
         result = vlm.score(CASE, VIDEO)
     assert result.scores == pytest.approx(EXPECTED)
     assert len(received) == 8 and tries[Dimension.alignment] == tries[Dimension.scope] == 2
-    first, retry = (a for a in received if a.dimension is Dimension.alignment)
+    first, retry = (a for a in received if dimension(a) is Dimension.alignment)
     system, user, said, repair = retry.body["messages"]
     assert [system, user] == first.body["messages"]  # the same question and frames
     assert said == {"role": "assistant", "content": "The door opens, I'd say 7 {not json"}
     assert repair["role"] == "user" and "not JSON" in repair["content"]
     assert ANSWER_FORMATS[Dimension.alignment] in repair["content"]
-    scope_retry = [a for a in received if a.dimension is Dimension.scope][1]
+    scope_retry = [a for a in received if dimension(a) is Dimension.scope][1]
     assert "rating" in scope_retry.body["messages"][-1]["content"]
     assert "less than or equal to 10" in scope_retry.body["messages"][-1]["content"]
 
@@ -260,7 +180,7 @@ def test_always_unusable_answer_scores_none_with_a_note() -> None:
     bad = dict(GOOD)
     bad[Dimension.physics] = json.dumps({"verdict": "plausible"})
     bad[Dimension.trigger] = "maybe"
-    with vlm_server(answers(bad)) as (url, received), judge(url, answer_retries=1) as vlm:
+    with chat_server(answers(bad)) as (url, received), judge(url, answer_retries=1) as vlm:
         result = vlm.score(CASE, VIDEO)
     assert len(received) == 4 + 2 * 2  # answer_retries + 1 tries for the two bad dimensions
     assert result.scores[Dimension.physics] is None and result.scores[Dimension.trigger] is None
@@ -272,15 +192,15 @@ def test_always_unusable_answer_scores_none_with_a_note() -> None:
 
 
 def test_server_errors_are_retried_with_backoff() -> None:
-    def script(n: int, asked: Asked) -> Reply:
+    def script(n: int, asked: Sent) -> Reply:
         if n in (1, 2):
             return Reply(status=500 if n == 1 else 429, raw=b"overloaded")
         if n == 3:
             return Reply(raw=b"<html>not json</html>")  # 200 with a broken body: an unusable answer
-        return Reply(content=json.dumps(GOOD[asked.dimension]))
+        return Reply(content=json.dumps(GOOD[dimension(asked)]))
 
     delays: list[float] = []
-    with vlm_server(script) as (url, received), VLMJudge(config(url), sleep=delays.append) as vlm:
+    with chat_server(script) as (url, received), VLMJudge(config(url), sleep=delays.append) as vlm:
         result = vlm.score(CASE, VIDEO)
     assert result.scores == pytest.approx(EXPECTED)
     assert len(received) == 6 + 3
@@ -289,7 +209,7 @@ def test_server_errors_are_retried_with_backoff() -> None:
 
 def test_persistent_server_error_fails_loudly_naming_the_endpoint() -> None:
     with (
-        vlm_server(lambda n, a: Reply(status=503, raw=b"model loading")) as (url, received),
+        chat_server(lambda n, a: Reply(status=503, raw=b"model loading")) as (url, received),
         judge(url, max_retries=2) as vlm,
         pytest.raises(VLMJudgeError) as err,
     ):
@@ -303,7 +223,7 @@ def test_persistent_server_error_fails_loudly_naming_the_endpoint() -> None:
 
 def test_client_error_is_not_retried() -> None:
     with (
-        vlm_server(lambda n, a: Reply(status=404, raw=b'{"error": "no such model"}')) as (url, received),
+        chat_server(lambda n, a: Reply(status=404, raw=b'{"error": "no such model"}')) as (url, received),
         judge(url) as vlm,
         pytest.raises(VLMJudgeError, match="not retried: HTTP 404.*no such model"),
     ):
@@ -312,16 +232,13 @@ def test_client_error_is_not_retried() -> None:
 
 
 def test_endpoint_down_or_too_slow_raises() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    down = f"http://127.0.0.1:{port}/v1"
+    down = refused_url()
     with judge(down, max_retries=1) as vlm, pytest.raises(VLMJudgeError, match="connection error") as err:
         vlm.score(CASE, VIDEO)
     assert down in str(err.value) and err.value.attempts == 2
 
     started = time.perf_counter()
-    with vlm_server(lambda n, a: Reply(content="{}", delay_s=3.0)) as (url, received):
+    with chat_server(lambda n, a: Reply(content="{}", delay_s=3.0)) as (url, received):
         with judge(url, timeout_s=0.2, max_retries=1) as vlm, pytest.raises(VLMJudgeError) as err:
             vlm.score(CASE, VIDEO)
         assert len(received) == 2

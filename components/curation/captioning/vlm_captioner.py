@@ -1,16 +1,12 @@
 """A VLM/LLM captioner behind an OpenAI-compatible Chat Completions endpoint: keyframes as JPEG
-data URLs, a validated JSON answer, retries with backoff."""
+data URLs, a validated JSON answer; HTTP and its retries are :class:`worldloop.platform.chat.ChatClient`'s."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
-import httpx
 import numpy as np
 from pydantic import (
     BaseModel,
@@ -25,13 +21,14 @@ from worldloop.components.curation.captioning.base import (
 )
 from worldloop.components.synthworld.schema import Captions, InteractionCaption
 
-from worldloop.chat import (
+from worldloop.platform.chat import (
+    ChatClient,
     ChatEndpointConfig,
-    encode_jpeg,
-    response_snippet,
-    strip_fences,
+    UnusableAnswer,
+    jpeg_data_url,
+    json_object,
+    message_text,
 )
-from worldloop.chat import retry_after as parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +103,9 @@ def pick_keyframes(indices: list[int], count: int, onset: int | None) -> list[in
     return sorted(chosen)
 
 
-class _BadAnswer(ValueError):
-    pass
-
-
-def parse_answer(content: Any) -> tuple[Captions, InteractionCaption | None]:
-    """Captions and interaction from a chat message's content (string or list of text parts)."""
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if not isinstance(content, str) or not content.strip():
-        raise _BadAnswer("empty message content")
-    try:
-        data = json.loads(strip_fences(content))
-    except json.JSONDecodeError as exc:
-        raise _BadAnswer(f"content is not JSON ({exc.msg} at {exc.pos})") from exc
-    if not isinstance(data, dict):
-        raise _BadAnswer(f"expected a JSON object, got {type(data).__name__}")
+def parse_answer(text: str) -> tuple[Captions, InteractionCaption | None]:
+    """Captions and interaction from the text of a chat answer; raises :class:`UnusableAnswer`."""
+    data = json_object(text)
     captions = data.get("captions")
     if isinstance(captions, dict):
         data["captions"] = {k: v for k, v in captions.items() if k in Captions.model_fields}
@@ -135,54 +119,31 @@ def parse_answer(content: Any) -> tuple[Captions, InteractionCaption | None]:
         answer = _ChatAnswer.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise _BadAnswer(f"answer does not match the schema ({problems})") from exc
+        raise UnusableAnswer(f"answer does not match the schema ({problems})") from exc
     long, short = answer.captions.long.strip(), " ".join(answer.captions.short.split())
     if not long or not short:
-        raise _BadAnswer("empty long or short caption")
+        raise UnusableAnswer("empty long or short caption")
     result = answer.interaction
     if result is not None:
         empty = [k for k, v in result.model_dump().items() if not v.strip()]
         if empty:
-            raise _BadAnswer(f"interaction has empty fields: {', '.join(empty)}")
+            raise UnusableAnswer(f"interaction has empty fields: {', '.join(empty)}")
     return Captions(long=long, short=short), result
 
 
-class ChatCaptioner:
+class ChatCaptioner(ChatClient[ChatCaptionerConfig]):
     """Captions from a VLM/LLM behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
-    Retries connection errors, timeouts, HTTP 429/5xx and unusable answers with exponential backoff
-    (honouring ``Retry-After`` up to ``backoff_max_s``); other HTTP errors fail at once. Failure is
-    a :class:`CaptionError` naming the endpoint, the attempts made and the last reason.
+    HTTP is :class:`ChatClient`'s (connection errors, timeouts and HTTP 408/429/5xx retried with backoff,
+    other HTTP errors at once; see :mod:`worldloop.platform.chat`); when it gives up the clip fails with
+    a :class:`CaptionError` at once. An unusable answer (not JSON, off the schema) is sent again at once,
+    without backoff (waiting does not mend an answer): a clip gets at most ``max_retries + 1`` answers,
+    each of which may itself take up to ``max_retries`` HTTP retries; after the last unusable one the
+    :class:`CaptionError` names the endpoint, the answers asked for and why.
     """
 
-    def __init__(
-        self,
-        config: ChatCaptionerConfig,
-        *,
-        client: httpx.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.config = config
-        self.name = f"chat:{config.model}"
-        self.url = f"{config.endpoint}/chat/completions"
-        self._own_client = client is None
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(config.timeout_s), trust_env=config.trust_env
-        )
-        self._sleep = sleep
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> ChatCaptioner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def headers(self) -> dict[str, str]:
-        return self.config.headers()
+    kind = "chat"
+    error = CaptionError
 
     def build_payload(self, request: CaptionRequest) -> dict[str, Any]:
         """The Chat Completions request body for one clip."""
@@ -193,21 +154,11 @@ class ChatCaptioner:
         )
         parts: list[dict[str, Any]] = [{"type": "text", "text": self._prompt(request, chosen)}]
         for pos in chosen:
-            jpeg = encode_jpeg(request.frames[pos], cfg.jpeg_quality, cfg.max_image_side)
-            url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+            url = jpeg_data_url(request.frames[pos], cfg.jpeg_quality, cfg.max_image_side)
             parts.append({"type": "image_url", "image_url": {"url": url}})
-        payload: dict[str, Any] = {
-            "model": cfg.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": parts},
-            ],
-            "temperature": cfg.temperature,
-            "response_format": {"type": "json_object"},
-        }
-        if cfg.max_tokens is not None:
-            payload["max_tokens"] = cfg.max_tokens
-        return payload
+        return self.request_body(
+            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": parts}]
+        )
 
     def _prompt(self, request: CaptionRequest, chosen: list[int]) -> str:
         fps = request.fps
@@ -245,71 +196,21 @@ class ChatCaptioner:
 
     def caption(self, request: CaptionRequest) -> CaptionResult:
         payload = self.build_payload(request)
+        what = f"captioning {request.clip_id}"
         attempts = self.config.max_retries + 1
-        reason = "no attempt made"
         for attempt in range(1, attempts + 1):
-            retry_after: float | None = None
             try:
-                response = self._client.post(
-                    self.url, json=payload, headers=self.headers(), timeout=self.config.timeout_s
-                )
-            except httpx.TimeoutException as exc:
-                reason = f"timeout after {self.config.timeout_s:g} s ({type(exc).__name__})"
-            except httpx.TransportError as exc:
-                reason = f"connection error ({type(exc).__name__}: {exc})"
-            else:
-                status = response.status_code
-                if status == 429 or status >= 500:
-                    reason = f"HTTP {status}: {response_snippet(response)}"
-                    retry_after = parse_retry_after(response)
-                elif not 200 <= status < 300:
-                    reason = f"HTTP {status}: {response_snippet(response)}"
-                    raise CaptionError(
-                        f"captioning {request.clip_id} via {self.url} failed after {attempt} attempt(s), "
-                        f"not retried: {reason}",
-                        endpoint=self.url,
-                        attempts=attempt,
-                        reason=reason,
-                    )
-                else:
-                    try:
-                        return self._result(response, request)
-                    except _BadAnswer as exc:
-                        reason = f"invalid answer: {exc}"
-            if attempt < attempts:
-                delay = min(self.config.backoff_s * 2 ** (attempt - 1), self.config.backoff_max_s)
-                if retry_after is not None:
-                    delay = max(delay, min(retry_after, self.config.backoff_max_s))
-                log.warning(
-                    "%s: attempt %d/%d for %s failed (%s); retrying in %.2f s",
-                    self.name,
-                    attempt,
-                    attempts,
-                    request.clip_id,
-                    reason,
-                    delay,
-                )
-                self._sleep(delay)
-        raise CaptionError(
-            f"captioning {request.clip_id} via {self.url} failed after {attempts} attempt(s): {reason}",
-            endpoint=self.url,
-            attempts=attempts,
-            reason=reason,
-        )
+                return self._result(self.complete(payload, what=what), request)
+            except UnusableAnswer as exc:
+                reason = f"invalid answer: {exc}"
+            log.warning("%s: %s: answer %d/%d unusable: %s", self.name, what, attempt, attempts, reason)
+        raise self.failure(what, attempts=attempts, reason=reason)
 
-    def _result(self, response: httpx.Response, request: CaptionRequest) -> CaptionResult:
-        try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _BadAnswer(f"response body is not JSON: {response_snippet(response)}") from exc
-        try:
-            content = body["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise _BadAnswer("response has no choices[0].message.content") from exc
-        captions, interaction = parse_answer(content)
+    def _result(self, body: dict[str, Any], request: CaptionRequest) -> CaptionResult:
+        captions, interaction = parse_answer(message_text(body))
         if self.config.require_candidate and request.interaction is None:
             interaction = None
         try:
             return CaptionResult(captions=captions, interaction=interaction, captioner=self.name)
         except ValidationError as exc:
-            raise _BadAnswer(str(exc).replace("\n", " ")) from exc
+            raise UnusableAnswer(str(exc).replace("\n", " ")) from exc
