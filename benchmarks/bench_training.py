@@ -14,8 +14,8 @@ from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.config import CurriculumPhase, stage_preset
 from worldloop.model.train.data import WindowSampler, load_synthworld
-from worldloop.model.train.objectives import prepare_batch
-from worldloop.model.train.trainer import FlowMatchingTrainer
+from worldloop.model.train.loop import build_trainer
+from worldloop.model.train.objectives.batch import prepare_batch
 from worldloop.model.vae import CausalVideoVAE
 
 
@@ -36,7 +36,7 @@ def main(steps: int = 8, frames: int = 17, size: int = 64) -> None:
             mcfg = load_preset("tiny")
             model, vae = build_world_model(mcfg), CausalVideoVAE(mcfg.vae)
             enc = HashingEncoder(dim=mcfg.text_dim)
-            trainer = FlowMatchingTrainer(
+            trainer = build_trainer(
                 cfg, model, vae=vae, text_encoder=enc, clips=clips, checkpoint_dir=Path(tmp) / stage
             )
             trainer.run(max_steps=1)  # warm-up (DeepSpeed init, allocator)

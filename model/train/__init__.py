@@ -1,4 +1,5 @@
-"""Training configuration for the four stages (DESIGN.md §6); trainers live in components/training."""
+"""Training (DESIGN.md §6): stage configs here, the one loop in :mod:`.loop`, one objective per stage in
+:mod:`.objectives`."""
 
 from worldloop.model.train.config import (
     CurriculumPhase,

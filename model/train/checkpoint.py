@@ -2,11 +2,13 @@
 
 A checkpoint is a folder ``step-NNNNNNNN/`` holding
 
-* ``model.safetensors`` — the whole model's weights (config in the metadata);
-* ``ema.safetensors`` — the EMA of the trainable weights;
+* ``model.safetensors`` — the whole primary module's weights (the world model; config in the metadata);
+* ``ema.safetensors`` — the EMA of its trainable weights;
 * ``optimizer.safetensors`` — every optimizer state tensor, keyed ``"{param_index}.{name}"``;
 * ``NAME.safetensors`` + ``NAME_optimizer.safetensors`` — extra trained modules (the stage-3 critic);
-* ``NAME.safetensors`` alone — frozen modules a resumed run needs as they were (the stage-3 teacher);
+* ``NAME.safetensors`` alone — frozen modules a resumed run needs as they were (the stage-3 teacher,
+  and ``vae.safetensors``: the VAE travels with every checkpoint);
+* ``spec.json`` — how to rebuild the model stack (:mod:`worldloop.model.spec`), when the trainer has one;
 * ``state.json`` — step, optimizer param-group hyper-parameters, scheduler state, RNG states (as
   lists of ints), and anything else small.
 
@@ -40,6 +42,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from worldloop.model.spec import ModelSpec, write_spec
 
 LATEST = "latest"
 Weights = nn.Module | Mapping[str, Tensor]  # a module, or its (gathered) state dict
@@ -118,12 +121,14 @@ def save_checkpoint(
     extra: dict[str, tuple[Weights, torch.optim.Optimizer]] | None = None,
     frozen: dict[str, Weights] | None = None,
     shards: str | Path | None = None,
+    spec: ModelSpec | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints.
 
     ``model``, the ``extra`` and the ``frozen`` modules may be given as full state dicts (gathered from
     ZeRO-3 partitions). ``shards``: a staging folder of every rank's :func:`save_optimizer_shard` files, moved
     into the checkpoint in place of rank 0's ``optimizer.safetensors`` (and ``NAME_optimizer``).
+    ``spec``: written as ``spec.json`` inside the folder before it is renamed into place.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -160,6 +165,8 @@ def save_checkpoint(
         **state,
     }
     (tmp / "state.json").write_text(json.dumps(full_state))
+    if spec is not None:
+        write_spec(tmp, spec)
     for f in tmp.iterdir():
         with f.open("rb") as handle:
             os.fsync(handle.fileno())

@@ -15,7 +15,7 @@ from worldloop.model.distill import dmd_generator_loss, self_forcing_rollout
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.config import CurriculumPhase, Precision, stage_preset
 from worldloop.model.train.data import TrainClip, load_synthworld
-from worldloop.model.train.distill_trainer import DistillTrainer
+from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 
 TIMESTEPS = [1000.0, 941.2, 841.1, 633.8]
@@ -153,7 +153,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
     return load_synthworld(out)
 
 
-def _trainer(clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -> DistillTrainer:
+def _trainer(clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -> Trainer:
     cfg = stage_preset("distill")
     cfg = cfg.model_copy(
         update={
@@ -167,7 +167,7 @@ def _trainer(clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -
     )
     model = _model()
     vae = CausalVideoVAE(model.cfg.vae)
-    return DistillTrainer(
+    return build_trainer(
         cfg, model, vae=vae, text_encoder=HashingEncoder(dim=384), clips=clips, checkpoint_dir=ckpt
     )
 
@@ -176,18 +176,18 @@ def test_distillation_trains_student_and_critic_with_per_expert_rates(
     clips: list[TrainClip], tmp_path: Path
 ) -> None:
     trainer = _trainer(clips, tmp_path, steps=2)
-    teacher = {n: p.clone() for n, p in trainer.teacher.named_parameters()}
-    student = {n: p.detach().clone() for n, p in trainer.student.named_parameters()}
-    critic = {n: p.detach().clone() for n, p in trainer.critic.named_parameters()}
+    teacher = {n: p.clone() for n, p in trainer.modules["teacher"].named_parameters()}
+    student = {n: p.detach().clone() for n, p in trainer.modules["student"].named_parameters()}
+    critic = {n: p.detach().clone() for n, p in trainer.modules["critic"].named_parameters()}
     result = trainer.run()
     assert result.steps == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     lrs = trainer.lr_table
     assert lrs["student/expert0"] != lrs["student/expert1"] and lrs["critic/expert0"] != lrs["critic/expert1"]
-    assert all(torch.equal(p, teacher[n]) for n, p in trainer.teacher.named_parameters())
+    assert all(torch.equal(p, teacher[n]) for n, p in trainer.modules["teacher"].named_parameters())
     moved = lambda model, before: {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}  # noqa: E731
-    assert any(n.startswith("experts.") for n in moved(trainer.student, student))
-    assert not any(n.startswith("camera_encoder.") for n in moved(trainer.student, student))
-    assert any(n.startswith("experts.") for n in moved(trainer.critic, critic))
+    assert any(n.startswith("experts.") for n in moved(trainer.modules["student"], student))
+    assert not any(n.startswith("camera_encoder.") for n in moved(trainer.modules["student"], student))
+    assert any(n.startswith("experts.") for n in moved(trainer.modules["critic"], critic))
     assert (tmp_path / "step-00000002" / "critic.safetensors").exists()
 
 
@@ -198,7 +198,10 @@ def test_distillation_resumes_to_the_same_student_and_critic(clips: list[TrainCl
     resumed = _trainer(clips, tmp_path / "b", steps=3)
     rest = resumed.run()
     assert rest.resumed_from == 2 and rest.losses == full.losses[2:]
-    for a, b in ((straight.student, resumed.student), (straight.critic, resumed.critic)):
+    for a, b in (
+        (straight.modules["student"], resumed.modules["student"]),
+        (straight.modules["critic"], resumed.modules["critic"]),
+    ):
         pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
         assert all(torch.equal(pa[n], pb[n]) for n in pa)
 
@@ -207,5 +210,8 @@ def test_bf16_distillation_runs(clips: list[TrainClip], tmp_path: Path) -> None:
     """bf16 (the GPU precision) casts fp32 data-path inputs at the model; the KV cache takes its dtype."""
     trainer = _trainer(clips, tmp_path / "ckpt", steps=1, precision=Precision.bf16)
     result = trainer.run()
-    assert trainer.student.dtype == torch.bfloat16 and trainer.teacher.dtype == torch.bfloat16
+    assert (
+        trainer.modules["student"].dtype == torch.bfloat16
+        and trainer.modules["teacher"].dtype == torch.bfloat16
+    )
     assert result.steps == 1 and all(torch.isfinite(torch.tensor(result.losses)))

@@ -11,7 +11,8 @@ from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.config import CurriculumPhase, stage_preset
 from worldloop.model.train.data import load_synthworld
-from worldloop.model.train.long_trainer import LongExtensionTrainer, random_actions
+from worldloop.model.train.loop import build_trainer
+from worldloop.model.train.objectives.long_extension import random_actions
 from worldloop.model.vae import CausalVideoVAE
 
 
@@ -37,7 +38,7 @@ def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) 
     torch.manual_seed(0)
     model = build_world_model(load_preset("tiny"))
     seen: list[dict[str, float]] = []
-    trainer = LongExtensionTrainer(
+    trainer = build_trainer(
         cfg,
         model,
         vae=CausalVideoVAE(model.cfg.vae),
@@ -46,8 +47,8 @@ def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) 
         checkpoint_dir=tmp_path / "ckpt",
         on_metrics=lambda step, m: seen.append(m),
     )
-    teacher = {n: p.clone() for n, p in trainer.teacher.named_parameters()}
-    student = {n: p.detach().clone() for n, p in trainer.student.named_parameters()}
+    teacher = {n: p.clone() for n, p in trainer.modules["teacher"].named_parameters()}
+    student = {n: p.detach().clone() for n, p in trainer.modules["student"].named_parameters()}
     result = trainer.run()
     assert result.steps == 6 and len(seen) == 6
     forced = [m for m in seen if m["teacher_forcing"] == 1.0]
@@ -56,6 +57,6 @@ def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) 
     assert all(m["rollout_blocks"] == 3 for m in forced)
     assert all(4 <= m["rollout_blocks"] <= 8 for m in free)  # past the 3 blocks of any training clip
     assert all(m["window_frames"] == 1 + 2 * 2 for m in seen)  # the frame before + 2 window blocks
-    assert all(torch.equal(p, teacher[n]) for n, p in trainer.teacher.named_parameters())
-    assert any(not torch.equal(p, student[n]) for n, p in trainer.student.named_parameters())
+    assert all(torch.equal(p, teacher[n]) for n, p in trainer.modules["teacher"].named_parameters())
+    assert any(not torch.equal(p, student[n]) for n, p in trainer.modules["student"].named_parameters())
     assert (tmp_path / "ckpt" / "step-00000006" / "critic.safetensors").exists()

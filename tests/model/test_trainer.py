@@ -13,7 +13,7 @@ from worldloop.model.text import HashingEncoder
 from worldloop.model.train.checkpoint import latest_checkpoint
 from worldloop.model.train.config import CurriculumPhase, Precision, stage_preset
 from worldloop.model.train.data import TrainClip, load_synthworld
-from worldloop.model.train.trainer import FlowMatchingTrainer
+from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 
 
@@ -24,9 +24,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
     return load_synthworld(out)
 
 
-def _trainer(
-    stage: str, clips: list[TrainClip], ckpt: Path, steps: int, **update: object
-) -> FlowMatchingTrainer:
+def _trainer(stage: str, clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -> Trainer:
     cfg = stage_preset(stage).model_copy(
         update={
             "curriculum": (CurriculumPhase(frames=9, steps=steps),),
@@ -41,7 +39,7 @@ def _trainer(
     mcfg = load_preset(cfg.model_preset)
     model = build_world_model(mcfg)
     vae = CausalVideoVAE(mcfg.vae)
-    return FlowMatchingTrainer(
+    return build_trainer(
         cfg, model, vae=vae, text_encoder=HashingEncoder(dim=mcfg.text_dim), clips=clips, checkpoint_dir=ckpt
     )
 
@@ -63,9 +61,9 @@ def test_stage_instruction_keeps_the_camera_encoder_bit_identical(
     trainer = _trainer(
         "instruction", clips, tmp_path, steps=4
     )  # zero-init outputs: grads reach inward by step 3
-    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in trainer.modules["model"].named_parameters()}
     trainer.run()
-    after = dict(trainer.model.named_parameters())
+    after = dict(trainer.modules["model"].named_parameters())
     camera = [n for n in before if n.startswith("camera_encoder.")]
     assert camera and all(torch.equal(before[n], after[n]) for n in camera)
     changed = [n for n in before if not torch.equal(before[n], after[n])]
@@ -83,7 +81,10 @@ def test_resumed_run_matches_an_uninterrupted_one(clips: list[TrainClip], tmp_pa
     rest = resumed.run()
     assert rest.resumed_from == 3 and rest.steps == 6
     assert rest.losses == full.losses[3:]
-    a, b = dict(straight.model.named_parameters()), dict(resumed.model.named_parameters())
+    a, b = (
+        dict(straight.modules["model"].named_parameters()),
+        dict(resumed.modules["model"].named_parameters()),
+    )
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
@@ -91,6 +92,6 @@ def test_bf16_training_runs_and_lowers_its_loss(clips: list[TrainClip], tmp_path
     """bf16 (the GPU precision): fp32 batches from the data path are cast at the model's boundary."""
     trainer = _trainer("instruction", clips, tmp_path, steps=8, batch_size=2, precision=Precision.bf16)
     result = trainer.run()
-    assert trainer.model.dtype == torch.bfloat16
+    assert next(trainer.modules["model"].parameters()).dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert sum(result.losses[-3:]) < sum(result.losses[:3]), result.losses

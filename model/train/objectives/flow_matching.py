@@ -1,0 +1,139 @@
+"""Stage 1/2 objective: flow matching on camera-conditioned, image-conditioned clips (DESIGN.md §6).
+
+Stages 1 and 2 train the bidirectional base model (full attention over the clip, any length); it is
+the teacher of stage 3, which turns it into the block-causal student.
+
+A batch of :class:`~worldloop.model.train.data.Window` goes through the frozen VAE and text encoder,
+gets Plücker rays grouped per latent frame, and is noised with one σ per sample (or per block, with
+``per_frame``). Latent frame 0 is the reference image: it stays clean (σ = 0), is given to the model
+through the I2V channels as well, and is left out of the loss. One optimiser step accumulates
+``grad_accum`` micro-batches, each a fresh global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from worldloop.model.arch.dit import set_gradient_checkpointing
+from worldloop.model.arch.world_model import WorldModel
+from worldloop.model.diffusion.flow_matching import add_noise, velocity_target
+from worldloop.model.diffusion.schedule import sample_training_sigmas
+from worldloop.model.text.encoder import TextEncoder
+from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
+from worldloop.model.train.objectives.base import (
+    Forward,
+    LrGroup,
+    Metrics,
+    Objective,
+    RankBatch,
+    TrainedModule,
+    Update,
+    freeze_except,
+)
+from worldloop.model.train.objectives.batch import PreparedBatch, prepare_batch
+from worldloop.model.vae.autoencoder import CausalVideoVAE
+
+
+def flow_matching_loss(
+    model: WorldModel,
+    batch: PreparedBatch,
+    *,
+    shift: float,
+    per_frame: bool,
+    generators: Sequence[torch.Generator],
+    causal: bool = False,
+    forward: Callable[..., Tensor] | None = None,
+) -> Tensor:
+    """MSE between predicted and true velocity over the generated latent frames (1..T-1).
+
+    One generator per sample draws that sample's σ and noise, so a sample's loss does not depend on
+    which batch, process or rank it lands in (one process and two ranks see the same numbers).
+    ``forward`` calls the model (a DeepSpeed engine must be called itself, not its ``module``:
+    ZeRO-2 resets its gradient bookkeeping in the engine's forward).
+    """
+    x0 = batch.latents
+    b, _, t = x0.shape[:3]
+    if len(generators) != b:
+        raise ValueError(f"need one generator per sample ({b}), got {len(generators)}")
+    sigmas, noises = [], []
+    for g in generators:
+        s = sample_training_sigmas(
+            1,
+            t - 1,
+            shift=shift,
+            per_frame=per_frame,
+            generator=g,
+            frames_per_block=model.cfg.causal.block_frames,
+        )
+        sigmas.append(s)
+        noises.append(torch.randn((1, *x0.shape[1:]), generator=g))
+    # Frame 0 (the reference) is clean; the blocks after it get the drawn levels.
+    sigma = torch.cat([torch.zeros(b, 1), torch.cat(sigmas)], dim=1).to(x0.device)
+    noise = torch.cat(noises).to(x0)
+    x_t = add_noise(x0, noise, sigma)
+    v = (forward or model)(
+        x_t,
+        timesteps=sigma * 1000.0,
+        cond=batch.cond,
+        camera=batch.camera,
+        conditioning=batch.conditioning,
+        causal=causal,
+    )
+    target = velocity_target(x0, noise)
+    return F.mse_loss(v[:, :, 1:].float(), target[:, :, 1:].float())
+
+
+def trainable_groups(model: WorldModel, cfg: TrainConfig) -> tuple[LrGroup, ...]:
+    """The groups ``cfg.trainable`` names (experts at ``expert_lr`` when set); the rest is frozen."""
+    params = model.parameter_groups()
+    groups: list[LrGroup] = []
+    if ParamGroup.experts in cfg.trainable:
+        for i in range(model.cfg.num_experts):
+            lr = cfg.expert_lr[i] if cfg.expert_lr is not None else cfg.lr
+            groups.append(LrGroup(f"expert{i}", params[f"expert{i}"], lr))
+    for group in (ParamGroup.camera, ParamGroup.interaction):
+        if group in cfg.trainable:
+            groups.append(LrGroup(group.value, params[group.value], cfg.lr))
+    return freeze_except(model, groups)
+
+
+class FlowMatchingObjective(Objective):
+    """Stage ``action`` or ``instruction`` of ``cfg``: ``grad_accum`` flow-matching micro-batches of
+    ``model`` per optimiser step (stage 2 also feeds the interaction captions)."""
+
+    def __init__(
+        self, cfg: TrainConfig, model: WorldModel, *, vae: CausalVideoVAE, text_encoder: TextEncoder
+    ) -> None:
+        if cfg.stage not in (Stage.action, Stage.instruction):
+            raise ValueError(f"flow matching trains stages action and instruction, not {cfg.stage.value}")
+        self.cfg, self.model, self.vae, self.text_encoder = cfg, model, vae.eval(), text_encoder
+        set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+        groups = trainable_groups(model, cfg)
+        self.trained = (TrainedModule("model", model, groups, model.cfg.dim, accumulation=cfg.grad_accum),)
+        self.updates = (Update("model", "loss", self.loss),) * cfg.grad_accum
+
+    def loss(self, batch: RankBatch, forward: Forward) -> tuple[Tensor, Metrics]:
+        """Flow-matching loss of one micro-batch; each sample's σ and noise from its own seed."""
+        inputs = prepare_batch(
+            batch.windows,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            with_instruction=self.cfg.stage is Stage.instruction,
+            device=batch.device,
+        )
+        gens = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i) for i in batch.indices]
+        loss = flow_matching_loss(
+            self.model,
+            inputs,
+            shift=self.cfg.shift,
+            per_frame=self.cfg.per_frame_sigma,
+            generators=gens,
+            forward=forward,
+        )
+        return loss, {}
+
+    def metadata(self) -> dict[str, str]:
+        return {"model_config": self.model.cfg.model_dump_json()}

@@ -1,0 +1,181 @@
+"""The one training loop (CPU, gloo, world size 1): a step's loss is the objective's loss computed
+directly on the samples the loop promises; every objective resumes to exactly the uninterrupted run;
+checkpoints carry the VAE and the spec (a distilled one with the student's timesteps); an objective
+that trains the VAE itself fits the loop unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor
+from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.model import WorldModel, build_world_model, load_preset
+from worldloop.model.spec import ModelSpec, preset_spec, read_spec
+from worldloop.model.text import HashingEncoder, TextEncoderConfig
+from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, TrainConfig, stage_preset
+from worldloop.model.train.data import TrainClip, WindowSampler, load_synthworld
+from worldloop.model.train.loop import Trainer, build_trainer
+from worldloop.model.train.objectives.base import (
+    Forward,
+    LrGroup,
+    Metrics,
+    Objective,
+    RankBatch,
+    TrainedModule,
+    Update,
+)
+from worldloop.model.train.objectives.batch import prepare_batch
+from worldloop.model.train.objectives.flow_matching import flow_matching_loss
+from worldloop.model.vae import CausalVideoVAE
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, SynthConfig(size=64, frames=17), clips=2, seed=4)
+    return load_synthworld(out)
+
+
+def _config(stage: str, **update: object) -> TrainConfig:
+    cfg = stage_preset(stage)
+    common: dict[str, object] = {"height": 32, "width": 32, "checkpoint_every": 1, "lr": 1e-3}
+    if cfg.distill is not None:  # 2 real blocks; rollouts of 2–3 blocks with a 1-block window
+        common["distill"] = cfg.distill.model_copy(update={"critic_steps_per_generator": 1})
+        common["curriculum"] = (CurriculumPhase(frames=17, steps=2),)
+    else:
+        common["curriculum"] = (CurriculumPhase(frames=9, steps=2),)
+    if cfg.long is not None:
+        common["long"] = LongExtensionConfig(min_rollout_blocks=2, max_rollout_blocks=3, window_blocks=1)
+    return cfg.model_copy(update={**common, **update})
+
+
+def _model(stage: str) -> WorldModel:
+    torch.manual_seed(0)
+    model = build_world_model(load_preset("tiny"))
+    if stage in ("distill", "long"):  # as from stage 2: output heads not zero, the scores disagree
+        for i in range(model.cfg.num_experts):
+            torch.nn.init.normal_(model.expert(i).head.head.weight, std=0.02)
+    return model
+
+
+def _spec() -> ModelSpec:
+    hashing = TextEncoderConfig(kind="hashing", dim=384)
+    return preset_spec("tiny", height=32, width=32, text_encoder=hashing)
+
+
+def _trainer(cfg: TrainConfig, clips: list[TrainClip], ckpt: Path, model: WorldModel) -> Trainer:
+    vae = CausalVideoVAE(model.cfg.vae)
+    encoder = HashingEncoder(dim=model.cfg.text_dim)
+    return build_trainer(
+        cfg, model, vae=vae, text_encoder=encoder, clips=clips, checkpoint_dir=ckpt, spec=_spec()
+    )
+
+
+def test_a_step_reports_the_mean_loss_of_its_micro_batches(clips: list[TrainClip], tmp_path: Path) -> None:
+    """Micro-batch m of step s takes samples (s·M + m)·B onwards; without an optimizer step between
+    them both see the initial weights, so the step's loss is their mean computed directly."""
+    cfg = _config("action", batch_size=2, grad_accum=2, curriculum=(CurriculumPhase(frames=9, steps=1),))
+    model = _model("action")
+    fresh = _model("action")
+    trainer = _trainer(cfg, clips, tmp_path, model)
+    sampler = WindowSampler(clips, frames=9, height=32, width=32, seed=cfg.seed)
+    vae = trainer.vae
+    assert isinstance(vae, CausalVideoVAE)
+    direct = []
+    with torch.no_grad():
+        for indices in ([0, 1], [2, 3]):
+            batch = prepare_batch(
+                sampler.batch(indices),
+                vae=vae,
+                text_encoder=HashingEncoder(dim=384),
+                with_instruction=False,
+            )
+            gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in indices]
+            loss = flow_matching_loss(fresh, batch, shift=cfg.shift, per_frame=False, generators=gens)
+            direct.append(float(loss))
+    (reported,) = trainer.run().losses
+    assert reported == float(torch.tensor(sum(direct) / 2))
+
+
+@pytest.mark.parametrize("stage", ["action", "distill", "long"])
+def test_every_objective_resumes_to_the_uninterrupted_run(
+    clips: list[TrainClip], tmp_path: Path, stage: str
+) -> None:
+    cfg = _config(stage)
+    straight = _trainer(cfg, clips, tmp_path / "a", _model(stage))
+    full = straight.run()
+    _trainer(cfg, clips, tmp_path / "b", _model(stage)).run(max_steps=1)  # killed after step 1 …
+    resumed = _trainer(cfg, clips, tmp_path / "b", _model(stage))
+    rest = resumed.run()  # … and resumed
+    assert rest.resumed_from == 1 and rest.losses == full.losses[1:]
+    for name, module in straight.modules.items():
+        after = dict(resumed.modules[name].named_parameters())
+        assert all(torch.equal(p, after[n]) for n, p in module.named_parameters()), name
+    a, b = (root / "step-00000002" for root in (tmp_path / "a", tmp_path / "b"))
+    for file in ("ema", "optimizer", "vae", *(["critic", "critic_optimizer"] if stage != "action" else [])):
+        x, y = load_file(str(a / f"{file}.safetensors")), load_file(str(b / f"{file}.safetensors"))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), file
+
+
+def test_checkpoints_carry_the_vae_and_the_spec_with_the_students_timesteps(
+    clips: list[TrainClip], tmp_path: Path
+) -> None:
+    cfg = _config("distill", curriculum=(CurriculumPhase(frames=9, steps=1),))
+    trainer = _trainer(cfg, clips, tmp_path, _model("distill"))
+    folder = trainer.run().checkpoint
+    assert folder is not None
+    saved = load_file(str(folder / "vae.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in trainer.vae.state_dict().items())
+    state = json.loads((folder / "state.json").read_text())
+    spec = read_spec(folder)
+    assert spec.schedule.timesteps == tuple(state["student_timesteps"]) and spec.schedule.shift == cfg.shift
+    assert spec.model == _spec().model and state["config"]["stage"] == "distill"
+    files = {p.name for p in folder.iterdir()}
+    assert {"teacher.safetensors", "critic.safetensors", "model.safetensors"} <= files
+
+
+class ReconstructionObjective(Objective):
+    """A stage-0 sketch: the causal VAE itself is the trained (primary) module; no world model."""
+
+    def __init__(self, vae: CausalVideoVAE, *, lr: float) -> None:
+        self.vae = vae
+        params = [p for p in vae.parameters() if p.requires_grad]
+        self.trained = (TrainedModule("vae", vae, (LrGroup("vae", params, lr),), width=64),)
+        self.updates = (Update("vae", "loss", self.loss),)
+
+    def loss(self, batch: RankBatch, forward: Forward) -> tuple[Tensor, Metrics]:
+        video = torch.stack([w.video for w in batch.windows]).to(batch.device)  # (B, 3, F, H, W)
+        return F.l1_loss(self.vae.decode(self.vae.encode(video)), video), {}
+
+
+def test_an_objective_that_trains_the_vae_fits_the_loop(clips: list[TrainClip], tmp_path: Path) -> None:
+    cfg = _config("action", curriculum=(CurriculumPhase(frames=9, steps=3),))
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(load_preset("tiny").vae)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    objective = ReconstructionObjective(vae, lr=1e-3)
+    trainer = Trainer(cfg, objective, vae=vae, clips=clips, checkpoint_dir=tmp_path)
+    result = trainer.run()
+    assert result.steps == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.checkpoint is not None
+    model, saved = (load_file(str(result.checkpoint / f)) for f in ("model.safetensors", "vae.safetensors"))
+    assert model.keys() == saved.keys() and all(torch.equal(model[k], saved[k]) for k in model)
+    assert any(not torch.equal(model[k], before[k]) for k in model)  # the VAE trained
+    assert (result.checkpoint / "ema.safetensors").exists() and not (result.checkpoint / "spec.json").exists()
+
+
+def test_objectives_that_do_not_fit_the_checkpoint_layout_are_refused(tmp_path: Path) -> None:
+    vae = CausalVideoVAE(load_preset("tiny").vae)
+    bad = ReconstructionObjective(vae, lr=1e-3)
+    bad.trained = (*bad.trained, TrainedModule("optimizer", torch.nn.Linear(1, 1), (), width=1))
+    with pytest.raises(ValueError, match="unique"):
+        Trainer(_config("action"), bad, vae=vae, clips=[], checkpoint_dir=tmp_path)
+    uneven = ReconstructionObjective(vae, lr=1e-3)
+    uneven.trained = (TrainedModule("vae", vae, uneven.trained[0].groups, width=64, accumulation=2),)
+    with pytest.raises(ValueError, match="accumulation"):
+        Trainer(_config("action"), uneven, vae=vae, clips=[], checkpoint_dir=tmp_path)
