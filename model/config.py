@@ -9,11 +9,20 @@ counts — is a property computed here, never a literal repeated elsewhere.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from worldloop.model.arch.attention import AttentionBackend
 from worldloop.model.camera.actions import CameraMotion
 from worldloop.model.vae.config import VAEConfig, tiny_vae, wan_vae
+
+
+class AttentionBackend(str, Enum):
+    """Which attention kernel :func:`worldloop.model.arch.attention.attend` runs; a plain string in
+    configs (``"sdpa"``)."""
+
+    sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention: any device, dtype, mask
+    sage = "sage"  # sageattention.sageattn: CUDA, fp16/bf16, head dim 64/96/128, no mask; else ValueError
+    auto = "auto"  # sage when usable for these inputs, otherwise sdpa (silently)
 
 
 class CausalConfig(BaseModel):
@@ -46,7 +55,13 @@ class ModelConfig(BaseModel):
         0.900, gt=0.0, lt=1.0, description="High-noise expert when t >= boundary * 1000 (I2V: 0.900)."
     )
     patch_size: tuple[int, int, int] = Field((1, 2, 2), description="Latent patch (t, h, w) per token.")
-    text_dim: int = Field(gt=0, description="Width of the text encoder's token features.")
+    text_dim: int = Field(gt=0, description="Width of the text features the experts embed (umT5: 4096).")
+    text_input_dim: int | None = Field(
+        None,
+        gt=0,
+        description="Width of the text encoder's features when it differs from text_dim: a learned "
+        "projection maps them to text_dim (e.g. the offline MiniLM, 384 wide, before a 4096-wide model).",
+    )
     text_len: int = Field(gt=0, description="Maximum text tokens in the cross-attention context.")
     num_interaction_tokens: int = Field(
         8, ge=0, description="Interaction embeddings appended to the context (DESIGN.md §5.3)."
@@ -88,6 +103,11 @@ class ModelConfig(BaseModel):
     def in_channels(self) -> int:
         """Noisy latent + I2V mask (one channel per video frame of a latent frame) + reference latent."""
         return 2 * self.vae.latent_channels + self.vae.temporal_stride
+
+    @property
+    def text_encoder_dim(self) -> int:
+        """The width the text encoder must produce."""
+        return self.text_input_dim or self.text_dim
 
     @property
     def context_len(self) -> int:

@@ -56,8 +56,10 @@ class Rollout:
         generator: torch.Generator | None = None,
     ) -> None:
         cfg = model.cfg
-        if text_encoder.dim != cfg.text_dim:
-            raise ValueError(f"text encoder width {text_encoder.dim} != model text_dim {cfg.text_dim}")
+        if text_encoder.dim != cfg.text_encoder_dim:
+            raise ValueError(
+                f"text encoder width {text_encoder.dim} != the model's text input {cfg.text_encoder_dim}"
+            )
         cfg.tokens_per_frame(height, width)  # validates the size
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
         self.height, self.width = height, width

@@ -22,10 +22,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from worldloop.pipelines import tracking
 from worldloop.pipelines.catalog import PARENT, builder, resolve_arguments
 from worldloop.pipelines.cluster import ClusterConfig
 
+from worldloop.platform import tracking
 from worldloop.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

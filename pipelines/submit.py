@@ -12,10 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from worldloop.pipelines import tracking
 from worldloop.pipelines.catalog import PARENT, builder, compile_pipeline, resolve_arguments
 from worldloop.pipelines.cluster import ClusterConfig
 
+from worldloop.platform import tracking
 from worldloop.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="Ray cluster to run curation on (ray://host:10001); None starts a local Ray."
     )
+    t5_path: Path | None = Field(
+        None,
+        description=(
+            "Local umT5/T5 folder (config.json, safetensors, tokenizer) the small and a14b presets train "
+            "with; default: the bundled MiniLM behind a learned projection (offline)."
+        ),
+    )
     registered_model: str = Field(
         "worldloop", description="MLflow registered model that versions, candidate and champion belong to."
     )

@@ -1,4 +1,5 @@
-"""MP4 (H.264) encode/decode with PyAV. Writes are atomic: a reader never sees a partial file."""
+"""Video frames as every part of worldloop passes them — (F, H, W, 3) uint8 RGB — their one input check,
+and MP4 (H.264) encode/decode with PyAV. Writes are atomic: a reader never sees a partial file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+
+def check_frames(
+    video: object, *, name: str = "frames", min_frames: int = 1, min_side: int = 1
+) -> np.ndarray:
+    """``video`` itself when it is a (F, H, W, 3) uint8 RGB array with F ≥ ``min_frames`` and
+    H, W ≥ ``min_side``; otherwise a ValueError saying what is wrong with it."""
+    if not isinstance(video, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array (F, H, W, 3) uint8, got {type(video).__name__}")
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape (F, H, W, 3), got {video.shape}")
+    if video.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 RGB (decode_video's output), got dtype {video.dtype}")
+    if video.shape[0] < min_frames:
+        raise ValueError(f"{name} has {video.shape[0]} frames; at least {min_frames} needed")
+    if min(video.shape[1:3]) < min_side:
+        raise ValueError(
+            f"{name} is {video.shape[2]}x{video.shape[1]} px; at least {min_side} px a side needed"
+        )
+    return video
 
 
 def encode_mp4(frames: np.ndarray, path: str | Path, *, fps: int, crf: int = 18) -> None:
@@ -21,8 +42,7 @@ def encode_mp4(frames: np.ndarray, path: str | Path, *, fps: int, crf: int = 18)
     was stable; with it off, repeated curation runs give identical shards. mbtree mostly helps
     low-bitrate streaming; at the crf used for datasets its loss is a few % of file size.
     """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    check_frames(frames)
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(
             f"H.264 yuv420p needs even width and height, got {frames.shape[2]}x{frames.shape[1]}"

@@ -20,6 +20,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from worldloop.model.camera import intrinsics_from_fov
 
+from worldloop.video import check_frames
+
 METHODS: tuple[str, ...] = ("essential", "rotation", "hold")
 
 
@@ -318,19 +320,6 @@ def _robust_mean_rotation(candidates: list[np.ndarray], outlier_deg: float) -> n
 # --------------------------------------------------------------------------- public entry point
 
 
-def _check_frames(frames: np.ndarray) -> None:
-    if not isinstance(frames, np.ndarray):
-        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must have shape (F, H, W, 3), got {frames.shape}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
-    if frames.shape[0] < 1:
-        raise ValueError("frames is empty: need at least one frame (F >= 1)")
-    if min(frames.shape[1:3]) < 16:
-        raise ValueError(f"frames must be at least 16x16 pixels, got {frames.shape[2]}x{frames.shape[1]}")
-
-
 def estimate_camera(frames: np.ndarray, cfg: CameraEstimationConfig | None = None) -> CameraEstimate:
     """Intrinsics (F, 3, 3) and camera-to-world poses (F, 4, 4) of ``frames`` (F, H, W, 3) uint8 RGB.
 
@@ -339,7 +328,7 @@ def estimate_camera(frames: np.ndarray, cfg: CameraEstimationConfig | None = Non
     ``translation_per_frame`` along the direction estimated from frame j−1 (none for a pure rotation).
     Poses are relative to frame 0. Raises ValueError on malformed input.
     """
-    _check_frames(frames)
+    check_frames(frames, min_side=16)
     cfg = cfg or CameraEstimationConfig()
     n_frames, height, width = frames.shape[:3]
     K = intrinsics_from_fov(width, height, cfg.fov_deg)

@@ -5,7 +5,7 @@ Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library 
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
-from worldloop.components.image import IMAGE
+from worldloop.components.base_image import IMAGE
 
 
 @dsl.component(base_image=IMAGE)
@@ -21,7 +21,8 @@ def curate(
     ``executor``: ``ray`` (Ray Data; the cluster's with WORLDLOOP_RAY_ADDRESS) or ``local`` (in-process).
     """
     from worldloop.components.curation.pipeline import run_curation
-    from worldloop.pipelines.tracking import child_run, log_metrics
+
+    from worldloop.platform.tracking import child_run, log_metrics
 
     source = raw.path if raw is not None else source_uri
     if not source:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from worldloop.components.curation.camera import estimate_camera
+from worldloop.components.curation.camera_estimation import estimate_camera
 from worldloop.components.curation.captioning import Captioner, CaptionRequest, pick_keyframes
 from worldloop.components.curation.config import CurationConfig
 from worldloop.components.curation.dataset import CameraTrack, CuratedClip, QuarantineEntry

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from worldloop.video import check_frames
+
 CONTRAST_FLOOR = 8.0  # grey levels added to the per-frame std before normalising
 
 
@@ -58,10 +60,7 @@ def _gradient(grey: np.ndarray) -> np.ndarray:
 
 def analyse(frames: np.ndarray, *, work_size: int = 64) -> PairSignals:
     """Measure ``frames`` (F, H, W, 3) uint8 RGB, F ≥ 1."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if frames.shape[0] < 1:
-        raise ValueError("frames is empty")
+    check_frames(frames)
     size = (work_size, work_size)
     grey_full = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     luma = np.array([g.mean() / 255.0 for g in grey_full], np.float64)

@@ -38,7 +38,6 @@ from worldloop.components.evaluation.metrics import (
     ssim,
     temporal_consistency,
 )
-from worldloop.components.evaluation.model_source import ModelStack, load_model
 from worldloop.components.evaluation.suite import (
     InterBenchCase,
     LoadedSuite,
@@ -46,8 +45,9 @@ from worldloop.components.evaluation.suite import (
     load_suite,
 )
 from worldloop.model.camera.plucker import actions_to_camera
-from worldloop.model.rollout import Rollout
 
+from worldloop.platform.stack import ModelStack, load_model_stack
+from worldloop.platform.tracking import EVALUATION, step_run
 from worldloop.settings import Settings, get_settings
 from worldloop.video import encode_mp4
 
@@ -95,14 +95,7 @@ def generate_case(
     """The model's video for ``case``: (frames, H, W, 3) uint8 at the suite's size."""
     image = suite.image(case.id)
     h, w = image.shape[:2]
-    rollout = Rollout(
-        stack.model,
-        vae=stack.vae,
-        text_encoder=stack.text_encoder,
-        height=h,
-        width=w,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    rollout = stack.rollout(height=h, width=w, seed=seed)  # the checkpoint's own timesteps
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     state, first = rollout.start(pixels, prompt=case.prompt)
     frames = [first]
@@ -189,7 +182,7 @@ def run_interbench(
     settings = settings or get_settings()
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    stack = load_model(model, settings=settings)  # first: a bad URI fails before any suite is rendered
+    stack = load_model_stack(model, settings=settings)  # first: a bad URI fails before any suite is rendered
     loaded = load_suite(suite) if suite is not None else default_suite(settings)
     chosen = loaded.select(cases)
     accuracy: float | None = None
@@ -267,7 +260,7 @@ def run_interbench(
     payload = {
         "model": model,
         "preset": stack.preset,
-        "checkpoint": stack.checkpoint,
+        "checkpoint": str(stack.checkpoint) if stack.checkpoint else None,
         "suite": {"name": loaded.suite.name, "root": str(loaded.root), "cases": len(chosen)},
         "judge": {"name": judge.name, "held_out_accuracy": accuracy},
         "interbench": interbench,
@@ -287,20 +280,13 @@ def run_interbench(
 
 def _log_mlflow(payload: dict[str, Any], out: Path, settings: Settings, parent_run_id: str | None) -> None:
     import mlflow
-    from worldloop.components.training.run import local_artifacts
 
-    mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
-    name = "worldloop-evaluation"
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(
-            name, artifact_location=None if settings.mlflow_uri else local_artifacts(settings)
-        )
-    mlflow.set_experiment(name)
-    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-    with mlflow.start_run(run_name="interbench", tags=tags, nested=parent_run_id is not None):
-        mlflow.log_params(
-            {"model": payload["model"], "suite": payload["suite"]["name"], "cases": payload["suite"]["cases"]}
-        )
+    params = {
+        "model": payload["model"],
+        "suite": payload["suite"]["name"],
+        "cases": payload["suite"]["cases"],
+    }
+    with step_run(EVALUATION, "interbench", params=params, settings=settings, parent_run_id=parent_run_id):
         metrics = {f"interbench.{k}": v for k, v in payload["interbench"].items() if v is not None}
         metrics |= {f"general.{k}": v for k, v in payload["general"].items()}
         if payload["judge"]["held_out_accuracy"] is not None:

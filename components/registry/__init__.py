@@ -2,8 +2,8 @@
 the InterBench gate, roll back (DESIGN.md §8). Serving loads ``models:/worldloop@champion``.
 
 * ``register.py`` — :func:`register_version`: checkpoint, scores, lineage → version + ``candidate``;
-* ``versions.py`` — reading: :func:`list_versions`, :func:`show`, :func:`resolve`,
-  :func:`download_checkpoint`;
+* ``versions.py`` — reading what the CLI and the rules show: :func:`list_versions`, :func:`show`
+  (loading a version's checkpoint is the platform's: :mod:`worldloop.platform.registry`);
 * ``gate.py`` — the InterBench gate (pure);
 * ``promotion.py`` — :func:`approve`, :func:`promote`, :func:`rollback` and their audit records;
 * ``tags.py`` — every tag name written.
@@ -18,9 +18,7 @@ from worldloop.components.registry.versions import (
     CHAMPION,
     Approval,
     ModelVersionInfo,
-    download_checkpoint,
     list_versions,
-    resolve,
     show,
 )
 
@@ -36,12 +34,10 @@ __all__ = [
     "Refused",
     "approve",
     "check_gate",
-    "download_checkpoint",
     "gate",
     "list_versions",
     "promote",
     "register_version",
-    "resolve",
     "rollback",
     "show",
 ]

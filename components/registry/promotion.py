@@ -38,12 +38,11 @@ from worldloop.components.registry.versions import (
     CHAMPION,
     ModelVersionInfo,
     alias_version,
-    client,
     get_version,
-    model_exists,
     now_iso,
 )
 
+from worldloop.platform.registry import model_exists, registry_client
 from worldloop.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ def approve(
     identity = identity or settings.resolved_identity
     if not reason.strip():
         raise ValueError("an approval needs a reason (--reason '...')")
-    mlflow, name = client(settings), settings.registered_model
+    mlflow, name = registry_client(settings), settings.registered_model
     info = get_version(mlflow, name, version, settings)
     refusal = _unauthorised(identity, settings)
     if refusal is not None:
@@ -137,7 +136,7 @@ def approve(
 def check_gate(info: ModelVersionInfo, *, settings: Settings | None = None) -> GateResult:
     """The InterBench gate of ``info`` against the current champion."""
     settings = settings or get_settings()
-    mlflow = client(settings)
+    mlflow = registry_client(settings)
     champion = alias_version(mlflow, info.name, CHAMPION)
     champion_scores = None if champion is None else get_version(mlflow, info.name, champion, settings).scores
     return gate(
@@ -178,7 +177,7 @@ def promote(version: int | str, *, identity: str | None = None, settings: Settin
     reason."""
     settings = settings or get_settings()
     identity = identity or settings.resolved_identity
-    mlflow, name = client(settings), settings.registered_model
+    mlflow, name = registry_client(settings), settings.registered_model
     info = get_version(mlflow, name, version, settings)
     before = alias_version(mlflow, name, CHAMPION)
     result = check_gate(info, settings=settings)
@@ -234,7 +233,7 @@ def rollback(*, identity: str | None = None, settings: Settings | None = None) -
     """Move ``champion`` back to the champion before the current one, or raise :class:`Refused`."""
     settings = settings or get_settings()
     identity = identity or settings.resolved_identity
-    mlflow, name = client(settings), settings.registered_model
+    mlflow, name = registry_client(settings), settings.registered_model
     if not model_exists(mlflow, name):
         raise ValueError(
             f"no registered model {name!r} in {settings.resolved_mlflow_uri}: nothing to roll back"

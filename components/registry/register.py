@@ -32,39 +32,18 @@ from worldloop.components.registry.tags import (
     SCORES,
     SUITE,
 )
-from worldloop.components.registry.versions import (
-    CANDIDATE,
-    CHECKPOINT_ARTIFACTS,
-    CHECKPOINT_FILES,
-    ModelVersionInfo,
-    client,
-    get_version,
-    model_exists,
-)
+from worldloop.components.registry.versions import CANDIDATE, ModelVersionInfo, get_version
 
 from worldloop import storage
+from worldloop.platform.checkpoints import CHECKPOINT_FILES, local_checkpoint
+from worldloop.platform.registry import CHECKPOINT_ARTIFACTS, model_exists, registry_client
+from worldloop.platform.tracking import REGISTRY, experiment_id, parent_tags
 from worldloop.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
-
-EXPERIMENT = "worldloop-registry"
-
-
-def _local_checkpoint(checkpoint: str | Path, settings: Settings) -> Path:
-    """The checkpoint folder (or the latest one under a stage output), downloaded when remote."""
-    from worldloop.components.evaluation.model_source import checkpoint_folder
-    from worldloop.components.training.run import CheckpointMirror
-
-    uri = str(checkpoint)
-    if storage.scheme_of(uri) is not storage.Scheme.local:
-        return checkpoint_folder(CheckpointMirror(uri, settings=settings).pull())
-    local = storage.as_local_path(uri)
-    if not local.exists():
-        raise FileNotFoundError(f"{uri}: no such checkpoint folder")
-    return checkpoint_folder(local)
 
 
 def _interbench(scores: Mapping[str, Any] | Path | None, report_dir: Path | None) -> dict[str, Any] | None:
@@ -88,23 +67,6 @@ def _interbench(scores: Mapping[str, Any] | Path | None, report_dir: Path | None
         if value is not None and not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
             raise ValueError(f"InterBench score {dim}={value!r} is not a number in [0, 1] (or null)")
     return payload
-
-
-def _experiment_id(mlflow: MlflowClient, settings: Settings, pipeline_run_id: str | None) -> str:
-    from mlflow.exceptions import MlflowException
-    from worldloop.components.training.run import local_artifacts
-
-    if pipeline_run_id is not None:  # beside the pipeline run, so the UI nests it there
-        try:
-            return str(mlflow.get_run(pipeline_run_id).info.experiment_id)
-        except MlflowException as err:
-            where = settings.resolved_mlflow_uri
-            raise ValueError(f"pipeline run {pipeline_run_id} not found in {where}") from err
-    found = mlflow.get_experiment_by_name(EXPERIMENT)
-    if found is not None:
-        return str(found.experiment_id)
-    location = None if settings.mlflow_uri else local_artifacts(settings)
-    return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
 
 
 def _version_tags(
@@ -181,14 +143,14 @@ def register_version(
     training config (default: the checkpoint's ``state.json`` config).
     """
     settings = settings or get_settings()
-    folder = _local_checkpoint(checkpoint, settings)
+    folder = local_checkpoint(checkpoint, settings=settings)
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     config = dict(config if config is not None else state.get("config") or {})
     payload = _interbench(scores, report_dir)
-    mlflow, name = client(settings), settings.registered_model
+    mlflow, name = registry_client(settings), settings.registered_model
 
-    tags = {"mlflow.parentRunId": pipeline_run_id} if pipeline_run_id else {}
-    run = mlflow.create_run(_experiment_id(mlflow, settings, pipeline_run_id), run_name="register", tags=tags)
+    experiment = experiment_id(mlflow, REGISTRY, settings=settings, parent_run_id=pipeline_run_id)
+    run = mlflow.create_run(experiment, run_name="register", tags=parent_tags(pipeline_run_id))
     run_id = run.info.run_id
     try:
         _log_run(mlflow, run_id, folder, config, payload, report_dir)

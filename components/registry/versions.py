@@ -1,19 +1,17 @@
-"""Reading the registry: the MLflow client of the settings, version references, what a version holds,
-and its checkpoint files on local disk (DESIGN.md §8).
+"""Reading the registry for the CLI and the promotion rules: what a version holds — scores, approval,
+lineage, audit (DESIGN.md §8). The MLflow client, version lookup and a version's checkpoint files are
+the platform's (:mod:`worldloop.platform.registry`), which loaders use without this step library.
 
-A version is named by its number (``3``) or an alias (``candidate``, ``champion``); a model URI by
-``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``. Everything worldloop knows about a version lives in
-its MLflow tags (see :mod:`worldloop.components.registry.tags`), so the MLflow UI shows the same.
+A version is named by its number (``3``) or an alias (``candidate``, ``champion``). Everything worldloop
+knows about a version lives in its MLflow tags (see :mod:`worldloop.components.registry.tags`), so the
+MLflow UI shows the same.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worldloop.components.registry.audit import AuditRecord, read_audit
@@ -25,6 +23,7 @@ from worldloop.components.registry.tags import (
     SCORES,
 )
 
+from worldloop.platform.registry import lookup_version, model_exists, registry_client
 from worldloop.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -32,16 +31,6 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 CANDIDATE, CHAMPION = "candidate", "champion"
-CHECKPOINT_ARTIFACTS = "checkpoint"  # the run's artifact folder holding the weights
-CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "state.json")  # what loading needs
-
-
-def client(settings: Settings) -> MlflowClient:
-    """An MLflow client on the settings' tracking store, which also holds the registry."""
-    from mlflow import MlflowClient
-
-    uri = settings.resolved_mlflow_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @dataclass(frozen=True)
@@ -105,43 +94,9 @@ def version_info(mv: ModelVersion, aliases: tuple[str, ...]) -> ModelVersionInfo
     )
 
 
-def model_exists(mlflow: MlflowClient, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.get_registered_model(name)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    return True
-
-
-def _missing_model(name: str, settings: Settings) -> ValueError:
-    return ValueError(
-        f"no registered model {name!r} in {settings.resolved_mlflow_uri}: register a version first "
-        "(a pipeline run does; or worldloop.components.registry.register_version)"
-    )
-
-
 def get_version(mlflow: MlflowClient, name: str, ref: int | str, settings: Settings) -> ModelVersionInfo:
     """Version ``ref`` (a number, or an alias such as ``champion``) of registered model ``name``."""
-    from mlflow.exceptions import MlflowException
-
-    if not model_exists(mlflow, name):
-        raise _missing_model(name, settings)
-    text = str(ref).strip()
-    try:
-        mv = (
-            mlflow.get_model_version(name, text)
-            if text.isdigit()
-            else mlflow.get_model_version_by_alias(name, text)
-        )
-    except MlflowException as err:
-        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        what = f"version {text}" if text.isdigit() else f"alias {text!r}"
-        raise ValueError(f"{name}: no {what} (see 'worldloop models list')") from err
+    mv = lookup_version(mlflow, name, ref, settings)
     return version_info(mv, _aliases_by_version(mlflow, name).get(int(mv.version), ()))
 
 
@@ -154,7 +109,7 @@ def alias_version(mlflow: MlflowClient, name: str, alias: str) -> int | None:
 def list_versions(*, settings: Settings | None = None) -> list[ModelVersionInfo]:
     """Every version of the settings' registered model, newest first ([] when nothing is registered)."""
     settings = settings or get_settings()
-    mlflow, name = client(settings), settings.registered_model
+    mlflow, name = registry_client(settings), settings.registered_model
     if not model_exists(mlflow, name):
         return []
     aliases = _aliases_by_version(mlflow, name)
@@ -166,50 +121,4 @@ def list_versions(*, settings: Settings | None = None) -> list[ModelVersionInfo]
 def show(version: int | str, *, settings: Settings | None = None) -> ModelVersionInfo:
     """One version of the settings' registered model (a number or an alias)."""
     settings = settings or get_settings()
-    return get_version(client(settings), settings.registered_model, version, settings)
-
-
-def parse_model_uri(uri: str) -> tuple[str, str]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` → (NAME, ALIAS or VERSION)."""
-    rest = uri.removeprefix("models:/")
-    name, sep, ref = rest.partition("@")
-    if not sep:
-        name, sep, ref = rest.partition("/")
-        if sep and not ref.isdigit():
-            sep = ""
-    if not (sep and name and ref) or "/" in name:
-        raise ValueError(
-            f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION (e.g. models:/worldloop@champion)"
-        )
-    return name, ref
-
-
-def resolve(uri: str, *, settings: Settings | None = None) -> ModelVersionInfo:
-    """The version a ``models:/`` URI names now (serving polls this to follow ``champion``)."""
-    settings = settings or get_settings()
-    name, ref = parse_model_uri(uri)
-    return get_version(client(settings), name, ref, settings)
-
-
-def download_checkpoint(uri: str, *, settings: Settings | None = None) -> Path:
-    """The checkpoint of the version ``uri`` names, as a local folder (cached under ``home`` per
-    registration run: a version's files never change)."""
-    settings = settings or get_settings()
-    info = resolve(uri, settings=settings)
-    if info.run_id is None:
-        raise ValueError(
-            f"{uri} (version {info.version}) has no registration run: not registered by worldloop"
-        )
-    root = (settings.home / "registry-cache").resolve()
-    final = root / info.run_id
-    if all((final / f).is_file() for f in ("model.safetensors", "state.json")):
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    partial = root / f".{info.run_id}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        downloaded = client(settings).download_artifacts(info.run_id, CHECKPOINT_ARTIFACTS, str(partial))
-        shutil.rmtree(final, ignore_errors=True)
-        Path(downloaded).rename(final)  # whole, or not at all
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return final
+    return get_version(registry_client(settings), settings.registered_model, version, settings)

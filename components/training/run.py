@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import tempfile
@@ -12,20 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from worldloop.components.curation.dataset import iter_clips
 from worldloop.components.training.sample import sample_video
-from worldloop.model import ModelConfig, WorldModel, build_world_model, load_preset
-from worldloop.model.text import TextEncoderConfig, build_text_encoder
+from worldloop.model import WorldModel
+from worldloop.model.spec import ModelSpec, build_modules, preset_spec, preset_text_encoder, read_spec
 from worldloop.model.text.encoder import TextEncoder
-from worldloop.model.train.checkpoint import LATEST, is_partitioned, latest_checkpoint, load_checkpoint
+from worldloop.model.train.checkpoint import is_partitioned, latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
-from worldloop.model.train.distill_trainer import DistillTrainer
-from worldloop.model.train.long_trainer import LongExtensionTrainer
-from worldloop.model.train.trainer import FlowMatchingTrainer, TrainResult
+from worldloop.model.train.loop import TrainResult, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 
 from worldloop import storage
+from worldloop.platform.checkpoints import training_folder
+from worldloop.platform.stack import text_encoder_for
+from worldloop.platform.tracking import StageTracker
 from worldloop.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -49,60 +50,61 @@ def load_training_clips(uri: str, *, settings: Settings | None = None) -> list[T
     return load_synthworld(storage.as_local_path(uri))
 
 
-def local_artifacts(settings: Settings) -> str:
-    """Where the local profile keeps MLflow artifacts: beside the sqlite store under home."""
-    return (settings.home / "mlartifacts").resolve().as_uri()
-
-
-class CheckpointMirror:
-    """Checkpoints of an ``s3://`` output: trained into a local folder, each one uploaded as it is
-    written (files first, then the ``latest`` pointer, so a reader never follows it to a partial
-    upload), and the latest one downloaded before a run starts so the run resumes from it."""
-
-    def __init__(self, uri: str, *, settings: Settings) -> None:
-        self.uri, self.settings = uri.rstrip("/"), settings
-        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        self.local = (settings.home / "checkpoint-cache" / digest).resolve()
-
-    def pull(self, into: Path | None = None) -> Path:
-        """Download the latest checkpoint (if any) into ``into`` (default: the mirror folder)."""
-        local = into or self.local
-        local.mkdir(parents=True, exist_ok=True)
-        pointer = storage.join(self.uri, LATEST)
-        if storage.exists(pointer, settings=self.settings):
-            name = storage.read_bytes(pointer, settings=self.settings).decode().strip()
-            for uri in storage.list_uris(storage.join(self.uri, name), settings=self.settings):
-                target = local / name / uri.rsplit("/", 1)[1]
-                storage.download_file(uri, target, settings=self.settings)
-            (local / LATEST).write_text(name + "\n")
-        return local
-
-    def push(self, folder: Path) -> None:
-        for path in sorted(folder.iterdir()):
-            storage.upload_file(path, storage.join(self.uri, folder.name, path.name), settings=self.settings)
-        storage.write_bytes(
-            storage.join(self.uri, LATEST), (folder.name + "\n").encode(), settings=self.settings
+def stage_spec(cfg: TrainConfig, init: Path | None, *, settings: Settings) -> ModelSpec:
+    """The spec a stage trains: the one its ``--init`` checkpoint was trained with, at this stage's
+    size, else a fresh spec of the config's preset (the first stage of a chain) with the preset's text
+    encoder (the settings' umT5 folder for small/a14b when set)."""
+    if init is None:
+        encoder = preset_text_encoder(cfg.model_preset, t5_path=settings.t5_path)
+        return preset_spec(cfg.model_preset, height=cfg.height, width=cfg.width, text_encoder=encoder)
+    spec = read_spec(init)
+    if spec.model.name != cfg.model_preset:
+        raise ValueError(
+            f"--init {init} holds a {spec.model.name!r} model but the stage config names preset "
+            f"{cfg.model_preset!r}"
         )
+    return spec.model_copy(update={"height": cfg.height, "width": cfg.width})
 
 
-def _local_checkpoints(
-    uri: str | Path, settings: Settings, *, mirror: bool
-) -> tuple[Path, CheckpointMirror | None]:
-    if isinstance(uri, Path) or storage.scheme_of(uri) is storage.Scheme.local:
-        return storage.as_local_path(str(uri)), None
-    m = CheckpointMirror(uri, settings=settings)
-    return (m.pull() if mirror else m.local), m
+def _init_checkpoint(init: str | Path, settings: Settings) -> Path:
+    init_dir, init_mirror = training_folder(init, settings=settings, pull=False)
+    if init_mirror is not None:
+        init_dir = init_mirror.pull(init_dir.with_name(init_dir.name + "-init"))
+    found = latest_checkpoint(init_dir)
+    if found is None:
+        raise FileNotFoundError(f"--init {init}: no checkpoint (no 'latest' file)")
+    return found
 
 
-def build_models(mcfg: ModelConfig, *, seed: int) -> tuple[WorldModel, CausalVideoVAE]:
-    """The world model (initial weights) and the VAE of a run with ``seed``.
+def _load_init(found: Path, *, model: WorldModel, vae: CausalVideoVAE) -> None:
+    """The previous stage's weights, and the VAE that travels with every checkpoint."""
+    load_checkpoint(found, model=model, optimizer=None, ema=None)
+    vae_file = found / "vae.safetensors"
+    if vae_file.is_file():
+        vae.load_state_dict(load_file(str(vae_file)))
+    else:
+        log.warning("%s carries no VAE: keeping the seeded initial one", found)
+    log.info("initialised from %s", found)
 
-    The VAE is not trained by any stage yet: it is frozen at its seeded initialisation, so every
-    consumer of a checkpoint (the next stage, evaluation, serving) must rebuild it exactly like this.
-    """
-    torch.manual_seed(seed)
-    model = build_world_model(mcfg)
-    return model, CausalVideoVAE(mcfg.vae)
+
+def training_stack(
+    cfg: TrainConfig,
+    *,
+    init: Path | None,
+    resume: Path | None,
+    settings: Settings,
+    device: torch.device | str = "cpu",
+) -> tuple[ModelSpec, WorldModel, CausalVideoVAE, TextEncoder]:
+    """What a stage trains: the spec, the world model and VAE (seeded; the ``init`` checkpoint's weights
+    and VAE loaded, or the VAE of the checkpoint being resumed) and the spec's text encoder.
+    ``device="meta"`` builds the shapes only (a14b on a laptop)."""
+    spec = stage_spec(cfg, init if init is not None else resume, settings=settings)
+    model, vae = build_modules(spec, seed=cfg.seed, device=device)
+    if init is not None:
+        _load_init(init, model=model, vae=vae)
+    elif resume is not None and (resume / "vae.safetensors").is_file():
+        vae.load_state_dict(load_file(str(resume / "vae.safetensors")))
+    return spec, model, vae, text_encoder_for(spec)
 
 
 @dataclass(frozen=True)
@@ -126,46 +128,29 @@ def run_stage(
 ) -> StageRun:
     settings = settings or get_settings()
     clips = load_training_clips(data, settings=settings)
-    mcfg = load_preset(cfg.model_preset)
-    model, vae = build_models(mcfg, seed=cfg.seed)
-    checkpoint_dir, mirror = _local_checkpoints(out, settings, mirror=True)
+    checkpoint_dir, mirror = training_folder(out, settings=settings, pull=True)
+    init_dir = None
     if init is not None and latest_checkpoint(checkpoint_dir) is None:
-        init_dir, init_mirror = _local_checkpoints(init, settings, mirror=False)
-        if init_mirror is not None:
-            init_dir = init_mirror.pull(init_dir.with_name(init_dir.name + "-init"))
-        found = latest_checkpoint(init_dir)
-        if found is None:
-            raise FileNotFoundError(f"--init {init}: no checkpoint (no 'latest' file)")
-        load_checkpoint(found, model=model, optimizer=None, ema=None)
-        log.info("initialised from %s", found)
-    text_encoder = build_text_encoder(TextEncoderConfig(kind="minilm"))
-    if text_encoder.dim != mcfg.text_dim:
-        raise ValueError(f"text encoder width {text_encoder.dim} != model text_dim {mcfg.text_dim}")
+        init_dir = _init_checkpoint(init, settings)
+    spec, model, vae, text_encoder = training_stack(
+        cfg, init=init_dir, resume=latest_checkpoint(checkpoint_dir), settings=settings
+    )
     tracker = None
     if track and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
-        from worldloop.components.training.tracking import StageTracker
-
         tracker = StageTracker(
-            tracking_uri=settings.resolved_mlflow_uri,
-            experiment="worldloop-training",
+            settings=settings,
             run_name=f"stage-{cfg.stage.value}",
             params={"config": cfg.model_dump(mode="json"), "data": data, "clips": len(clips)},
             parent_run_id=parent_run_id,
-            artifact_location=None if settings.mlflow_uri else local_artifacts(settings),
         )
-    trainer_cls = {
-        Stage.action: FlowMatchingTrainer,
-        Stage.instruction: FlowMatchingTrainer,
-        Stage.distill: DistillTrainer,
-        Stage.long: LongExtensionTrainer,
-    }[cfg.stage]
-    trainer = trainer_cls(
+    trainer = build_trainer(
         cfg,
         model,
         vae=vae,
         text_encoder=text_encoder,
         clips=clips,
         checkpoint_dir=checkpoint_dir,
+        spec=spec,
         on_metrics=tracker.log_metrics if tracker else None,
         on_progress=on_progress,
         on_checkpoint=mirror.push if mirror else None,

@@ -13,23 +13,15 @@ import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
-from enum import Enum
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from worldloop.model.config import AttentionBackend
 
 SAGE_HEAD_DIMS = (64, 96, 128)
 SAGE_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class AttentionBackend(str, Enum):
-    """Which attention kernel :func:`attend` runs; a plain string in configs (``"sdpa"``)."""
-
-    sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention: any device, dtype, mask
-    sage = "sage"  # sageattention.sageattn: CUDA, fp16/bf16, head dim 64/96/128, no mask; else ValueError
-    auto = "auto"  # sage when usable for these inputs, otherwise sdpa (silently)
 
 
 @functools.lru_cache(maxsize=1)

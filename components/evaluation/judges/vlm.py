@@ -52,6 +52,7 @@ from worldloop.platform.chat import (
     json_object,
     message_text,
 )
+from worldloop.video import check_frames
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +299,7 @@ class VLMJudge(ChatClient[VLMJudgeConfig]):
 
     def score(self, case: InterBenchCase, video: np.ndarray) -> CaseScores:
         """Six questions about ``video`` (F, H, W, 3) uint8 RGB, F = ``case.frames``."""
-        if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-            raise ValueError(f"video must be (F, H, W, 3) uint8 RGB, got {video.dtype} {video.shape}")
+        check_frames(video, name="video")
         if len(video) != case.frames:
             raise ValueError(f"case {case.id} wants {case.frames} frames, the video has {len(video)}")
         indices = sample_frames(

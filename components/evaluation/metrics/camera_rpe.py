@@ -1,7 +1,7 @@
 """Camera relative pose error (RPE) of a generated clip against its commanded trajectory.
 
 The generated frames' camera is estimated from the pixels with the curation estimator
-(:func:`worldloop.components.curation.camera.estimate_camera`) and compared, pair by pair, with the
+(:func:`worldloop.components.curation.camera_estimation.estimate_camera`) and compared, pair by pair, with the
 trajectory the actions commanded (camera-to-world 4×4, OpenCV convention, as SynthWorld records and
 :func:`worldloop.model.camera.actions_to_camera` produces). For each pair (i, i + stride) the relative
 motion Δ = c2w_i⁻¹ · c2w_{i+stride} (frame i+stride's camera in frame i's camera coordinates) gives
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from worldloop.components.curation.camera import CameraEstimationConfig, estimate_camera
+from worldloop.components.curation.camera_estimation import CameraEstimationConfig, estimate_camera
 from worldloop.components.evaluation.metrics.video_input import check_video
 
 MIN_TRANSLATION = 1e-6  # a relative translation shorter than this (world units) counts as "did not move"

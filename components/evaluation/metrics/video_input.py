@@ -7,25 +7,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldloop.video import check_frames
+
 # ITU-R BT.601 luma weights (what OpenCV's RGB2GRAY uses).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def check_video(video: np.ndarray, *, name: str = "video", min_frames: int = 1, min_side: int = 1) -> None:
     """Raise ValueError unless ``video`` is a (T, H, W, 3) uint8 array with T ≥ ``min_frames`` and
-    H, W ≥ ``min_side``."""
-    if not isinstance(video, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array (T, H, W, 3) uint8, got {type(video).__name__}")
-    if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"{name} must have shape (T, H, W, 3), got {video.shape}")
-    if video.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 RGB (decode_video's output), got dtype {video.dtype}")
-    if video.shape[0] < min_frames:
-        raise ValueError(f"{name} has {video.shape[0]} frames; this metric needs at least {min_frames}")
-    if min(video.shape[1:3]) < min_side:
-        raise ValueError(
-            f"{name} is {video.shape[2]}x{video.shape[1]} px; this metric needs at least {min_side} px a side"
-        )
+    H, W ≥ ``min_side`` (the project's one frame check, :func:`worldloop.video.check_frames`)."""
+    check_frames(video, name=name, min_frames=min_frames, min_side=min_side)
 
 
 def check_pair(video: np.ndarray, reference: np.ndarray, *, min_side: int = 1) -> None:

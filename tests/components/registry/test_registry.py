@@ -239,26 +239,29 @@ def test_gate_rules() -> None:
 
 
 def test_models_uri_loads_the_registered_weights(tmp_path: Path, settings: Settings) -> None:
-    from worldloop.components.evaluation.model_source import load_model
-    from worldloop.model import build_world_model, tiny
+    from worldloop.model.spec import build_modules, preset_spec, write_spec
     from worldloop.model.train.checkpoint import rng_state
 
-    torch.manual_seed(3)
-    model = build_world_model(tiny())
+    from worldloop.platform.stack import load_model_stack
+
+    spec = preset_spec("tiny", height=64, width=64)
+    model, vae = build_modules(spec, seed=3)
     folder = tmp_path / "stage" / "step-00000007"
     folder.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(folder / "vae.safetensors"))
+    write_spec(folder, spec)
     config = {"model_preset": "tiny", "seed": 0, "height": 64, "width": 64}
     (folder / "state.json").write_text(json.dumps({"step": 7, "config": config, "rng": rng_state()}))
     register_version(folder, settings=settings)
 
-    stack = load_model("models:/worldloop@candidate", settings=settings)
+    stack = load_model_stack("models:/worldloop@candidate", settings=settings)
     saved = load_file(str(folder / "model.safetensors"))
     loaded = stack.model.state_dict()
-    assert stack.preset == "tiny" and stack.trained_size == (64, 64)
+    assert stack.preset == "tiny" and (stack.spec.height, stack.spec.width) == (64, 64) and stack.version == 1
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
-    assert load_model("models:/worldloop/1", settings=settings).checkpoint == stack.checkpoint  # cached
+    assert load_model_stack("models:/worldloop/1", settings=settings).checkpoint == stack.checkpoint  # cached
     with pytest.raises(ValueError, match="no alias 'champion'"):
-        load_model("models:/worldloop@champion", settings=settings)
+        load_model_stack("models:/worldloop@champion", settings=settings)
     with pytest.raises(ValueError, match="expected models:/NAME@ALIAS"):
-        load_model("models:/worldloop", settings=settings)
+        load_model_stack("models:/worldloop", settings=settings)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from train_launch import train_cli
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import build_world_model, load_preset
+from worldloop.model.spec import preset_spec
 from worldloop.model.train.checkpoint import load_checkpoint, save_checkpoint
 from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, TrainConfig, stage_preset
 
@@ -61,7 +62,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for i in range(model.cfg.num_experts):
         torch.nn.init.normal_(model.expert(i).head.head.weight, std=0.02)
     save_checkpoint(
-        root / "init", 0, model=model, optimizer=torch.optim.AdamW(model.parameters()), ema={}, state={}
+        root / "init",
+        0,
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        ema={},
+        state={},
+        spec=preset_spec("tiny", height=32, width=32),  # what --init rebuilds the model stack from
     )
     return root / "data", root / "init"
 

@@ -81,7 +81,7 @@ def test_serve_config_args_are_serve_options(rendered: dict[str, list[dict[str, 
     assert f"{build_app.__module__}:{build_app.__name__}" == "worldloop.serving.app:build_app"
     for objects in rendered.values():
         opts = ServeOptions.model_validate(_serve_args(objects))
-        assert opts.device == "cuda" and opts.model == "models:/worldloop@champion"
+        assert opts.device == "cuda" and str(opts.model) == "models:/worldloop@champion"
 
 
 def test_options_override_the_overlay() -> None:
