@@ -199,7 +199,7 @@ class Client:
             result = client.infer("worldloop", inputs, headers=headers)
         finally:
             client.close()
-        video = result.as_numpy("video")
+        video: np.ndarray | None = result.as_numpy("video")
         assert video is not None
         return video
 
@@ -272,7 +272,7 @@ class PlaySession:
         blocks: int = 1,
     ) -> list[Block]:
         """Hold ``keys`` (and move the mouse by ``mouse``) for ``blocks`` blocks; ``text`` instructs."""
-        message = p.StepMessage(type="step", keys=list(keys), mouse=mouse, text=text, blocks=blocks)  # type: ignore[arg-type]
+        message = p.StepMessage(type="step", keys=list(keys), mouse=mouse, text=text, blocks=blocks)
         payload = message.model_dump_json()
         for attempt in range(self.reconnects + 1):
             try:

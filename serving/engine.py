@@ -9,7 +9,11 @@ Layers, bottom up:
 * :class:`VideoEngine` — the async protocol the Ray Serve generator talks to: start a session, generate
   its blocks, close it, health, shutdown.
 * :class:`LocalEngine` — a VideoEngine running :class:`Streams` in this process (one device, or the
-  CPU); :class:`worldloop.serving.workers.ShardedEngine` runs N sequence-parallel workers instead.
+  CPU); :class:`worldloop.serving.workers.ShardedEngine` runs N sequence-parallel workers instead, and
+  :func:`worldloop.serving.engine_factory.build_engine` picks one of the two.
+
+The model stack comes from the platform layer (:func:`~worldloop.platform.stack.load_model_stack`):
+weights, VAE, text encoder, trained size, fps and the sampling schedule all from the checkpoint's spec.
 
 A session restored on another replica (the old one died) or after a model swap starts again from its
 last frame, prompt and instruction, with frame numbering continuing: :meth:`VideoEngine.start` with
@@ -24,44 +28,27 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from worldloop.model import Rollout, StreamState
-from worldloop.model.camera.actions import ActionFrame, Key
-from worldloop.serving.images import fit, to_uint8
+from worldloop.model.camera.actions import ActionFrame
+from worldloop.serving.config import EngineConfig
+from worldloop.serving.frames import fit, to_uint8
+
+from worldloop.controls import Key
+from worldloop.platform.stack import load_model_stack
+from worldloop.platform.uri import ModelURI
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SIZES = {"tiny": (64, 64)}  # presets without a trained size; others default to 480×832
-FALLBACK_SIZE = (480, 832)
-
-
-class EngineConfig(BaseModel):
-    """What a generator replica serves and how (validated once, at start)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: str = Field("models:/worldloop@champion", description="preset:NAME, checkpoint path or models:/")
-    height: int | None = Field(None, ge=16, le=2048, description="Frame height (default: trained size).")
-    width: int | None = Field(None, ge=16, le=2048, description="Frame width (default: trained size).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, else fp32.")
-    fp8: bool = Field(False, description="FP8 (e4m3) weights + dynamic activation scales; CUDA sm_89+.")
-    attention: Literal["sdpa", "sage", "auto"] = Field("sdpa", description="Self-attention kernel.")
-    compile: bool = Field(False, description="torch.compile the DiT blocks (regional; CUDA).")
-    sp: int = Field(1, ge=1, le=64, description="Sequence-parallel workers per replica (devices).")
-    fps: float = Field(16.0, gt=0, description="Playback rate the model was trained at.")
-    seed: int = Field(0, ge=0, description="Weights seed of preset: models.")
 
 
 @dataclass(frozen=True)
 class EngineInfo:
     """What an engine serves, as clients see it."""
 
-    uri: str
+    uri: str  # the model URI asked for (an alias stays an alias; ``version`` says what it named)
     version: str | None
     preset: str
     height: int
@@ -85,6 +72,23 @@ class Block:
     instruction: str | None
     generate_ms: float
     decode_ms: float
+
+
+@dataclass
+class EncodedBlock:
+    """A block as the generator deployment answers the ingress: its frames encoded for the wire."""
+
+    block: int
+    first_index: int
+    format: str  # jpeg | webp | png; raw: ``pixels`` instead of ``frames``
+    frames: list[bytes]  # one encoded image per frame (empty for raw)
+    pixels: np.ndarray | None  # (n, H, W, 3) uint8 for raw, else None
+    recached: bool
+    instruction: str | None
+    generate_ms: float
+    decode_ms: float
+    encode_ms: float
+    version: str | None  # the registry version that made it (models:/ URIs)
 
 
 class SessionNotFound(KeyError):
@@ -124,27 +128,23 @@ class _Stream:
 
 @dataclass
 class Streams:
-    """Every session's stream on one model stack, in one process (not thread-safe: callers serialise)."""
+    """Every session's stream on one model stack, in one process (not thread-safe: callers serialise).
+
+    ``model`` is what to load, default ``cfg.model``: the generator passes the registry version it
+    pinned (``models:/NAME/VERSION``), so every sequence-parallel rank loads the same one.
+    """
 
     cfg: EngineConfig
+    model: ModelURI | None = None
     rank: int = 0
     decode: bool = True  # False on sequence-parallel ranks > 0: they hold the same latents
-    version: str | None = None
     _streams: dict[str, _Stream] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from worldloop.components.evaluation.model_source import load_model
-
-        uri = self.cfg.model
-        if uri.startswith("models:/"):  # pin the version now: a later promotion is a swap, not a reload
-            from worldloop.components.registry import resolve
-
-            info = resolve(uri)
-            self.version = str(info.version)
-            uri = f"models:/{info.name}/{info.version}"
         self.device = resolve_device(self.cfg)
-        stack = load_model(uri, seed=self.cfg.seed)
+        stack = load_model_stack(self.model or self.cfg.model, seed=self.cfg.seed)
         self.stack = stack
+        self.version = None if stack.version is None else str(stack.version)
         dtype = torch.float32
         if self.cfg.precision == "bf16" or (self.cfg.precision == "auto" and self.device.type == "cuda"):
             dtype = torch.bfloat16
@@ -162,12 +162,14 @@ class Streams:
         set_attention_backend(model, self.cfg.attention)
         if self.cfg.compile:
             compile_blocks(model)
-        height, width = self.cfg.height, self.cfg.width
-        if height is None or width is None:
-            trained = stack.trained_size if stack.trained_size and all(stack.trained_size) else None
-            default = trained or DEFAULT_SIZES.get(stack.preset, FALLBACK_SIZE)
-            height, width = height or default[0], width or default[1]
-        self.rollout = Rollout(model, vae=vae, text_encoder=stack.text_encoder, height=height, width=width)
+        self.rollout = Rollout(
+            model,
+            vae=vae,
+            text_encoder=stack.text_encoder,
+            height=self.cfg.height or stack.spec.height,  # default: the size it was trained at
+            width=self.cfg.width or stack.spec.width,
+            timesteps=stack.timesteps,  # the checkpoint's schedule (a distilled student's own)
+        )
         self.dtype = dtype
 
     def parallelize(self, group: object) -> None:
@@ -179,13 +181,13 @@ class Streams:
     # -- introspection ------------------------------------------------------------------------------
     def info(self) -> EngineInfo:
         return EngineInfo(
-            uri=self.cfg.model,
+            uri=str(self.cfg.model),
             version=self.version,
             preset=self.stack.preset,
             height=self.rollout.height,
             width=self.rollout.width,
             frames_per_block=self.rollout.frames_per_block,
-            fps=self.cfg.fps,
+            fps=self.stack.spec.fps,
             sp=self.cfg.sp,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
@@ -317,9 +319,9 @@ class LocalEngine:
     """A :class:`VideoEngine` over :class:`Streams` in this process; blocks run in a worker thread, one
     at a time (a device runs one block at full speed better than two interleaved)."""
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, *, model: ModelURI | None = None) -> None:
         self.cfg = cfg
-        self.streams = Streams(cfg)
+        self.streams = Streams(cfg, model)
         self._lock = threading.Lock()  # Streams is not thread-safe; to_thread calls are serialised here
         self._closed = False
 
@@ -394,12 +396,3 @@ class LocalEngine:
                     self.streams.close(session)
 
         await asyncio.to_thread(close_all)
-
-
-def build_engine(cfg: EngineConfig) -> VideoEngine:
-    """The engine for ``cfg``: in-process for one worker, Ray sequence-parallel workers for ``sp`` > 1."""
-    if cfg.sp == 1:
-        return LocalEngine(cfg)
-    from worldloop.serving.workers import ShardedEngine
-
-    return ShardedEngine(cfg)

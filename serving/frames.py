@@ -1,4 +1,5 @@
-"""Images at the serving edge: decode uploads (validated), fit them to the served size, encode frames.
+"""Frames at the serving edge: decode uploaded images (validated), fit them to the served size, encode
+generated frames for the wire, and the sample scene a session starts from without an upload.
 
 Uploads are untrusted: the decoder refuses anything that is not a PNG/JPEG/WebP image, caps the pixel
 count before decoding (decompression bombs) and reports a one-line reason that the API returns as 400.
@@ -10,12 +11,15 @@ import base64
 import binascii
 import functools
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 ACCEPTED = ("PNG", "JPEG", "WEBP")
 MAX_PIXELS = 40_000_000  # a 6k × 6k upload is plenty; larger ones are refused before decoding
+# A SynthWorld frame (seed 3, 512×512), shipped with the play page: serving imports no data-generation step.
+SAMPLE = Path(__file__).parent / "web" / "sample.png"
 
 
 class ImageError(ValueError):
@@ -81,17 +85,13 @@ def encode_frame(frame: np.ndarray, fmt: str = "jpeg", quality: int = 85) -> byt
 
 def to_uint8(video: np.ndarray) -> np.ndarray:
     """Frames in [-1, 1] (any float array) → uint8, the rounding every consumer uses."""
-    return np.clip(np.rint((video.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(np.rint((video.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return out
 
 
 @functools.lru_cache(maxsize=4)
-def sample_image(height: int, width: int, seed: int = 3) -> np.ndarray:
-    """The server's sample scene: a SynthWorld frame fitted to ``height × width`` (read-only)."""
-    from worldloop.components.synthworld.clip import generate_clip
-    from worldloop.components.synthworld.config import SynthConfig
-
-    size = min(512, max(64, ((max(height, width) + 1) // 2) * 2))
-    clip = generate_clip(SynthConfig(size=size, frames=2), seed, any_event=False)
-    image = fit(np.asarray(clip.frames[0], dtype=np.uint8), height, width)
+def sample_image(height: int, width: int) -> np.ndarray:
+    """The server's sample scene fitted to ``height × width`` (read-only)."""
+    image = fit(decode_image(SAMPLE.read_bytes()), height, width)
     image.setflags(write=False)
     return image

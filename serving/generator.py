@@ -6,9 +6,11 @@ that has that id loaded. A replica that does not hold the stream (it restarted, 
 answers :class:`~worldloop.serving.engine.SessionNotFound`, and the ingress rebuilds the stream from
 the session's last frame.
 
-Serving ``models:/NAME@ALIAS`` the replica polls the registry; when the alias moves (a promotion or a
-rollback) it loads the new version next to the old one, switches, and frees the old: new sessions get
-the new model at once, running ones are rebuilt on it from their last frames — no downtime.
+Serving ``models:/NAME@ALIAS`` the replica pins the version the alias names (once per load:
+:func:`~worldloop.platform.registry.pin_version`) and loads exactly that one. It then polls the
+registry; when the alias moves (a promotion or a rollback) it loads the new version next to the old one,
+switches, and frees the old: new sessions get the new model at once, running ones are rebuilt on it
+from their last frames — no downtime.
 """
 
 from __future__ import annotations
@@ -17,27 +19,45 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import asdict
-from typing import Any
 
 import numpy as np
 from ray import serve
-from worldloop.serving.engine import Block, EngineConfig, SessionNotFound, VideoEngine, build_engine
-from worldloop.serving.images import decode_image, encode_frame
+from worldloop.serving.config import EngineConfig
+from worldloop.serving.engine import Block, EncodedBlock, EngineInfo, SessionNotFound, VideoEngine
+from worldloop.serving.engine_factory import build_engine
+from worldloop.serving.frames import decode_image, encode_frame
+
+from worldloop.platform.registry import PinnedVersion, pin_version
+from worldloop.platform.uri import ModelKind, ModelURI
+from worldloop.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS_PER_REPLICA = 32
 
 
-def encode_block(block: Block, fmt: str, quality: int) -> dict[str, Any]:
-    """A block as the ingress receives it: metadata and the encoded frames (``raw``: the uint8 array)."""
+def encode_block(block: Block, fmt: str, quality: int, *, version: str | None) -> EncodedBlock:
+    """A block as the ingress receives it: the encoded frames (``raw``: the uint8 array as ``pixels``)."""
     t0 = time.perf_counter()
-    frames: Any = block.frames if fmt == "raw" else [encode_frame(f, fmt, quality) for f in block.frames]
-    meta = asdict(block)
-    del meta["frames"]
-    meta.update(frames=frames, encode_ms=(time.perf_counter() - t0) * 1000.0, format=fmt)
-    return meta
+    frames = [] if fmt == "raw" else [encode_frame(f, fmt, quality) for f in block.frames]
+    return EncodedBlock(
+        block=block.block,
+        first_index=block.first_index,
+        format=fmt,
+        frames=frames,
+        pixels=block.frames if fmt == "raw" else None,
+        recached=block.recached,
+        instruction=block.instruction,
+        generate_ms=block.generate_ms,
+        decode_ms=block.decode_ms,
+        encode_ms=(time.perf_counter() - t0) * 1000.0,
+        version=version,
+    )
+
+
+def pin(uri: ModelURI) -> PinnedVersion | None:
+    """The registry version ``uri`` names now (one lookup), or None for a preset or a checkpoint."""
+    return pin_version(uri, settings=get_settings()) if uri.kind is ModelKind.registry else None
 
 
 class _Slot:
@@ -52,14 +72,16 @@ class _Slot:
 
 
 class Generator:
-    """Ray Serve deployment class (wrapped by :func:`worldloop.serving.app.build_app`)."""
+    """Ray Serve deployment class (wrapped by :func:`worldloop.serving.app.build_app`); ``cfg`` arrives
+    validated and typed (Ray pickles it)."""
 
-    def __init__(self, engine: dict[str, Any], poll_s: float = 30.0) -> None:
-        self.cfg = EngineConfig.model_validate(engine)
-        self.engine: VideoEngine = build_engine(self.cfg)
+    def __init__(self, cfg: EngineConfig, *, poll_s: float = 30.0) -> None:
+        self.cfg = cfg
+        pinned = pin(cfg.model)
+        self.engine: VideoEngine = build_engine(cfg, model=None if pinned is None else pinned.uri)
         self._poll: asyncio.Task[None] | None = None
         self.poll_s = poll_s
-        self.follows = self.cfg.model.startswith("models:/") and "@" in self.cfg.model
+        self.follows = cfg.model.kind is ModelKind.registry and cfg.model.alias is not None
         log.info("generator ready: %s", self.engine.info)
 
     # -- model following ----------------------------------------------------------------------------
@@ -73,16 +95,14 @@ class Generator:
 
     async def check_for_update(self) -> bool:
         """Swap to the version ``cfg.model`` names now if it moved (promotion, rollback); True if swapped."""
-        from worldloop.components.registry import resolve
-
-        info = await asyncio.to_thread(resolve, self.cfg.model)
-        if str(info.version) == self.engine.info.version:
+        pinned = await asyncio.to_thread(pin, self.cfg.model)
+        if pinned is None or str(pinned.version) == self.engine.info.version:
             return False
-        await self.swap()
+        await self.swap(pinned.uri)
         return True
 
-    async def swap(self) -> str | None:
-        """Load what ``cfg.model`` names now, switch to it, free the old engine; returns the version.
+    async def swap(self, model: ModelURI) -> str | None:
+        """Load ``model`` (a pinned version), switch to it, free the old engine; returns the version.
 
         One device: the new model loads next to the old one, which keeps serving until the switch.
         Sequence-parallel workers own the replica's placement-group bundles, so with ``sp`` > 1 the
@@ -90,7 +110,7 @@ class Generator:
         """
         if self.cfg.sp > 1:
             await self.engine.shutdown()
-        fresh = await asyncio.to_thread(build_engine, self.cfg)
+        fresh = await asyncio.to_thread(build_engine, self.cfg, model=model)
         old, self.engine = self.engine, fresh
         if self.cfg.sp == 1:
             await old.shutdown()
@@ -98,7 +118,7 @@ class Generator:
         return fresh.info.version
 
     # -- sessions -----------------------------------------------------------------------------------
-    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
+    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)  # type: ignore[untyped-decorator]
     async def _slot(self, session: str) -> _Slot:
         return _Slot(self, session)
 
@@ -110,10 +130,10 @@ class Generator:
             raise ValueError("calls must carry multiplexed_model_id=<session id>")
         await self._slot(session)
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self) -> EngineInfo:
         if self.follows and self._poll is None:
             self._poll = asyncio.get_running_loop().create_task(self._follow())
-        return asdict(self.engine.info)
+        return self.engine.info
 
     async def start(
         self,
@@ -127,7 +147,7 @@ class Generator:
         blocks: int = 0,
         fmt: str = "jpeg",
         quality: int = 85,
-    ) -> dict[str, Any]:
+    ) -> EncodedBlock:
         """Start ``session`` (or rebuild it from its last frame: ``frame_index``/``blocks`` > 0)."""
         await self._claim(session)
         pixels = decode_image(image) if isinstance(image, bytes) else image
@@ -140,9 +160,7 @@ class Generator:
             frame_index=frame_index,
             blocks=blocks,
         )
-        out = await asyncio.to_thread(encode_block, block, fmt, quality)
-        out["version"] = self.engine.info.version
-        return out
+        return await asyncio.to_thread(encode_block, block, fmt, quality, version=self.engine.info.version)
 
     async def step(
         self,
@@ -153,13 +171,12 @@ class Generator:
         text: str | None,
         fmt: str = "jpeg",
         quality: int = 85,
-    ) -> dict[str, Any]:
+    ) -> EncodedBlock:
         """One block of ``session`` (raises SessionNotFound when this replica does not hold it)."""
         await self._claim(session)
         blocks = [b async for b in self.engine.generate(session, keys=keys, mouse=mouse, text=text)]
-        out = await asyncio.to_thread(encode_block, blocks[0], fmt, quality)
-        out["version"] = self.engine.info.version
-        return out
+        version = self.engine.info.version
+        return await asyncio.to_thread(encode_block, blocks[0], fmt, quality, version=version)
 
     async def holds(self, session: str) -> bool:
         """Whether this replica holds ``session``'s stream (and claims the id for routing)."""

@@ -19,16 +19,40 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from worldloop.model.camera.actions import parse_action
+from worldloop.model.camera.actions import ActionFrame, parse_action
+from worldloop.serving.engine import EncodedBlock, EngineInfo
+from worldloop.serving.frames import sample_image
 from worldloop.serving.oip import OipError, TensorMetadata
 
-if TYPE_CHECKING:
-    from worldloop.serving.app import Ingress
-
 MAX_FRAMES = 512
+T = TypeVar("T")
+
+
+class Generation(Protocol):
+    """What the OIP model needs from the ingress: the generator's facts and raw, unrecorded streams
+    (:class:`~worldloop.serving.relay.GeneratorRelay` is one)."""
+
+    @property
+    def ok(self) -> bool:
+        """False while the generator is found gone, until a call succeeds again."""
+        ...
+
+    @property
+    def known(self) -> EngineInfo | None:
+        """What the generator serves, once asked."""
+        ...
+
+    async def info(self) -> EngineInfo: ...
+
+    def replica(self, session: str) -> Any:
+        """A deployment handle whose calls go to the replica holding ``session``."""
+        ...
+
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T: ...
 
 
 def _text(inputs: dict[str, np.ndarray], name: str, *, required: bool) -> str | None:
@@ -65,22 +89,22 @@ class WorldloopModel:
     ]
     outputs = [TensorMetadata(name="video", datatype="UINT8", shape=[-1, -1, -1, 3])]
 
-    def __init__(self, ingress: Ingress) -> None:
-        self.ingress = ingress
+    def __init__(self, generation: Generation) -> None:
+        self.generation = generation
 
     @property
     def version(self) -> str:
-        info = self.ingress._engine_info
-        return str(info["version"]) if info and info.get("version") else ""
+        info = self.generation.known
+        return info.version if info is not None and info.version else ""
 
     def ready(self) -> bool:
         # The ingress only gets traffic once Serve has the app RUNNING (generator replicas healthy);
         # after that, ready until a call finds the generator gone and until it is back.
-        return self.ingress.generator_ok
+        return self.generation.ok
 
     async def infer(self, inputs: dict[str, np.ndarray], parameters: dict[str, Any]) -> dict[str, np.ndarray]:
-        info = await self.ingress.engine_info()
-        per_block = int(info["frames_per_block"])
+        info = await self.generation.info()
+        per_block = info.frames_per_block
         prompt = _text(inputs, "prompt", required=True)
         instruction = _text(inputs, "instruction", required=False)
         if "actions" not in inputs:
@@ -120,31 +144,31 @@ class WorldloopModel:
                     400, f"input 'image' must be [H, W, 3] uint8 (H, W ≥ 8), got {list(image.shape)}"
                 )
         else:
-            from worldloop.serving.images import sample_image
-
-            image = sample_image(info["height"], info["width"])
+            image = sample_image(info.height, info.width)
         return {"video": await self._rollout(image, prompt or "", actions, instruction, at, seed, per_block)}
 
     async def _rollout(
         self,
         image: np.ndarray,
         prompt: str,
-        actions: list[Any],
+        actions: list[ActionFrame],
         instruction: str | None,
         instruction_frame: int,
         seed: int,
         per_block: int,
     ) -> np.ndarray:
         session = f"oip-{uuid.uuid4().hex}"
-        gen = self.ingress._gen(session)
-        retry = self.ingress._retrying
-        first = await retry(
-            "inference",
-            lambda: gen.start.remote(
+        gen = self.generation.replica(session)
+
+        async def start() -> EncodedBlock:
+            first: EncodedBlock = await gen.start.remote(
                 session, image=image, prompt=prompt, instruction=None, seed=seed, fmt="raw"
-            ),
-        )
-        video = [first["frames"]]
+            )
+            return first
+
+        first = await self.generation.retrying("inference", start)
+        assert first.pixels is not None
+        video = [first.pixels]
         try:
             made = 0
             while made < len(actions):
@@ -160,8 +184,11 @@ class WorldloopModel:
                     a.keys != span[0].keys for a in span
                 ):  # per-frame keys within a block: not expressible
                     raise OipError(400, f"actions must change only at block boundaries ({per_block} frames)")
-                block = await gen.step.remote(session, keys=keys, mouse=mouse, text=issue, fmt="raw")
-                video.append(block["frames"])
+                block: EncodedBlock = await gen.step.remote(
+                    session, keys=keys, mouse=mouse, text=issue, fmt="raw"
+                )
+                assert block.pixels is not None
+                video.append(block.pixels)
                 made += per_block
         finally:
             with contextlib.suppress(Exception):

@@ -37,7 +37,8 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from worldloop.model.camera.actions import Key
+
+from worldloop.controls import Key
 
 MAX_PROMPT_CHARS = 2000
 MAX_BLOCKS_PER_STEP = 8

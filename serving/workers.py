@@ -22,8 +22,11 @@ import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from worldloop.model.camera.actions import Key
-from worldloop.serving.engine import Block, EngineConfig, EngineInfo, Streams
+from worldloop.serving.config import EngineConfig
+from worldloop.serving.engine import Block, EngineInfo, Streams, resolve_device
+
+from worldloop.controls import Key
+from worldloop.platform.uri import ModelURI
 
 
 def _free_port() -> int:
@@ -33,27 +36,27 @@ def _free_port() -> int:
 
 
 class SPWorker:
-    """One rank: a process-group member holding a sharded copy of every stream (a Ray actor)."""
+    """One rank: a process-group member holding a sharded copy of every stream (a Ray actor). ``cfg``
+    and ``model`` arrive as the typed objects the replica holds (Ray pickles them)."""
 
-    def __init__(self, cfg: dict[str, Any], rank: int, world: int) -> None:
-        self.cfg = EngineConfig.model_validate(cfg)
+    def __init__(self, cfg: EngineConfig, model: ModelURI, rank: int, world: int) -> None:
+        self.cfg, self.model = cfg, model
         self.rank, self.world = rank, world
         self.streams: Streams | None = None
 
     def rendezvous(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (called on rank 0 only)."""
-        return ray.util.get_node_ip_address(), _free_port()
+        return ray.util.get_node_ip_address(), _free_port()  # type: ignore[no-untyped-call]
 
     def setup(self, host: str, port: int) -> EngineInfo:
         import torch.distributed as dist
-        from worldloop.serving.engine import resolve_device
 
         device = resolve_device(self.cfg)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world
         )
-        self.streams = Streams(self.cfg, rank=self.rank, decode=self.rank == 0)
+        self.streams = Streams(self.cfg, self.model, rank=self.rank, decode=self.rank == 0)
         self.streams.parallelize(dist.group.WORLD)
         return self.streams.info()
 
@@ -79,10 +82,11 @@ class ShardedEngine:
     """A :class:`~worldloop.serving.engine.VideoEngine` over ``cfg.sp`` :class:`SPWorker` actors.
 
     Every operation goes to all ranks under one lock, so the ranks see the same sequence of calls; the
-    answer is rank 0's (the only one that decodes).
+    answer is rank 0's (the only one that decodes). Every rank loads ``model`` (default ``cfg.model``;
+    the generator passes the registry version it pinned, so the ranks cannot load different ones).
     """
 
-    def __init__(self, cfg: EngineConfig) -> None:
+    def __init__(self, cfg: EngineConfig, *, model: ModelURI | None = None) -> None:
         self.cfg = cfg
         n = cfg.sp
         gpus = 1 if self._wants_gpu() else 0
@@ -102,7 +106,7 @@ class ShardedEngine:
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=first_bundle + rank
                 ),
-            ).remote(cfg.model_dump(), rank, n)
+            ).remote(cfg, model or cfg.model, rank, n)
             for rank in range(n)
         ]
         host, port = ray.get(self.workers[0].rendezvous.remote())
@@ -116,7 +120,8 @@ class ShardedEngine:
             return True
         if self.cfg.device == "cpu":
             return False
-        return float(ray.cluster_resources().get("GPU", 0.0)) >= self.cfg.sp
+        gpus = ray.cluster_resources().get("GPU", 0.0)  # type: ignore[no-untyped-call]
+        return float(gpus) >= self.cfg.sp
 
     @property
     def info(self) -> EngineInfo:

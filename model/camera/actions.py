@@ -15,18 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Key(str, Enum):
-    W = "w"
-    A = "a"
-    S = "s"
-    D = "d"
-    SPACE = "space"
+from worldloop.controls import Key as Key  # the key vocabulary lives below the model (the SDK speaks it)
 
 
 class ActionFrame(BaseModel):

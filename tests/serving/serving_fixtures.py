@@ -8,18 +8,19 @@ import torch
 
 
 def write_responsive_checkpoint(root: Path, *, seed: int = 0) -> Path:
-    """A tiny checkpoint with random weights in which every input matters.
+    """A tiny 64×64 checkpoint with random weights in which every input matters.
 
     ``preset:tiny`` is initialised for training: its output head and camera projection start at zero
     (Wan's init), so an untrained model ignores keys and instructions. Here those zero tensors get
     small random values, which makes W and instructions change the frames — what the serving tests
-    check — while staying an honest random model. Saved the way training saves (``save_checkpoint``).
+    check — while staying an honest random model. Saved the way training saves: ``save_checkpoint``
+    with the VAE as a frozen module (``vae.safetensors``), and the model's ``spec.json``.
     """
-    from worldloop.components.training.run import build_models
-    from worldloop.model import load_preset
+    from worldloop.model.spec import build_modules, preset_spec, write_spec
     from worldloop.model.train.checkpoint import save_checkpoint
 
-    model, _ = build_models(load_preset("tiny"), seed=seed)
+    spec = preset_spec("tiny", height=64, width=64)
+    model, vae = build_modules(spec, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for param in model.parameters():
@@ -27,4 +28,8 @@ def write_responsive_checkpoint(root: Path, *, seed: int = 0) -> Path:
                 param.copy_(torch.randn(param.shape, generator=g) * 1.0)
     state = {"config": {"model_preset": "tiny", "seed": seed, "height": 64, "width": 64}}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    return save_checkpoint(root, 1, model=model.state_dict(), optimizer=optimizer, ema={}, state=state)
+    folder = save_checkpoint(
+        root, 1, model=model, optimizer=optimizer, ema={}, state=state, frozen={"vae": vae}
+    )
+    write_spec(folder, spec)
+    return folder

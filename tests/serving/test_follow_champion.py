@@ -36,6 +36,7 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 def test_generator_follows_champion_across_promotion_and_rollback(tmp_path: Path, registry: Settings) -> None:
     from worldloop.components.registry import approve, promote, register_version, rollback
+    from worldloop.serving.config import EngineConfig
     from worldloop.serving.generator import Generator
 
     versions = []
@@ -46,7 +47,7 @@ def test_generator_follows_champion_across_promotion_and_rollback(tmp_path: Path
     promote(versions[0], settings=registry)
 
     async def scenario() -> None:
-        generator = Generator({"model": "models:/worldloop@champion", "device": "cpu"}, poll_s=3600)
+        generator = Generator(EngineConfig(model="models:/worldloop@champion", device="cpu"), poll_s=3600)
         assert generator.engine.info.version == str(versions[0])
         assert not await generator.check_for_update()  # nothing moved
 

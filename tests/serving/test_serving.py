@@ -85,8 +85,9 @@ def test_instruction_triggers_exactly_one_recache(live_server) -> None:
 
 def test_tritonclient_infer_returns_the_engines_video(live_server, tiny_checkpoint) -> None:
     import tritonclient.http as triton
-    from worldloop.serving.engine import EngineConfig, Streams
-    from worldloop.serving.images import sample_image
+    from worldloop.serving.config import EngineConfig
+    from worldloop.serving.engine import Streams
+    from worldloop.serving.frames import sample_image
 
     url = httpx.URL(live_server.url)
     server = triton.InferenceServerClient(f"{url.host}:{url.port}")

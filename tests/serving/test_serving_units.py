@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from pydantic import SecretStr, ValidationError
 from worldloop.serving.app import ServeOptions, build_app, deployment_options
-from worldloop.serving.engine import EngineConfig, SessionNotFound, Streams, block_actions
-from worldloop.serving.images import ImageError, decode_base64_image, encode_frame, fit
+from worldloop.serving.config import EngineConfig
+from worldloop.serving.engine import SessionNotFound, Streams, block_actions
+from worldloop.serving.frames import ImageError, decode_base64_image, encode_frame, fit
 from worldloop.serving.protocol import FrameFormat, ModelInfo, StepMessage
 from worldloop.serving.sessions import ApiError, ApiKeys, SessionRecord, SessionStore, key_id
 
@@ -35,7 +37,14 @@ def test_build_app_validates_its_arguments() -> None:
         build_app({"model": "preset:tiny", "sp": "zero"})
     with pytest.raises(ValueError, match="colour"):
         build_app({"model": "preset:tiny", "colour": "red"})
+    with pytest.raises(ValueError, match="models:/NAME@ALIAS"):
+        build_app({"model": "models:/worldloop"})
     build_app({"model": "preset:tiny", "sp": "2", "fp8": "false"})  # serve config args arrive as strings
+    opts = ServeOptions.parse({"model": "models:/worldloop@champion", "sp": "2", "replicas": "3"})
+    assert ServeOptions.parse(opts) is opts  # validated once; typed options pass through
+    engine = opts.engine  # what the generator receives: the parsed URI, not its text
+    assert type(engine) is EngineConfig and engine.sp == 2 and "replicas" not in engine.model_dump()
+    assert (engine.model.name, engine.model.alias) == ("worldloop", "champion")
 
 
 def _record(owner: str, sid: str) -> SessionRecord:
@@ -148,3 +157,19 @@ def test_streams_run_sessions_independently() -> None:
     assert streams.close("a") and not streams.close("a")
     with pytest.raises(SessionNotFound):
         streams.step("a")
+
+
+def test_streams_sample_with_the_checkpoints_spec(tmp_path: Path) -> None:
+    """Size, fps and the sampling schedule come from the checkpoint's spec.json, not serving defaults."""
+    from serving_fixtures import write_responsive_checkpoint
+    from worldloop.model.spec import SamplingSchedule, read_spec, write_spec
+
+    folder = write_responsive_checkpoint(tmp_path)
+    spec = read_spec(folder).with_schedule(SamplingSchedule(timesteps=(1000.0, 500.0)))
+    write_spec(folder, spec.model_copy(update={"fps": 8.0}))
+    streams = Streams(EngineConfig(model=str(folder), device="cpu"))
+    assert streams.rollout.timesteps == [1000.0, 500.0]
+    info = streams.info()
+    assert (info.height, info.width, info.fps, info.uri) == (64, 64, 8.0, str(folder))
+    resized = Streams(EngineConfig(model=str(folder), device="cpu", height=32, width=48))
+    assert (resized.rollout.height, resized.rollout.width) == (32, 48)

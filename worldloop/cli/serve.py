@@ -31,7 +31,7 @@ def serve_run(
     import ray
     from ray import serve as ray_serve
 
-    from worldloop.serving.app import build_app
+    from worldloop.serving.app import ServeOptions, build_app
     from worldloop.settings import get_settings
 
     args = {
@@ -46,12 +46,13 @@ def serve_run(
         "replicas": replicas,
         "max_replicas": max_replicas,
     }
-    app = build_app({k: v for k, v in args.items() if v is not None})  # validates before Ray starts
+    opts = ServeOptions.parse({k: v for k, v in args.items() if v is not None})  # before Ray starts
+    app = build_app(opts)
     settings = get_settings()
     ray.init(address=settings.ray_address, include_dashboard=False)
     ray_serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}/"
-    typer.echo(f"worldloop: starting {model} on {devices} device(s) per replica ...", err=True)
+    typer.echo(f"worldloop: starting {opts.model} on {opts.sp} device(s) per replica ...", err=True)
     ray_serve.run(app, name="worldloop", route_prefix="/", blocking=False)
     typer.echo(f"worldloop: serving at {url}  (play page {url} · API docs {url}docs · KServe v2 {url}v2)")
     typer.echo(f"worldloop: play with `worldloop play {url}`; Ctrl-C stops", err=True)
