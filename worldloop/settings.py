@@ -17,6 +17,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# What "beats the baselines" means by default: the first blocks look more like the truth than either
+# baseline, the camera turns as commanded, and the keys move it the right way (the quality ladder).
+DEFAULT_BASELINE_METRICS = ("rollout.psnr.blocks_1_2", "camera.rotation_deg", "direction.all")
 DEMO_APPROVER = "demo@local"  # the local profile's approver, so the demo can approve its own candidate
 
 
@@ -89,6 +92,23 @@ class Settings(BaseSettings):
         ),
     )
 
+    gate_floors: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Absolute floors of the promotion gate (JSON object): an InterBench dimension "
+            '("trigger") or a quality-ladder metric ("rollout.psnr.blocks_1_2") → its minimum; for the '
+            'lower-is-better camera errors ("camera.rotation_deg") the value is a maximum.'
+        ),
+    )
+    gate_baseline_metrics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_BASELINE_METRICS),
+        description=(
+            "Quality-ladder metrics on which a candidate must beat both baselines (random weights of its "
+            "spec, the frozen first frame) to be promoted: comma-separated or a JSON list; empty turns "
+            "the rule off."
+        ),
+    )
+
     serve_api_keys: Annotated[list[SecretStr] | None, NoDecode] = Field(
         None,
         description=(
@@ -138,12 +158,16 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("approvers", "serve_api_keys", mode="before")
+    @field_validator("approvers", "serve_api_keys", "gate_baseline_metrics", mode="before")
     @classmethod
     def _approver_list(cls, value: object) -> object:
         if isinstance(value, str):  # from the environment: a JSON list or comma-separated identities
             text = value.strip()
-            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
+            return (
+                json.loads(text)
+                if text.startswith("[")
+                else [p.strip() for p in text.split(",") if p.strip()]
+            )
         return value
 
     @field_validator("approvers")

@@ -1,16 +1,17 @@
 """The model registry (MLflow): register versions with lineage, approve, promote to ``champion`` through
-the InterBench gate, roll back (DESIGN.md §8). Serving loads ``models:/worldloop@champion``.
+the promotion gate, roll back (DESIGN.md §8). Serving loads ``models:/worldloop@champion``.
 
 * ``register.py`` — :func:`register_version`: checkpoint, scores, lineage → version + ``candidate``;
 * ``versions.py`` — reading what the CLI and the rules show: :func:`list_versions`, :func:`show`
   (loading a version's checkpoint is the platform's: :mod:`worldloop.platform.registry`);
-* ``gate.py`` — the InterBench gate (pure);
+* ``gate.py`` — the promotion gate (pure): measured, beats both baselines, floors, no regression on a
+  comparable InterBench; ``evidence.py`` — what a version was measured with, as tags and back;
 * ``promotion.py`` — :func:`approve`, :func:`promote`, :func:`rollback` and their audit records;
 * ``tags.py`` — every tag name written.
 """
 
 from worldloop.components.registry.audit import AuditRecord
-from worldloop.components.registry.gate import DimensionCheck, GateResult, gate
+from worldloop.components.registry.gate import DimensionCheck, Evidence, GatePolicy, GateResult, gate
 from worldloop.components.registry.promotion import Decision, Refused, approve, check_gate, promote, rollback
 from worldloop.components.registry.register import register_version
 from worldloop.components.registry.versions import (
@@ -29,6 +30,8 @@ __all__ = [
     "AuditRecord",
     "Decision",
     "DimensionCheck",
+    "Evidence",
+    "GatePolicy",
     "GateResult",
     "ModelVersionInfo",
     "Refused",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from worldloop.components.registry.audit import AuditRecord, write_audit
-from worldloop.components.registry.gate import GateResult, gate
+from worldloop.components.registry.gate import GatePolicy, GateResult, gate
 from worldloop.components.registry.tags import (
     APPROVAL_IDENTITY,
     APPROVAL_REASON,
@@ -133,19 +133,24 @@ def approve(
     return get_version(mlflow, name, info.version, settings)
 
 
+def gate_policy(settings: Settings) -> GatePolicy:
+    """The gate's rules from the settings (``WORLDLOOP_GATE_*``)."""
+    return GatePolicy(
+        tolerance=settings.gate_tolerance,
+        floors=settings.gate_floors,
+        baseline_metrics=tuple(settings.gate_baseline_metrics),
+    )
+
+
 def check_gate(info: ModelVersionInfo, *, settings: Settings | None = None) -> GateResult:
-    """The InterBench gate of ``info`` against the current champion."""
+    """The promotion gate of ``info`` against the current champion under the settings' policy."""
     settings = settings or get_settings()
     mlflow = registry_client(settings)
     champion = alias_version(mlflow, info.name, CHAMPION)
-    champion_scores = None if champion is None else get_version(mlflow, info.name, champion, settings).scores
-    return gate(
-        info.version,
-        info.scores,
-        champion=champion,
-        champion_scores=champion_scores,
-        tolerance=settings.gate_tolerance,
+    champion_evidence = (
+        None if champion is None else get_version(mlflow, info.name, champion, settings).evidence
     )
+    return gate(info.evidence, champion=champion_evidence, policy=gate_policy(settings))
 
 
 def _history(mlflow: MlflowClient, name: str) -> list[int]:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worldloop.components.registry.evidence import interbench_tags, quality_tags, read_quality
 from worldloop.components.registry.gate import DIMENSIONS
 from worldloop.components.registry.tags import (
     CHECKPOINT,
@@ -25,12 +26,9 @@ from worldloop.components.registry.tags import (
     CONFIG,
     CONFIG_SHA256,
     DATA_MANIFEST,
-    JUDGE,
     MAX_TAG_CHARS,
     MODEL_PRESET,
     PIPELINE_RUN,
-    SCORES,
-    SUITE,
 )
 from worldloop.components.registry.versions import CANDIDATE, ModelVersionInfo, get_version
 
@@ -74,6 +72,7 @@ def _version_tags(
     folder: Path,
     config: Mapping[str, Any],
     payload: Mapping[str, Any] | None,
+    quality: Mapping[str, Any] | None,
     data_manifest: str | None,
     pipeline_run_id: str | None,
 ) -> dict[str, str]:
@@ -91,9 +90,9 @@ def _version_tags(
     if pipeline_run_id is not None:
         tags[PIPELINE_RUN] = pipeline_run_id
     if payload is not None:
-        tags[SCORES] = json.dumps({d: payload["interbench"][d] for d in DIMENSIONS})
-        tags[SUITE] = str(payload.get("suite", {}).get("name", ""))
-        tags[JUDGE] = str(payload.get("judge", {}).get("name", ""))
+        tags |= interbench_tags(payload)
+    if quality is not None:
+        tags |= quality_tags(quality)
     return tags
 
 
@@ -104,6 +103,7 @@ def _log_run(
     config: Mapping[str, Any],
     payload: Mapping[str, Any] | None,
     report_dir: Path | None,
+    quality_dir: Path | None,
 ) -> None:
     from mlflow.entities import Metric
 
@@ -123,6 +123,8 @@ def _log_run(
         if not report_dir.is_dir():
             raise FileNotFoundError(f"{report_dir}: no such InterBench report folder")
         mlflow.log_artifacts(run_id, str(report_dir), "interbench")
+    if quality_dir is not None:
+        mlflow.log_artifacts(run_id, str(quality_dir), "quality")
 
 
 def register_version(
@@ -130,6 +132,8 @@ def register_version(
     *,
     scores: Mapping[str, Any] | Path | None = None,
     report_dir: Path | None = None,
+    quality: Mapping[str, Any] | Path | None = None,
+    quality_dir: Path | None = None,
     data_manifest: str | None = None,
     config: Mapping[str, Any] | None = None,
     pipeline_run_id: str | None = None,
@@ -139,21 +143,24 @@ def register_version(
     local or ``s3://``) as a new version with alias ``candidate``.
 
     ``scores``: the InterBench ``scores.json`` payload or its path (default: ``report_dir/scores.json``
-    when there is one); a version without scores never passes the promotion gate. ``config``: the
-    training config (default: the checkpoint's ``state.json`` config).
+    when there is one); a version without scores never passes the promotion gate. ``quality``: the
+    quality ladder's ``quality.json`` payload or its path (default: ``quality_dir/quality.json``); the
+    gate asks for it unless no baseline metric is configured. ``config``: the training config (default:
+    the checkpoint's ``state.json`` config).
     """
     settings = settings or get_settings()
     folder = local_checkpoint(checkpoint, settings=settings)
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     config = dict(config if config is not None else state.get("config") or {})
     payload = _interbench(scores, report_dir)
+    ladder = read_quality(quality, quality_dir)
     mlflow, name = registry_client(settings), settings.registered_model
 
     experiment = experiment_id(mlflow, REGISTRY, settings=settings, parent_run_id=pipeline_run_id)
     run = mlflow.create_run(experiment, run_name="register", tags=parent_tags(pipeline_run_id))
     run_id = run.info.run_id
     try:
-        _log_run(mlflow, run_id, folder, config, payload, report_dir)
+        _log_run(mlflow, run_id, folder, config, payload, report_dir, quality_dir)
     except BaseException:
         mlflow.set_terminated(run_id, status="FAILED")
         raise
@@ -164,7 +171,7 @@ def register_version(
     source = str(checkpoint)
     if not source.rstrip("/").endswith(folder.name):  # a stage output: name the checkpoint taken from it
         source = storage.join(source, folder.name)
-    version_tags = _version_tags(source, folder, config, payload, data_manifest, pipeline_run_id)
+    version_tags = _version_tags(source, folder, config, payload, ladder, data_manifest, pipeline_run_id)
     mv = mlflow.create_model_version(
         name, f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACTS}", run_id=run_id, tags=version_tags
     )

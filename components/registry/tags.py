@@ -4,7 +4,9 @@ On each model version:
 
 * ``lineage.*`` — where it came from: the pipeline run, the data manifest, the checkpoint it was cut
   from, the training config (digest, and the JSON when it fits a tag), the model preset;
-* ``interbench.*`` — its InterBench scores (JSON of the six dimensions), suite and judge;
+* ``interbench.*`` — its InterBench scores (JSON of the six dimensions), suite, judge and case count;
+* ``quality.*`` — the quality ladder's headline metrics for the model and its two baselines, and the
+  held-out set they were measured on;
 * ``approval.*`` — the latest approval: identity, reason, UTC time;
 * ``promotion.*`` — set when it becomes champion: who, when, and the champion it replaced;
 * ``audit.NNNN`` — one JSON record per decision about it (approve, promote, rollback; allowed or
@@ -26,6 +28,9 @@ MODEL_PRESET = "lineage.model_preset"
 SCORES = "interbench.scores"
 SUITE = "interbench.suite"
 JUDGE = "interbench.judge"
+CASES = "interbench.cases"
+QUALITY = "quality.metrics"  # JSON: contestant (model, random, frozen) → headline metric → value
+QUALITY_SETUP = "quality.setup"  # JSON: held-out seed, clips, blocks, size
 
 APPROVAL_IDENTITY = "approval.identity"
 APPROVAL_REASON = "approval.reason"

@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from worldloop.components.registry.audit import AuditRecord, read_audit
+from worldloop.components.registry.evidence import evidence
+from worldloop.components.registry.gate import Evidence
 from worldloop.components.registry.tags import (
     APPROVAL_IDENTITY,
     APPROVAL_REASON,
@@ -51,6 +53,7 @@ class ModelVersionInfo:
     run_id: str | None  # the registration run (its artifacts hold the checkpoint and the report)
     source: str
     scores: dict[str, float | None] | None  # the six InterBench dimensions; None when not evaluated
+    evidence: Evidence  # what the gate sees: scores with their suite/judge/cases, the quality ladder
     approval: Approval | None
     lineage: dict[str, str]  # lineage.* tags without the prefix
     audit: tuple[AuditRecord, ...]  # every decision about this version, oldest first
@@ -88,6 +91,7 @@ def version_info(mv: ModelVersion, aliases: tuple[str, ...]) -> ModelVersionInfo
         run_id=mv.run_id or None,
         source=mv.source or "",
         scores=scores,
+        evidence=evidence(int(mv.version), tags),
         approval=approval,
         lineage={k.removeprefix(LINEAGE): v for k, v in sorted(tags.items()) if k.startswith(LINEAGE)},
         audit=read_audit(tags),

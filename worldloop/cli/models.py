@@ -44,11 +44,11 @@ def _decide(action: Callable[[], _T]) -> _T:
 
 def _gate_table(result: GateResult) -> Table:
     champion = "—" if result.champion_version is None else f"v{result.champion_version}"
-    table = Table(title=f"InterBench gate: v{result.candidate_version} vs champion {champion}")
-    for i, name in enumerate(("dimension", "candidate", "champion", "result")):
+    table = Table(title=f"Promotion gate: v{result.candidate_version} vs champion {champion}")
+    for i, name in enumerate(("check", "candidate", "against", "result")):
         table.add_column(name, justify="left" if i in (0, 3) else "right")
-    for check in result.checks:
-        verdict = "ok" if check.passed else f"[red]FAIL[/red] (tolerance {result.tolerance:.3f})"
+    for check in result.checks:  # against: the champion's score, a baseline's value or a floor
+        verdict = "ok" if check.passed else "[red]FAIL[/red]"
         table.add_row(check.dimension, _fmt(check.candidate), _fmt(check.champion), verdict)
     table.caption = ("passed: " if result.passed else "FAILED: ") + escape("; ".join(result.reasons))
     return table

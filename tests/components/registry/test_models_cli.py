@@ -23,6 +23,7 @@ DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("WORLDLOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WORLDLOOP_APPROVERS", "alice@example.com, demo@local")
+    monkeypatch.setenv("WORLDLOOP_GATE_BASELINE_METRICS", "")  # the quality rule: test_registry.py
     monkeypatch.delenv("WORLDLOOP_IDENTITY", raising=False)
     monkeypatch.setattr(models_cli.console, "width", 240)  # whole tables, not a terminal's 80 columns
     get_settings.cache_clear()
@@ -67,7 +68,7 @@ def test_models_cli(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert run(["models", "promote", "2", "--as", "alice@example.com"]) == 1
     captured = capsys.readouterr()
     assert "physics 0.300 is 0.200 below champion v1's 0.500" in _one_error_line(captured.err)
-    assert "InterBench gate" in captured.out and "FAIL" in captured.out  # the gate table
+    assert "Promotion gate" in captured.out and "FAIL" in captured.out  # the gate table
 
     assert run(["models", "list"]) == 0
     out = capsys.readouterr().out

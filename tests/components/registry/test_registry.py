@@ -15,6 +15,8 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
 from worldloop.components.registry import (
     AuditRecord,
+    Evidence,
+    GatePolicy,
     Refused,
     approve,
     gate,
@@ -28,6 +30,7 @@ from worldloop.components.registry import (
 from worldloop.settings import Settings
 
 DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")
+BASELINE_METRICS = ("rollout.psnr.blocks_1_2", "camera.rotation_deg", "direction.all")
 ALICE, BOB = "alice@example.com", "bob@example.com"  # an approver and someone who is not
 
 
@@ -62,9 +65,30 @@ def _scores(**overrides: float | None) -> dict[str, Any]:
     }
 
 
+def _quality(*, model_psnr: float = 18.0, model_rotation: float = 0.8) -> dict[str, Any]:
+    """A quality.json payload: the model beats the random-weight and frozen-frame baselines unless told."""
+
+    def metrics(psnr: float, rotation: float, direction: float) -> dict[str, Any]:
+        block = {"rollout.psnr.block1": psnr, "rollout.psnr.block2": psnr}
+        return {
+            "metrics": {"rollout.psnr.blocks_1_2": psnr, "camera.rotation_deg": rotation, **block}
+            | {"direction.all": direction, "camera.translation_deg": None}
+        }
+
+    return {
+        "contestants": {
+            "model": metrics(model_psnr, model_rotation, 1.0),
+            "random": metrics(9.5, 2.5, 0.25),
+            "frozen": metrics(16.1, 1.2, 0.0),
+            "truth": metrics(100.0, 0.3, 1.0),
+        },
+        "held_out": {"seed": 11, "clips": 4, "blocks": 2, "height": 64, "width": 64},
+    }
+
+
 def _register(tmp_path: Path, settings: Settings, step: int, **scores: float | None) -> int:
     out = _checkpoint(tmp_path / f"run{step}", step).parent
-    return register_version(out, scores=_scores(**scores), settings=settings).version
+    return register_version(out, scores=_scores(**scores), quality=_quality(), settings=settings).version
 
 
 def _champion(settings: Settings) -> int | None:
@@ -223,19 +247,59 @@ def test_promote_then_rollback_restores_previous_champions(tmp_path: Path, setti
     assert [r.identity for r in refused] == [ALICE, BOB]
 
 
+def _evidence(version: int, scores: dict[str, float | None] | None = None, **kw: Any) -> Evidence:
+    quality = kw.pop("quality", _quality()["contestants"])
+    quality = {k: v["metrics"] for k, v in quality.items()} if quality else None
+    setup = kw.pop("setup", {"suite": "s", "judge": "synthworld", "cases": "2"})
+    return Evidence(version=version, scores=scores, setup=setup, quality=quality, **kw)
+
+
 def test_gate_rules() -> None:
     scores = {d: 0.5 for d in DIMS}
-    assert gate(2, scores, champion=None, champion_scores=None, tolerance=0.02).reasons == [
-        "no champion yet: nothing to regress against"
-    ]
-    unscored = gate(2, None, champion=None, champion_scores=None, tolerance=0.02)
+    policy = GatePolicy(tolerance=0.02, baseline_metrics=BASELINE_METRICS)
+    first = gate(_evidence(2, scores), champion=None, policy=policy)
+    assert first.passed and first.reasons[-1] == "no champion yet: nothing to regress against"
+    unscored = gate(_evidence(2, None), champion=None, policy=policy)
     assert not unscored.passed and "no InterBench scores" in unscored.reasons[0]
-    edge = gate(2, scores | {"scope": 0.48}, champion=1, champion_scores=scores, tolerance=0.02)
+    champion = _evidence(1, scores)
+    edge = gate(_evidence(2, scores | {"scope": 0.48}), champion=champion, policy=policy)
     assert edge.passed  # exactly the tolerance below
-    missing = gate(2, scores | {"trigger": None}, champion=1, champion_scores=scores, tolerance=0.02)
+    missing = gate(_evidence(2, scores | {"trigger": None}), champion=champion, policy=policy)
     assert not missing.passed and missing.reasons == ["trigger has no score (champion v1: 0.500)"]
-    unknown = gate(2, scores, champion=1, champion_scores=scores | {"trigger": None}, tolerance=0.0)
-    assert unknown.passed and len(unknown.checks) == 6
+    unknown = gate(_evidence(2, scores), champion=_evidence(1, scores | {"trigger": None}), policy=policy)
+    assert unknown.passed and len([c for c in unknown.checks if c.dimension in DIMS]) == 6
+
+
+def test_gate_wants_both_baselines_beaten() -> None:
+    scores = {d: 0.5 for d in DIMS}
+    policy = GatePolicy(baseline_metrics=BASELINE_METRICS)
+    unmeasured = gate(_evidence(2, scores, quality=None), champion=None, policy=policy)
+    assert not unmeasured.passed and "not measured on the quality ladder" in unmeasured.reasons[0]
+    below_frozen = _quality(model_psnr=15.0)["contestants"]  # frozen scores 16.1 dB
+    refused = gate(_evidence(2, scores, quality=below_frozen), champion=None, policy=policy)
+    assert not refused.passed
+    assert refused.reasons == ["rollout.psnr.blocks_1_2 15.000 does not beat the frozen baseline's 16.100"]
+    wrong_camera = _quality(model_rotation=3.0)["contestants"]  # random 2.5°: worse than random weights
+    assert (
+        "camera.rotation_deg 3.000 does not beat the random baseline's 2.500"
+        in gate(_evidence(2, scores, quality=wrong_camera), champion=None, policy=policy).reasons
+    )
+    assert gate(_evidence(2, scores, quality=None), champion=None, policy=GatePolicy()).passed  # rule off
+
+
+def test_gate_floors_and_comparable_setups() -> None:
+    scores = {d: 0.5 for d in DIMS}
+    floors = GatePolicy(floors={"trigger": 0.6, "camera.rotation_deg": 0.5, "rollout.psnr.blocks_1_2": 17.0})
+    result = gate(_evidence(2, scores), champion=None, policy=floors)
+    assert not result.passed and result.reasons == [
+        "camera.rotation_deg 0.800 misses its floor (at most 0.5)",
+        "trigger 0.500 misses its floor (at least 0.6)",
+    ]
+    other_suite = _evidence(1, scores, setup={"suite": "t", "judge": "synthworld", "cases": "2"})
+    refused = gate(_evidence(2, scores), champion=other_suite, policy=GatePolicy())
+    assert not refused.passed and "not comparable" in refused.reasons[0] and "suite t" in refused.reasons[0]
+    fewer_cases = _evidence(1, scores, setup={"suite": "s", "judge": "synthworld", "cases": "1"})
+    assert not gate(_evidence(2, scores), champion=fewer_cases, policy=GatePolicy()).passed
 
 
 def test_models_uri_loads_the_registered_weights(tmp_path: Path, settings: Settings) -> None:
