@@ -4,6 +4,7 @@ from benchmarks import (
     bench_curation,
     bench_flow_matching,
     bench_fp8,
+    bench_quality,
     bench_serving,
     bench_synthworld,
     bench_training,
@@ -21,6 +22,7 @@ if __name__ == "__main__":
         bench_curation,
         bench_training,
         bench_serving,
+        bench_quality,
     )
     for bench in benches:
         print(f"\n== {bench.__name__.removeprefix('benchmarks.')} ==", flush=True)

@@ -97,3 +97,54 @@ def eval_compare(a: Path = typer.Argument(...), b: Path = typer.Argument(...)) -
     console.print(
         _table("InterBench comparison", ["", str(left["model"]), str(right["model"]), "B − A"], rows)
     )
+
+
+@evaluate.command(
+    "quality",
+    help="The quality ladder: a model vs random weights vs the frozen first frame on held-out SynthWorld; "
+    "writes quality.json, block_psnr.png and side-by-side samples.",
+)
+def eval_quality(
+    model: str = typer.Option(
+        ..., "--model", help="preset:NAME, a checkpoint folder (local or s3://) or models:/NAME@ALIAS."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    clips: int = typer.Option(4, "--clips", min=1, help="Held-out SynthWorld clips."),
+    blocks: int = typer.Option(2, "--blocks", min=1, help="Generated blocks per clip."),
+    cases: int = typer.Option(6, "--cases", min=0, help="InterBench cases of the held-out suite (0: skip)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (and the random-weight baseline's)."),
+    sampler: str = typer.Option(
+        "auto", "--sampler", help="auto | rollout | teacher (auto: teacher for stage action/instruction)."
+    ),
+    parent_run_id: str = typer.Option(None, "--parent-run-id", help="Log as a child of this MLflow run."),
+    no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow."),
+) -> None:
+    from worldloop.components.evaluation.quality import run_quality
+    from worldloop.components.evaluation.quality.report import ladder_table
+    from worldloop.platform.uri import ModelURI
+
+    uri = ModelURI.parse(model)  # a bad --model is one line and exit 2, before anything loads
+    with Progress(
+        TextColumn("quality"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("videos", total=None)
+        result = run_quality(
+            str(uri),
+            out=out,
+            clips=clips,
+            blocks=blocks,
+            cases=cases,
+            seed=seed,
+            sampler=sampler,
+            track=not no_track,
+            parent_run_id=parent_run_id,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    payload = result.payload
+    held = payload["held_out"]
+    title = (
+        f"{payload['model']} ({payload['sampler']['kind']}) on held-out SynthWorld seed {held['seed']}: "
+        f"{held['clips']} clips × {held['blocks']} blocks, {held['interbench_cases']} InterBench cases"
+    )
+    console.print(ladder_table(title, result.metrics, payload["metric_keys"]))
+    console.print(f"{payload['seconds']['total']:.1f} s; report: {result.out / 'quality.json'}")

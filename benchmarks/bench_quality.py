@@ -1,0 +1,163 @@
+"""The quality ladder on this CPU: train the tiny chain on SynthWorld of a training seed, then measure each
+rung's checkpoint with ``worldloop eval quality`` beside random weights, the frozen first frame and the
+truth, all on held-out SynthWorld. Prints one table (metrics × baselines and rungs) and the wall time
+of every part. Numbers are printed, never asserted.
+
+    python -m benchmarks.bench_quality                        # train stages 0 → 4, evaluate 0, 2, 3, 4
+    python -m benchmarks.bench_quality --steps 8              # shorter curricula (steps per stage)
+    python -m benchmarks.bench_quality --rungs a=DIR b=models:/worldloop@champion   # no training
+
+Training goes through :func:`run_chain`, so a stage added to the chain (the VAE stage) is trained here
+without a change; to also *evaluate* it, add its name to :data:`RUNGS` (as ``vae`` is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
+from worldloop.components.evaluation.quality.report import ladder_table
+from worldloop.components.evaluation.quality.run import BaselineCache, QualityResult, run_quality
+from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.model.train.config import CurriculumPhase, Stage, TrainConfig, stage_preset
+
+# The checkpoints measured after training, by stage name: stage 0 (the VAE alone, random DiT), the
+# stage 2 teacher, the stage 3 and 4 students.
+RUNGS: tuple[str, ...] = ("vae", "instruction", "distill", "long")
+TRAIN_SEED = 1  # SynthWorld seed of the training clips (as bench_training's chain)
+TRAIN_CLIPS, TRAIN_FRAMES, SIZE = 4, 33, 64
+assert TRAIN_SEED != HELD_OUT_SEED
+
+console = Console(width=160)  # the ladder table has a column per baseline and rung
+
+
+def short_curricula(steps: int | None) -> dict[Stage, TrainConfig]:
+    """Every chain stage's tiny preset; with ``steps``, each phase shortened to share ``steps`` steps."""
+    from worldloop.components.training.run import CHAIN
+
+    configs = {}
+    for stage in CHAIN:
+        cfg = stage_preset(stage, scale="tiny")
+        if steps is not None:
+            per_phase = max(1, steps // len(cfg.curriculum))
+            phases = tuple(CurriculumPhase(frames=p.frames, steps=per_phase) for p in cfg.curriculum)
+            cfg = cfg.model_copy(update={"curriculum": phases})
+        configs[stage] = cfg
+    return configs
+
+
+def train_ladder(root: Path, *, steps: int | None, times: dict[str, float]) -> dict[str, str]:
+    """Train the chain on SynthWorld seed ``TRAIN_SEED``; returns stage name → checkpoint folder."""
+    from worldloop.components.training.run import StageRun, run_chain
+
+    started = time.perf_counter()
+    data = root / "data"
+    write_dataset(data, SynthConfig(size=SIZE, frames=TRAIN_FRAMES), clips=TRAIN_CLIPS, seed=TRAIN_SEED)
+    times["data"] = time.perf_counter() - started
+    folders: dict[str, str] = {}
+    last = time.perf_counter()
+
+    def done(stage: Stage, run: StageRun) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        times[f"train {stage.value}"] = now - last
+        folders[stage.value] = str(run.checkpoint_dir)
+        console.print(f"  trained {stage.value:<12} {run.result.steps:4d} steps in {now - last:6.1f} s")
+        last = now
+
+    run_chain(data=str(data), out=root / "train", track=False, configs=short_curricula(steps), on_stage=done)
+    return {name: folders[name] for name in RUNGS if name in folders}
+
+
+def evaluate_rungs(
+    rungs: Mapping[str, str], root: Path, *, clips: int, blocks: int, cases: int, times: dict[str, float]
+) -> dict[str, QualityResult]:
+    """``run_quality`` on each rung; the baselines are measured once per sampler and reused."""
+    cache: BaselineCache = {}
+    results = {}
+    for name, uri in rungs.items():
+        started = time.perf_counter()
+        results[name] = run_quality(
+            uri,
+            out=root / "quality" / name,
+            clips=clips,
+            blocks=blocks,
+            cases=cases,
+            track=False,
+            baselines=cache,
+        )
+        times[f"evaluate {name} ({results[name].payload['sampler']['kind']})"] = time.perf_counter() - started
+    return results
+
+
+def ladder_columns(results: Mapping[str, QualityResult]) -> dict[str, Mapping[str, float | None]]:
+    """Baselines (random per sampler, frozen, truth) first, then one column per rung."""
+    columns: dict[str, Mapping[str, float | None]] = {}
+    for result in results.values():
+        columns[f"random ({result.payload['sampler']['kind']})"] = result.metrics["random"]
+    first = next(iter(results.values()))
+    columns["frozen"], columns["truth"] = first.metrics["frozen"], first.metrics["truth"]
+    for name, result in results.items():
+        columns[name] = result.metrics["model"]
+    return columns
+
+
+def parse_rungs(items: Sequence[str]) -> dict[str, str]:
+    """``LABEL=URI`` or a bare URI (labelled by its last path part)."""
+    rungs = {}
+    for item in items:
+        label, sep, uri = item.partition("=")
+        if not sep:
+            label, uri = Path(item).name or item, item
+        rungs[label] = uri
+    return rungs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_quality", description="The quality ladder on this CPU."
+    )
+    parser.add_argument(
+        "--rungs", nargs="+", help="LABEL=URI or URI of existing checkpoints (skips training)"
+    )
+    parser.add_argument("--steps", type=int, help="Steps per stage (default: the tiny stage presets)")
+    parser.add_argument("--clips", type=int, default=4, help="Held-out clips")
+    parser.add_argument("--blocks", type=int, default=2, help="Generated blocks per clip")
+    parser.add_argument("--cases", type=int, default=6, help="InterBench cases (0: skip)")
+    parser.add_argument("--root", type=Path, help="Keep the training and quality outputs here")
+    args = parser.parse_args(argv)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or Path(tmp)
+        if args.rungs:
+            rungs = parse_rungs(args.rungs)
+        else:
+            console.print(f"training the tiny chain on {TRAIN_CLIPS} SynthWorld clips of seed {TRAIN_SEED}")
+            rungs = train_ladder(root, steps=args.steps, times=times)
+        results = evaluate_rungs(
+            rungs, root, clips=args.clips, blocks=args.blocks, cases=args.cases, times=times
+        )
+        first = next(iter(results.values())).payload
+        held = first["held_out"]
+        title = (
+            f"quality ladder — held-out SynthWorld seed {held['seed']}: {held['clips']} clips × "
+            f"{held['blocks']} blocks, {held['interbench_cases']} InterBench cases"
+        )
+        console.print(ladder_table(title, ladder_columns(results), first["metric_keys"]))
+        for part, seconds in times.items():
+            console.print(f"  {part:<34} {seconds:7.1f} s")
+        console.print(f"  {'total':<34} {time.perf_counter() - started:7.1f} s")
+        if args.root:
+            summary = {name: r.payload["contestants"]["model"]["metrics"] for name, r in results.items()}
+            (root / "ladder.json").write_text(json.dumps({"rungs": summary, "seconds": times}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
