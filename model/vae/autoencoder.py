@@ -1,7 +1,8 @@
 """Causal 3-D video VAE (DESIGN.md §5.1; Wan2.1 VAE layout): encode, full decode, streaming decode.
 
 Latents are ``(B, latent_channels, T, H/8, W/8)`` with ``T = 1 + (F - 1)/4``: the first frame is
-encoded alone, every later latent frame covers 4 video frames. Time is mixed only by causal convs,
+encoded alone, every later latent frame covers 4 video frames (the spatial 8 is ``cfg.spatial_stride``:
+the patch size times the downsamples). Time is mixed only by causal convs,
 so decoding latent frames ``0..k`` never looks at ``k+1..``. :meth:`CausalVideoVAE.decode` is
 :meth:`CausalVideoVAE.decode_step` over everything with a fresh cache, so the two cannot drift.
 
@@ -13,11 +14,22 @@ returns the raw (unscaled) posterior.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
-from worldloop.model.vae.blocks import AttentionBlock, Downsample, ResBlock, RMSNorm, Upsample
+from worldloop.model.vae.blocks import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    RMSNorm,
+    Upsample,
+    patchify,
+    unpatchify,
+)
 from worldloop.model.vae.causal_conv import CausalConv3d, DecodeCache, assign_cache_slots
 from worldloop.model.vae.config import VAEConfig
+from worldloop.model.vae.shortcut import block_means, block_repeat
 
 
 class Encoder(nn.Module):
@@ -26,7 +38,9 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         dims = cfg.stage_channels
-        self.conv_in = CausalConv3d(cfg.in_channels, dims[0], kernel_size=3)
+        self.cfg = cfg
+        self.patch_size = cfg.patch_size
+        self.conv_in = CausalConv3d(cfg.patch_channels, dims[0], kernel_size=3)
         down: list[nn.Module] = []
         in_ch = dims[0]
         for i, out_ch in enumerate(dims):
@@ -40,13 +54,22 @@ class Encoder(nn.Module):
         self.norm_out = RMSNorm(in_ch)
         self.conv_out = CausalConv3d(in_ch, 2 * cfg.latent_channels, kernel_size=3)
         self.quant = CausalConv3d(2 * cfg.latent_channels, 2 * cfg.latent_channels, kernel_size=1)
+        with torch.no_grad():  # channels [z:] of the moments are the log-variance
+            cast(Tensor, self.quant.bias)[cfg.latent_channels :].fill_(cfg.init_logvar)
 
     def forward(self, video: Tensor) -> Tensor:
         """(B, C, F, H, W) -> (B, 2·z, T, H/8, W/8), the whole clip from its first frame."""
-        x = self.conv_in(video)
+        x = self.conv_in(patchify(video, self.patch_size))  # (B, C·p², F, H/p, W/p) in
         for block in [*self.down, *self.mid]:
             x = block(x)
-        return self.quant(self.conv_out(torch.nn.functional.silu(self.norm_out(x))))
+        moments: Tensor = self.quant(self.conv_out(torch.nn.functional.silu(self.norm_out(x))))
+        cells = self.cfg.shortcut_cells
+        if cells == 0:
+            return moments
+        cfg = self.cfg
+        means = block_means(video, temporal=cfg.temporal_stride, spatial=cfg.spatial_stride, cells=cells)
+        n = means.shape[1]  # the first C·cells² channels of the posterior mean carry the shortcut
+        return torch.cat([moments[:, :n] + means, moments[:, n:]], dim=1)
 
 
 class Decoder(nn.Module):
@@ -56,6 +79,8 @@ class Decoder(nn.Module):
         super().__init__()
         dims = cfg.stage_channels[::-1]
         temporal_up = cfg.temporal_downsample[::-1]  # mirror the encoder
+        self.cfg = cfg
+        self.patch_size = cfg.patch_size
         self.post_quant = CausalConv3d(cfg.latent_channels, cfg.latent_channels, kernel_size=1)
         self.conv_in = CausalConv3d(cfg.latent_channels, dims[0], kernel_size=3)
         blocks: list[nn.Module] = [ResBlock(dims[0], dims[0]), AttentionBlock(dims[0])]
@@ -70,7 +95,7 @@ class Decoder(nn.Module):
                 in_ch = out_ch // 2  # the spatial upsample conv halves channels (Wan layout)
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = RMSNorm(in_ch)
-        self.conv_out = CausalConv3d(in_ch, cfg.in_channels, kernel_size=3)
+        self.conv_out = CausalConv3d(in_ch, cfg.patch_channels, kernel_size=3)
         self.num_cache_slots = assign_cache_slots(self)
 
     def forward(self, z: Tensor, cache: DecodeCache) -> Tensor:
@@ -78,12 +103,21 @@ class Decoder(nn.Module):
 
         Advances ``cache`` in place (its cached frames and ``num_latent_frames``).
         """
+        first = cache.is_first_step
         x = self.conv_in(self.post_quant(z), cache)
         for block in self.blocks:
             x = block(x, cache)
-        out = self.conv_out(torch.nn.functional.silu(self.norm_out(x)), cache)
+        out = self.conv_out(torch.nn.functional.silu(self.norm_out(x)), cache)  # (B, C·p², t', h', w')
         cache.num_latent_frames += z.shape[2]
-        return out
+        out = unpatchify(out, self.patch_size)
+        cells = self.cfg.shortcut_cells
+        if cells == 0:
+            return out
+        n = self.cfg.in_channels * cells**2
+        cfg = self.cfg
+        return out + block_repeat(
+            z[:, :n], temporal=cfg.temporal_stride, spatial=cfg.spatial_stride, cells=cells, first=first
+        )
 
 
 class CausalVideoVAE(nn.Module):
@@ -160,7 +194,8 @@ class CausalVideoVAE(nn.Module):
                 f"latents must be (B, {self.cfg.latent_channels}, t ≥ 1, h, w), "
                 f"got shape {tuple(latents.shape)}"
             )
-        return self.decoder(self.denormalize_latents(latents), cache)
+        video: Tensor = self.decoder(self.denormalize_latents(latents), cache)
+        return video
 
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents (B, z, T, h, w) -> video (B, C, 1 + 4(T - 1), 8h, 8w), not clamped."""

@@ -23,20 +23,44 @@ def batch_to_frames(x: Tensor, *, batch: int) -> Tensor:
     return x.reshape(batch, bt // batch, c, h, w).transpose(1, 2)
 
 
+def patchify(x: Tensor, patch_size: int) -> Tensor:
+    """(B, C, T, H, W) -> (B, C·p², T, H/p, W/p): fold each p×p pixel patch into channels.
+
+    Channel order ``c·p² + j·p + i`` for the pixel at row offset ``i``, column offset ``j`` — Wan2.2's
+    ``rearrange("b c f (h q) (w r) -> b (c r q) f h w")`` — so a Wan2.2-style checkpoint would load.
+    """
+    if patch_size == 1:
+        return x
+    b, c, t, h, w = x.shape
+    p = patch_size
+    x = x.reshape(b, c, t, h // p, p, w // p, p)  # (B, C, T, h, q, w, r)
+    return x.permute(0, 1, 6, 4, 2, 3, 5).reshape(b, c * p * p, t, h // p, w // p)
+
+
+def unpatchify(x: Tensor, patch_size: int) -> Tensor:
+    """(B, C·p², T, h, w) -> (B, C, T, h·p, w·p): the inverse of :func:`patchify`."""
+    if patch_size == 1:
+        return x
+    b, cpp, t, h, w = x.shape
+    p = patch_size
+    x = x.reshape(b, cpp // (p * p), p, p, t, h, w)  # (B, C, r, q, T, h, w)
+    return x.permute(0, 1, 4, 5, 3, 6, 2).reshape(b, cpp // (p * p), t, h * p, w * p)
+
+
 class RMSNorm(nn.Module):
     """RMS norm over channels at each (t, h, w): no statistics across time, unlike GroupNorm, so
-    it never leaks future frames into the past (Wan ``RMS_norm``)."""
+    it never leaks future frames into the past (Wan ``RMS_norm``; like Wan's VAE, a gain and no bias)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.scale = channels**0.5
         self.gamma = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, ...) -> same shape."""
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return F.normalize(x, dim=1) * self.scale * self.gamma.view(shape) + self.bias.view(shape)
+        out: Tensor = F.normalize(x, dim=1) * self.scale * self.gamma.view(shape)
+        return out
 
 
 class ResBlock(nn.Module):
@@ -56,7 +80,8 @@ class ResBlock(nn.Module):
         """(B, C_in, T, H, W) -> (B, C_out, T, H, W)."""
         h = self.conv1(F.silu(self.norm1(x)), cache)
         h = self.conv2(F.silu(self.norm2(h)), cache)
-        return h + (x if self.shortcut is None else self.shortcut(x))
+        out: Tensor = h + (x if self.shortcut is None else self.shortcut(x))
+        return out
 
 
 class AttentionBlock(nn.Module):
@@ -112,9 +137,9 @@ class Upsample(nn.Module):
     """Optional time ×2 (causal conv to 2C channels, split into 2 frames), then spatial ×2 with the
     channels halved (Wan ``upsample3d``).
 
-    Time mirrors :class:`Downsample`: on the first decode step the first frame passes through alone
-    (one frame), every other frame becomes two. The first frame still enters the conv so its cache
-    holds it for the frames that follow.
+    Time mirrors :class:`Downsample`: the first frame of a stream passes through alone (one frame),
+    every other frame becomes two. As in Wan (its ``"Rep"`` cache marker) the first frame never enters
+    the time conv: frame 1's conv sees zeros before it, so released Wan weights decode exactly.
     """
 
     def __init__(self, channels: int, *, temporal: bool) -> None:
@@ -129,8 +154,11 @@ class Upsample(nn.Module):
         b, c, t, h, w = x.shape
         if self.time_conv is not None:
             first = cache is None or cache.is_first_step
-            y = self.time_conv(x, cache).view(b, 2, c, t, h, w)
-            y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)  # frame 2i+j = half j of i
-            x = torch.cat([x[:, :, :1], y[:, :, 2:]], dim=2) if first else y
+            rest = x[:, :, 1:] if first else x  # the stream's first frame skips the time conv
+            if rest.shape[2] > 0:
+                n = rest.shape[2]
+                y = self.time_conv(rest, cache).view(b, 2, c, n, h, w)
+                y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * n, h, w)  # frame 2i+j = half j of i
+                x = torch.cat([x[:, :, :1], y], dim=2) if first else y
         frames = F.interpolate(frames_to_batch(x), scale_factor=2.0, mode="nearest-exact")
         return batch_to_frames(self.spatial(frames), batch=b)
