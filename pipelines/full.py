@@ -1,4 +1,5 @@
-"""The ``full`` pipeline: SynthWorld + curation → stages 1–4 → InterBench → candidate version.
+"""The ``full`` pipeline: SynthWorld + curation → stage 0 (the VAE) and stages 1–4 → InterBench and the
+quality ladder → candidate version.
 
 The training stages run on the labelled SynthWorld clips (exact camera ground truth); the raw pairs go
 through curation, whose manifest is registered as the version's data lineage.
@@ -8,13 +9,13 @@ from kfp import dsl
 from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
 from worldloop.components.curation.component import curate
-from worldloop.components.evaluation.component import evaluate
+from worldloop.components.evaluation.component import evaluate, quality
 from worldloop.components.registry.component import register
 from worldloop.components.synthworld.component import synth
 from worldloop.components.training.component import train_stage
 from worldloop.pipelines.cluster import ClusterConfig, apply_common, apply_training
 
-STAGES = ("action", "instruction", "distill", "long")
+STAGES = ("vae", "action", "instruction", "distill", "long")
 
 
 def cached(task: PipelineTask, cache_key: str | None) -> PipelineTask:
@@ -28,7 +29,8 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
     cfg = cluster or ClusterConfig()
 
     @dsl.pipeline(
-        name="worldloop-full", description="SynthWorld/curation → stages 1–4 → InterBench → registry"
+        name="worldloop-full",
+        description="SynthWorld/curation → VAE, stages 1–4 → InterBench + quality ladder → registry",
     )
     def full(
         preset: str = "tiny",
@@ -38,8 +40,12 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
         size: int = 128,
         seed: int = 0,
         max_steps: int = 0,
+        steps_scale: float = 1.0,
         eval_cases: int = 4,
         suite_cases: int = 0,
+        quality_clips: int = 4,
+        quality_blocks: int = 2,
+        quality_cases: int = 4,
         curation_executor: str = "ray",
         parent_run_id: str = "",
     ) -> int:
@@ -73,6 +79,7 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
                 stage=stage,
                 preset=preset,
                 max_steps=max_steps,
+                steps_scale=steps_scale,
                 parent_run_id=parent_run_id,
                 data=labelled.outputs["dataset"],
                 **init,
@@ -88,11 +95,20 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
             checkpoint=previous.outputs["checkpoint"],
         ).set_display_name("interbench")
         cached(apply_common(scores, cfg), cache_key)
+        ladder = quality(
+            clips=quality_clips,
+            blocks=quality_blocks,
+            cases=quality_cases,
+            parent_run_id=parent_run_id,
+            checkpoint=previous.outputs["checkpoint"],
+        ).set_display_name("quality")
+        cached(apply_common(ladder, cfg), cache_key)
         # Not cached: every pipeline run registers its own version (DESIGN.md §8).
         version = register(
             parent_run_id=parent_run_id,
             checkpoint=previous.outputs["checkpoint"],
             interbench=scores.outputs["interbench"],
+            quality=ladder.outputs["report"],
             curated=curated.outputs["curated"],
         ).set_display_name("register")
         apply_common(version, cfg).set_caching_options(False)

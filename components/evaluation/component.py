@@ -1,4 +1,5 @@
-"""KFP component: InterBench (six interaction scores) and the general video metrics of a checkpoint.
+"""KFP components: InterBench (six interaction scores) and the general video metrics of a checkpoint, and
+its quality ladder (beside the random-weight and frozen-first-frame baselines).
 
 Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library from the image.
 """
@@ -56,4 +57,42 @@ def evaluate(
     for name, value in sorted(values.items()):
         metrics.log_metric(name, value)
     # The values also as a file: the artifact exists on disk (the local cache treats a missing one as a miss).
+    Path(metrics.path).write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
+
+
+@dsl.component(base_image=IMAGE)
+def quality(
+    clips: int,
+    blocks: int,
+    cases: int,
+    parent_run_id: str,
+    checkpoint: Input[Model],
+    report: Output[Dataset],
+    metrics: Output[Metrics],
+) -> None:
+    """The quality ladder of ``checkpoint``: the model beside random weights and the frozen first frame
+    on held-out SynthWorld (``clips`` clips, ``blocks`` blocks, ``cases`` InterBench cases)."""
+    import json
+    from pathlib import Path
+
+    from worldloop.components.evaluation.quality import run_quality
+
+    result = run_quality(
+        checkpoint.path,
+        out=report.path,
+        clips=clips,
+        blocks=blocks,
+        cases=cases,
+        parent_run_id=parent_run_id or None,
+    )
+    values = {
+        f"{name}_{key}".replace(".", "_"): float(value)
+        for name, measured in result.metrics.items()
+        if name != "truth"
+        for key, value in measured.items()
+        if value is not None
+    }
+    for name, value in sorted(values.items()):
+        metrics.log_metric(name, value)
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics.path).write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")

@@ -13,10 +13,11 @@ def register(
     parent_run_id: str,
     checkpoint: Input[Model],
     interbench: Input[Dataset],
+    quality: Input[Dataset],
     curated: Input[Dataset],
 ) -> int:
-    """Register ``checkpoint`` with the InterBench scores in ``interbench`` and the ``curated`` dataset's
-    manifest as data lineage; returns the version number."""
+    """Register ``checkpoint`` with the InterBench scores in ``interbench``, its quality ladder in
+    ``quality`` and the ``curated`` dataset's manifest as data lineage; returns the version number."""
     from pathlib import Path
 
     from worldloop.components.registry import register_version
@@ -25,6 +26,7 @@ def register(
     info = register_version(
         checkpoint.path,
         report_dir=report,
+        quality_dir=Path(quality.path),
         data_manifest=str(Path(curated.path) / "manifest.jsonl"),
         pipeline_run_id=parent_run_id or None,
     )

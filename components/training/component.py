@@ -13,18 +13,19 @@ def train_stage(
     stage: str,
     preset: str,
     max_steps: int,
+    steps_scale: float,
     parent_run_id: str,
     data: Input[Dataset],
     checkpoint: Output[Model],
     init: Input[Model] | None = None,
 ) -> None:
     """Train ``stage`` of the ``preset`` scale on ``data`` into ``checkpoint``, initialised from ``init``
-    (the previous stage's checkpoint). ``max_steps`` > 0 caps the steps (a short run); 0 runs the
-    preset's whole curriculum."""
+    (the previous stage's checkpoint). ``steps_scale`` scales the preset's curriculum (1.0: as is);
+    ``max_steps`` > 0 caps the steps (a short run); 0 runs the whole (scaled) curriculum."""
     from worldloop.components.training.run import run_stage
     from worldloop.model.train.config import stage_preset
 
-    cfg = stage_preset(stage, scale=preset)
+    cfg = stage_preset(stage, scale=preset).scaled(steps_scale)
     if max_steps > 0:  # a short run still saves its last step (checkpoint_every or the end)
         cfg = cfg.model_copy(update={"checkpoint_every": max_steps, "log_every": 1})
     run = run_stage(

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
+import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from worldloop.components.curation.dataset import iter_clips
-from worldloop.components.training.sample import sample_video
+from worldloop.components.training.sample import reconstruction_video, sample_video
 from worldloop.model import WorldModel
 from worldloop.model.spec import ModelSpec, build_modules, preset_spec, preset_text_encoder, read_spec
 from worldloop.model.text.encoder import TextEncoder
@@ -22,6 +24,8 @@ from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
 from worldloop.model.train.loop import TrainResult, build_trainer
 from worldloop.model.vae import CausalVideoVAE
+from worldloop.model.weights.wan_vae import FILE_NAMES as WAN_VAE_FILES
+from worldloop.model.weights.wan_vae import load_wan_vae
 
 from worldloop import storage
 from worldloop.platform.checkpoints import training_folder
@@ -50,13 +54,30 @@ def load_training_clips(uri: str, *, settings: Settings | None = None) -> list[T
     return load_synthworld(storage.as_local_path(uri))
 
 
-def stage_spec(cfg: TrainConfig, init: Path | None, *, settings: Settings) -> ModelSpec:
+def data_fov_deg(clips: Sequence[TrainClip]) -> float | None:
+    """The horizontal field of view of the training clips (median over clips, from their intrinsics):
+    the camera the model learns its Plücker rays in, and so the one it must be served with."""
+    if not clips:
+        return None
+    fovs = [
+        2 * math.degrees(math.atan(c.frames.shape[2] / (2 * float(c.intrinsics[0, 0, 0])))) for c in clips
+    ]
+    return float(statistics.median(fovs))
+
+
+def stage_spec(
+    cfg: TrainConfig, init: Path | None, *, settings: Settings, clips: Sequence[TrainClip] = ()
+) -> ModelSpec:
     """The spec a stage trains: the one its ``--init`` checkpoint was trained with, at this stage's
     size, else a fresh spec of the config's preset (the first stage of a chain) with the preset's text
-    encoder (the settings' umT5 folder for small/a14b when set)."""
+    encoder (the settings' umT5 folder for small/a14b when set) and the field of view of ``clips``."""
     if init is None:
         encoder = preset_text_encoder(cfg.model_preset, t5_path=settings.t5_path)
-        return preset_spec(cfg.model_preset, height=cfg.height, width=cfg.width, text_encoder=encoder)
+        spec = preset_spec(cfg.model_preset, height=cfg.height, width=cfg.width, text_encoder=encoder)
+        fov = data_fov_deg(clips)
+        if fov is None:
+            return spec
+        return spec.model_copy(update={"model": spec.model.model_copy(update={"fov_deg": round(fov, 3)})})
     spec = read_spec(init)
     if spec.model.name != cfg.model_preset:
         raise ValueError(
@@ -66,39 +87,63 @@ def stage_spec(cfg: TrainConfig, init: Path | None, *, settings: Settings) -> Mo
     return spec.model_copy(update={"height": cfg.height, "width": cfg.width})
 
 
-def _init_checkpoint(init: str | Path, settings: Settings) -> Path:
+@dataclass(frozen=True)
+class InitSource:
+    """What ``--init`` names: a previous stage's checkpoint, or the released Wan VAE (a safetensors
+    file or folder, for users who have it and skip stage 0)."""
+
+    path: Path
+    wan_vae: bool = False
+
+
+def _is_wan_vae(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix == ".safetensors"
+    return path.is_dir() and any((path / name).is_file() for name in WAN_VAE_FILES)
+
+
+def _init_source(init: str | Path, settings: Settings) -> InitSource:
     init_dir, init_mirror = training_folder(init, settings=settings, pull=False)
     if init_mirror is not None:
         init_dir = init_mirror.pull(init_dir.with_name(init_dir.name + "-init"))
     found = latest_checkpoint(init_dir)
-    if found is None:
-        raise FileNotFoundError(f"--init {init}: no checkpoint (no 'latest' file)")
-    return found
+    if found is not None:
+        return InitSource(found)
+    if init_mirror is None and _is_wan_vae(init_dir):
+        return InitSource(init_dir, wan_vae=True)
+    raise FileNotFoundError(f"--init {init}: no checkpoint (no 'latest' file) and not a Wan VAE safetensors")
 
 
-def _load_init(found: Path, *, model: WorldModel, vae: CausalVideoVAE) -> None:
-    """The previous stage's weights, and the VAE that travels with every checkpoint."""
-    load_checkpoint(found, model=model, optimizer=None, ema=None)
-    vae_file = found / "vae.safetensors"
-    if vae_file.is_file():
-        vae.load_state_dict(load_file(str(vae_file)))
+def _load_init(init: InitSource, *, model: WorldModel, vae: CausalVideoVAE) -> None:
+    """The previous stage's weights (none after stage 0, which trains only the VAE) and the VAE that
+    travels with every checkpoint — or the released Wan VAE."""
+    if init.wan_vae:
+        vae.load_state_dict(load_wan_vae(init.path, cfg=vae.cfg).state_dict())
     else:
-        log.warning("%s carries no VAE: keeping the seeded initial one", found)
-    log.info("initialised from %s", found)
+        if (init.path / "model.safetensors").is_file():
+            load_checkpoint(init.path, model=model, optimizer=None, ema=None)
+        vae_file = init.path / "vae.safetensors"
+        if vae_file.is_file():
+            vae.load_state_dict(load_file(str(vae_file)))
+        else:
+            log.warning("%s carries no VAE: keeping the seeded initial one", init.path)
+    log.info("initialised from %s", init.path)
 
 
 def training_stack(
     cfg: TrainConfig,
     *,
-    init: Path | None,
+    init: InitSource | None,
     resume: Path | None,
     settings: Settings,
+    clips: Sequence[TrainClip] = (),
     device: torch.device | str = "cpu",
 ) -> tuple[ModelSpec, WorldModel, CausalVideoVAE, TextEncoder]:
     """What a stage trains: the spec, the world model and VAE (seeded; the ``init`` checkpoint's weights
     and VAE loaded, or the VAE of the checkpoint being resumed) and the spec's text encoder.
     ``device="meta"`` builds the shapes only (a14b on a laptop)."""
-    spec = stage_spec(cfg, init if init is not None else resume, settings=settings)
+    from_checkpoint = init.path if init is not None and not init.wan_vae else resume
+    spec = stage_spec(cfg, from_checkpoint, settings=settings, clips=clips)
     model, vae = build_modules(spec, seed=cfg.seed, device=device)
     if init is not None:
         _load_init(init, model=model, vae=vae)
@@ -129,11 +174,11 @@ def run_stage(
     settings = settings or get_settings()
     clips = load_training_clips(data, settings=settings)
     checkpoint_dir, mirror = training_folder(out, settings=settings, pull=True)
-    init_dir = None
+    source = None
     if init is not None and latest_checkpoint(checkpoint_dir) is None:
-        init_dir = _init_checkpoint(init, settings)
+        source = _init_source(init, settings)
     spec, model, vae, text_encoder = training_stack(
-        cfg, init=init_dir, resume=latest_checkpoint(checkpoint_dir), settings=settings
+        cfg, init=source, resume=latest_checkpoint(checkpoint_dir), settings=settings, clips=clips
     )
     tracker = None
     if track and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
@@ -155,11 +200,19 @@ def run_stage(
         on_progress=on_progress,
         on_checkpoint=mirror.push if mirror else None,
     )
-    # the end-of-stage sample (what the stage generates now): rank 0 logs it
-    sample = functools.partial(_sample, model, vae=vae, text_encoder=text_encoder, clip=clips[0], cfg=cfg)
+    # the end-of-stage sample (what the stage generates now, with its own schedule): rank 0 logs it
+    sample = functools.partial(
+        _sample,
+        model,
+        vae=vae,
+        text_encoder=text_encoder,
+        clip=clips[0],
+        cfg=cfg,
+        timesteps=trainer.objective.checkpoint_spec(spec).schedule.resolve(spec.model),
+    )
     if tracker is None:
         result = trainer.run(max_steps=max_steps)
-        if track and result.losses and _partitioned(model):  # a ZeRO-3 rank > 0: rank 0 samples now
+        if track and result.losses and _partitioned(trainer.primary.module):  # a ZeRO-3 rank > 0
             with tempfile.TemporaryDirectory() as tmp:
                 sample(folder=Path(tmp))  # its video is not kept
         return StageRun(result, None, checkpoint_dir)
@@ -189,6 +242,7 @@ def _sample(
     text_encoder: TextEncoder,
     clip: TrainClip,
     cfg: TrainConfig,
+    timesteps: list[float],
     folder: Path,
 ) -> Path:
     """The end-of-stage sample video, written into ``folder``.
@@ -198,7 +252,11 @@ def _sample(
     same rollout (same clip, same seed), one layer's parameters gathered at a time as in training —
     which also holds at a14b, where a full copy of the model would not fit on one rank — and only rank
     0 logs its video. Under ZeRO 0–2 every rank holds the full weights and rank 0 samples alone.
+    Stage 0 (the VAE) shows a reconstruction instead: the clip beside the VAE's encode → decode.
     """
+    path = folder / f"sample_{cfg.stage.value}.mp4"
+    if cfg.stage is Stage.vae:
+        return reconstruction_video(vae, clip=clip, height=cfg.height, width=cfg.width, path=path)
     return sample_video(
         model,
         vae=vae,
@@ -206,12 +264,13 @@ def _sample(
         clip=clip,
         height=cfg.height,
         width=cfg.width,
-        path=folder / f"sample_{cfg.stage.value}.mp4",
+        path=path,
         seed=cfg.seed,
+        timesteps=timesteps,
     )
 
 
-CHAIN = (Stage.action, Stage.instruction, Stage.distill, Stage.long)
+CHAIN = (Stage.vae, Stage.action, Stage.instruction, Stage.distill, Stage.long)
 
 
 def run_chain(
@@ -222,14 +281,16 @@ def run_chain(
     track: bool = True,
     settings: Settings | None = None,
     configs: dict[Stage, TrainConfig] | None = None,
+    stages: tuple[Stage, ...] = CHAIN,
     on_stage: Callable[[Stage, StageRun], None] | None = None,
 ) -> dict[Stage, StageRun]:
-    """Stages 1 → 4, each initialised from the previous one's checkpoint (``out/<stage>/``)."""
+    """Stages 0 → 4 (or ``stages``), each initialised from the previous one's checkpoint
+    (``out/<stage>/``)."""
     from worldloop.model.train.config import stage_preset
 
     runs: dict[Stage, StageRun] = {}
     previous: Path | None = None
-    for stage in CHAIN:
+    for stage in stages:
         cfg = (configs or {}).get(stage) or stage_preset(stage, scale=scale)
         run = run_stage(
             cfg, data=data, out=Path(out) / stage.value, init=previous, track=track, settings=settings

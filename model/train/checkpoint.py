@@ -2,7 +2,8 @@
 
 A checkpoint is a folder ``step-NNNNNNNN/`` holding
 
-* ``model.safetensors`` — the whole primary module's weights (the world model; config in the metadata);
+* ``model.safetensors`` — the whole primary module's weights (the world model; config in the metadata),
+  or ``vae.safetensors`` when the primary module is the VAE (stage 0: the checkpoint holds no DiT);
 * ``ema.safetensors`` — the EMA of its trainable weights;
 * ``optimizer.safetensors`` — every optimizer state tensor, keyed ``"{param_index}.{name}"``;
 * ``NAME.safetensors`` + ``NAME_optimizer.safetensors`` — extra trained modules (the stage-3 critic);
@@ -122,6 +123,7 @@ def save_checkpoint(
     frozen: dict[str, Weights] | None = None,
     shards: str | Path | None = None,
     spec: ModelSpec | None = None,
+    model_file: str = "model",
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints.
 
@@ -129,6 +131,7 @@ def save_checkpoint(
     ZeRO-3 partitions). ``shards``: a staging folder of every rank's :func:`save_optimizer_shard` files, moved
     into the checkpoint in place of rank 0's ``optimizer.safetensors`` (and ``NAME_optimizer``).
     ``spec``: written as ``spec.json`` inside the folder before it is renamed into place.
+    ``model_file``: the primary module's file name (``vae`` when it is the VAE).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -137,7 +140,7 @@ def save_checkpoint(
     tmp = root / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_cpu_weights(model), str(tmp / "model.safetensors"), metadata=metadata or {})
+    save_file(_cpu_weights(model), str(tmp / f"{model_file}.safetensors"), metadata=metadata or {})
     save_file({k: v.cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     tensors, opt_meta = _optimizer_tensors(optimizer)
     if shards is None:
@@ -191,12 +194,16 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 
 def load_weights(
-    folder: str | Path, *, model: nn.Module, extra: Mapping[str, nn.Module] | None = None
+    folder: str | Path,
+    *,
+    model: nn.Module,
+    extra: Mapping[str, nn.Module] | None = None,
+    model_file: str = "model",
 ) -> None:
-    """Restore the weights of ``model`` (and the ``extra`` or frozen modules) on this rank, before
-    DeepSpeed wraps them."""
+    """Restore the weights of ``model`` (from ``model_file``.safetensors) and of the ``extra`` or frozen
+    modules on this rank, before DeepSpeed wraps them."""
     folder = Path(folder)
-    weights = load_file(str(folder / "model.safetensors"))
+    weights = load_file(str(folder / f"{model_file}.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(

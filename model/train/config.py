@@ -1,5 +1,6 @@
 """Training-stage configs (DESIGN.md §6) with presets per stage and scale.
 
+0. VAE — the causal video VAE itself: reconstruction (pixel + SSIM) and a small KL;
 1. action injection — flow matching over a curriculum of clip lengths;
 2. instruction SFT — camera encoder frozen, only the expert layers (and the interaction extractor);
 3. AR distillation — Self-Forcing + DMD with a critic and per-expert learning rates;
@@ -9,12 +10,15 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from worldloop.model.config import PRESETS
+from worldloop.model.vae.recipe import tiny_vae_recipe
 
 
 class Stage(str, Enum):
+    vae = "vae"
     action = "action"
     instruction = "instruction"
     distill = "distill"
@@ -27,6 +31,7 @@ class ParamGroup(str, Enum):
     experts = "experts"
     camera = "camera"
     interaction = "interaction"
+    vae = "vae"  # the causal VAE (stage vae only)
 
 
 class Precision(str, Enum):
@@ -48,6 +53,19 @@ class CurriculumPhase(BaseModel):
         if (frames - 1) % 4:
             raise ValueError(f"{frames} frames is not 4k+1 (e.g. 9, 13, 17, 45, 81)")
         return frames
+
+
+class VAELossConfig(BaseModel):
+    """Stage 0: the VAE's loss, ``pixel + ssim_weight·(1 − SSIM) + kl_weight·KL`` (model/vae/loss.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pixel_loss: Literal["l1", "mse"] = Field("l1", description="Per-pixel reconstruction term.")
+    ssim_weight: float = Field(0.0, ge=0.0, description="Weight of 1 − SSIM (structure, sharp edges).")
+    kl_weight: float = Field(1e-6, ge=0.0, description="Weight of the KL to N(0, I) (keeps latents tame).")
+    latent_stats_clips: int = Field(
+        8, ge=1, description="Clips whose latents set the VAE's per-channel mean/std at the end of the stage."
+    )
 
 
 class DistillConfig(BaseModel):
@@ -110,6 +128,11 @@ class TrainConfig(BaseModel):
     )
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="After warm-up: flat, or cosine decay to min_lr_ratio·lr at the last step."
+    )
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Floor of the cosine decay, times lr.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     grad_clip: float = Field(1.0, gt=0.0)
     precision: Precision = Field(Precision.fp32, description="bf16 on GPU; fp32 on CPU.")
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0 = plain DDP).")
@@ -124,6 +147,7 @@ class TrainConfig(BaseModel):
     log_every: int = Field(10, ge=1, description="Steps between MLflow metric logs.")
     distill: DistillConfig | None = Field(None, description="Required by stages distill and long.")
     long: LongExtensionConfig | None = Field(None, description="Required by stage long.")
+    vae: VAELossConfig | None = Field(None, description="Required by stage vae.")
 
     @field_validator("model_preset")
     @classmethod
@@ -152,11 +176,27 @@ class TrainConfig(BaseModel):
             raise ValueError(f"stage {self.stage.value} needs a 'distill' section")
         if self.stage is Stage.long and self.long is None:
             raise ValueError("stage long needs a 'long' section")
+        if (self.stage is Stage.vae) != (self.trainable == {ParamGroup.vae}):
+            raise ValueError("stage vae trains exactly the 'vae' group, and only stage vae trains it")
+        if self.stage is Stage.vae and self.vae is None:
+            raise ValueError("stage vae needs a 'vae' section")
         return self
 
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.curriculum)
+
+    def scaled(self, factor: float) -> TrainConfig:
+        """This config with every phase's steps (and the warm-up) times ``factor`` (at least one step
+        per phase): the same recipe, shorter or longer (``make demo`` runs the tiny chain at a fraction)."""
+        if factor <= 0:
+            raise ValueError(f"steps scale must be > 0, got {factor}")
+        phases = tuple(
+            p.model_copy(update={"steps": max(1, round(p.steps * factor))}) for p in self.curriculum
+        )
+        total = sum(p.steps for p in phases)
+        warmup = min(round(self.warmup_steps * factor), max(0, total - 1))
+        return self.model_copy(update={"curriculum": phases, "warmup_steps": warmup})
 
 
 def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
@@ -177,9 +217,14 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
         "zero_stage": 3 if big else 0,
         "gradient_checkpointing": big,
     }
+    if stage is Stage.vae:
+        return vae_stage_preset(common)
     if stage is Stage.action:
         return TrainConfig(
-            **common, curriculum=curriculum, lr=1e-5 if big else 2e-4, trainable=frozenset(ParamGroup)
+            **common,
+            curriculum=curriculum,
+            lr=1e-5 if big else 2e-4,
+            trainable=frozenset({ParamGroup.experts, ParamGroup.camera, ParamGroup.interaction}),
         )
     if stage is Stage.instruction:
         return TrainConfig(
@@ -216,4 +261,39 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
         trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
         distill=distill,
         long=long,
+    )
+
+
+def vae_stage_preset(common: dict[str, Any]) -> TrainConfig:
+    """Stage 0 at the scale ``common`` describes. tiny: the recipe measured on a 2-core CPU
+    (:func:`~worldloop.model.vae.recipe.tiny_vae_recipe`, ``benchmarks/bench_vae_recipes.py``); larger
+    scales fine-tune a loaded VAE (Wan's, ``--init``) gently on 17-frame clips."""
+    if common["model_preset"] == "tiny":
+        recipe = tiny_vae_recipe()
+        return TrainConfig(
+            **common,
+            curriculum=(CurriculumPhase(frames=recipe.num_frames, steps=recipe.num_steps),),
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            betas=recipe.betas,
+            weight_decay=recipe.weight_decay,
+            warmup_steps=recipe.warmup_steps,
+            lr_schedule=recipe.schedule,
+            min_lr_ratio=recipe.min_lr_ratio,
+            grad_clip=recipe.grad_clip,
+            trainable=frozenset({ParamGroup.vae}),
+            vae=VAELossConfig(
+                pixel_loss=recipe.pixel_loss, ssim_weight=recipe.ssim_weight, kl_weight=recipe.kl_weight
+            ),
+        )
+    return TrainConfig(
+        **common,
+        curriculum=(CurriculumPhase(frames=17, steps=2000),),
+        lr=1e-5,
+        warmup_steps=100,
+        lr_schedule="cosine",
+        betas=(0.9, 0.99),
+        trainable=frozenset({ParamGroup.vae}),
+        checkpoint_every=200,
+        vae=VAELossConfig(),
     )

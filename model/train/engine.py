@@ -7,6 +7,7 @@ critic or VAE alike come with their named parameter groups and their width.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -56,9 +57,20 @@ def zero_optimization(stage: int, module: nn.Module, *, width: int) -> dict[str,
     return {"stage": 3, "stage3_param_persistence_threshold": 10 * width}
 
 
-def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
-    """LambdaLR factor: linear warm-up over ``warmup_steps`` optimiser steps, then 1."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+def schedule_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """LambdaLR factor of optimiser step ``step``: linear warm-up over ``warmup_steps``, then 1
+    (``constant``) or a cosine from 1 down to ``min_lr_ratio`` at the curriculum's last step."""
+    warmup, total, floor = cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 @dataclass(frozen=True)
@@ -87,9 +99,9 @@ def build_engine(
     import deepspeed
 
     optimizer = torch.optim.AdamW(
-        [{"params": g.params, "lr": g.lr} for g in groups], weight_decay=cfg.weight_decay
+        [{"params": g.params, "lr": g.lr} for g in groups], weight_decay=cfg.weight_decay, betas=cfg.betas
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lambda(cfg))
     ds_config = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": accumulation,

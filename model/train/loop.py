@@ -74,6 +74,7 @@ from worldloop.model.train.objectives.base import Metrics, Objective, RankBatch,
 from worldloop.model.train.objectives.distill import DistillObjective
 from worldloop.model.train.objectives.flow_matching import FlowMatchingObjective
 from worldloop.model.train.objectives.long_extension import LongExtensionObjective
+from worldloop.model.train.objectives.vae import VAEObjective
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class Trainer:
                 extra[name] = module
             else:
                 log.warning("%s has no %s: using the %s this trainer was given", found, name, name)
-        load_weights(found, model=self.primary.module, extra=extra)
+        load_weights(found, model=self.primary.module, extra=extra, model_file=self.objective.primary_file)
 
     def _resume(
         self, found: Path, engines: dict[str, Engine], ema: PartitionedEMA
@@ -320,6 +321,7 @@ class Trainer:
     ) -> Path | None:
         """Checkpoint ``step``: collected on every rank, written by rank 0 (its folder; None elsewhere)."""
         saved = None
+        self.objective.before_checkpoint(engines[self.primary.name].engine.device)
         with optimizer_state_access(*(e.engine for e in engines.values())):  # shards and save read it
             snapshot = self._snapshot(step, ema, engines)
             if self.rank == 0:
@@ -355,8 +357,8 @@ class Trainer:
 
     def _save(self, step: int, snap: Snapshot, engines: dict[str, Engine], history: list[float]) -> Path:
         """Rank 0 writes checkpoint ``step`` (atomically, with ``vae.safetensors`` and ``spec.json``)."""
-        vae = self._vae_trained()
-        frozen = {**snap.frozen, "vae": snap.trained[vae.name] if vae else self.vae}
+        # the VAE travels with every checkpoint: as the primary file when it is what this stage trains
+        frozen = snap.frozen if self._vae_trained() else {**snap.frozen, "vae": self.vae}
         state: dict[str, Any] = {"scheduler": engines[self.primary.name].scheduler.state_dict()}
         state.update({f"{t.name}_scheduler": engines[t.name].scheduler.state_dict() for t in self.others})
         state.update(
@@ -377,6 +379,7 @@ class Trainer:
             state=state,
             metadata=self.objective.metadata(),
             spec=None if self.spec is None else self.objective.checkpoint_spec(self.spec),
+            model_file=self.objective.primary_file,
         )
 
 
@@ -394,9 +397,12 @@ def build_trainer(
     on_checkpoint: Callable[[Path], None] | None = None,
 ) -> Trainer:
     """The trainer of stage ``cfg.stage`` for ``model`` (stage 3/4: the student; teacher and critic
-    are copies of it), with the frozen ``vae`` and ``text_encoder`` preparing its inputs."""
+    are copies of it), with the frozen ``vae`` and ``text_encoder`` preparing its inputs; stage 0
+    (``vae``) trains ``vae`` itself and leaves ``model`` untouched."""
     objective: Objective
-    if cfg.stage in (Stage.action, Stage.instruction):
+    if cfg.stage is Stage.vae:
+        objective = VAEObjective(cfg, vae, clips=clips)
+    elif cfg.stage in (Stage.action, Stage.instruction):
         objective = FlowMatchingObjective(cfg, model, vae=vae, text_encoder=text_encoder)
     elif cfg.stage is Stage.distill:
         objective = DistillObjective(cfg, model, vae=vae, text_encoder=text_encoder)

@@ -15,7 +15,7 @@ from worldloop.pipelines.full import build
 from worldloop.cli.main import run
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINING = [f"comp-train-stage{s}" for s in ("", "-2", "-3", "-4")]
+TRAINING = [f"comp-train-stage{s}" for s in ("", "-2", "-3", "-4", "-5")]
 
 
 def _docs(path: Path) -> tuple[dict, dict]:
@@ -41,15 +41,27 @@ def test_full_has_every_stage_with_gpus_on_training(tmp_path: Path) -> None:
         "train-stage-2",
         "train-stage-3",
         "train-stage-4",
+        "train-stage-5",
         "evaluate",
+        "quality",
         "register",
     }
     stages = [
         tasks[t]["inputs"]["parameters"]["stage"]["runtimeValue"]["constant"] for t in tasks if "train" in t
     ]
-    assert sorted(stages) == sorted(["action", "instruction", "distill", "long"])
-    assert tasks["train-stage-2"]["inputs"]["artifacts"]["init"]["taskOutputArtifact"]["producerTask"] == (
-        "train-stage"
+    assert sorted(stages) == sorted(["vae", "action", "instruction", "distill", "long"])
+    assert "init" not in tasks["train-stage"]["inputs"].get("artifacts", {})  # stage 0 starts the chain
+    for i in range(2, 6):  # each stage starts from the one before: the VAE travels down the chain
+        producer = tasks[f"train-stage-{i}"]["inputs"]["artifacts"]["init"]["taskOutputArtifact"][
+            "producerTask"
+        ]
+        assert producer == ("train-stage" if i == 2 else f"train-stage-{i - 1}")
+    for step in ("evaluate", "quality", "register"):  # the last stage's checkpoint is what is measured
+        assert tasks[step]["inputs"]["artifacts"]["checkpoint"]["taskOutputArtifact"]["producerTask"] == (
+            "train-stage-5"
+        )
+    assert (
+        tasks["register"]["inputs"]["artifacts"]["quality"]["taskOutputArtifact"]["producerTask"] == "quality"
     )
     executors = spec["deploymentSpec"]["executors"]
     kube = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -12,15 +12,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worldloop.config_io import load_yaml
 
 console = Console()
-STAGES = {"action": "action", "sft": "instruction", "distill": "distill", "extend": "long"}
+STAGES = {"vae": "vae", "action": "action", "sft": "instruction", "distill": "distill", "extend": "long"}
 
 
 def train(
-    stage: str = typer.Option(..., "--stage", help="action | sft | distill | extend"),
+    stage: str = typer.Option(..., "--stage", help="vae | action | sft | distill | extend"),
     preset: str = typer.Option("tiny", "--preset", help="Model/training scale: tiny | small | a14b."),
     data: str = typer.Option(..., "--data", help="SynthWorld labelled folder or curated dataset URI."),
     out: str = typer.Option(..., "--out", help="Checkpoint folder or s3:// prefix (re-running resumes)."),
-    init: str = typer.Option(None, "--init", help="Checkpoints of the previous stage (folder or s3://)."),
+    init: str = typer.Option(
+        None,
+        "--init",
+        help="Checkpoints of the previous stage (folder or s3://), or the released Wan VAE (safetensors "
+        "file or diffusers folder) to skip stage vae.",
+    ),
     config: Path = typer.Option(None, "--config", help="TrainConfig YAML (overrides the preset)."),
     steps: int = typer.Option(None, "--steps", min=1, help="Stop after this many more steps."),
     no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow."),

@@ -64,7 +64,8 @@ def training_folder(
 
 def checkpoint_folder(path: Path) -> Path:
     """``path`` itself when it is a checkpoint, else the latest checkpoint under it."""
-    if (path / "model.safetensors").is_file() and (path / "state.json").is_file():
+    weights = (path / "model.safetensors").is_file() or (path / "vae.safetensors").is_file()
+    if weights and (path / "state.json").is_file():
         return path
     found = latest_checkpoint(path)
     if found is None:

@@ -13,6 +13,7 @@ Every consumer — InterBench, the quality ladder, the registry, serving — loa
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ class ModelStack:
     vae: CausalVideoVAE
     text_encoder: TextEncoder
     checkpoint: Path | None  # the checkpoint folder read; None for random weights
+    stage: str | None = None  # the training stage that wrote the checkpoint (state.json)
 
     @property
     def preset(self) -> str:
@@ -129,7 +131,21 @@ def load_model_stack(
     folder, version = _checkpoint_folder(uri, settings)
     spec = read_spec(folder)
     model, vae = build_modules(spec, seed=seed)
-    _load_weights(model, folder / "model.safetensors")
+    if (folder / "model.safetensors").is_file():
+        _load_weights(model, folder / "model.safetensors")
+    else:  # stage 0 trains the VAE alone: its world model is the seeded initial one
+        log.info("%s holds a VAE and no world model (stage 0): the DiT keeps random weights", folder)
     _load_weights(vae, folder / "vae.safetensors")
     log.info("loaded %s from %s (%s at %dx%d)", uri, folder, spec.model.name, spec.height, spec.width)
-    return ModelStack(uri, version, spec, model.eval(), vae.eval(), text_encoder_for(spec), folder)
+    stage = _stage_of(folder)
+    return ModelStack(uri, version, spec, model.eval(), vae.eval(), text_encoder_for(spec), folder, stage)
+
+
+def _stage_of(folder: Path) -> str | None:
+    """The training stage that wrote checkpoint ``folder`` (``state.json``'s config), if it says."""
+    try:
+        config = json.loads((folder / "state.json").read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError):
+        return None
+    stage = config.get("stage") if isinstance(config, dict) else None
+    return stage if isinstance(stage, str) else None

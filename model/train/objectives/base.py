@@ -108,6 +108,7 @@ class Objective:
     frozen: tuple[FrozenModule, ...] = ()
     updates: tuple[Update, ...]  # in order, one optimiser step
     loss_metric: str = "loss"  # the update metric reported as "loss" and kept in the loss history
+    primary_file: str = "model"  # the checkpoint file of the primary module ("vae" for stage 0)
 
     def check(self) -> None:
         """Names that fit the checkpoint layout; updates that step each trained module in whole
@@ -127,6 +128,10 @@ class Objective:
         unknown = {u.module for u in self.updates} - {t.name for t in self.trained}
         if unknown:
             raise ValueError(f"updates of modules that are not trained: {sorted(unknown)}")
+
+    def before_checkpoint(self, device: torch.device) -> None:
+        """Called on every rank before a checkpoint is collected (stage 0 re-measures the VAE's latent
+        statistics here); a no-op by default."""
 
     def state(self) -> dict[str, Any]:
         """Extra entries of ``state.json`` (small, JSON-able)."""

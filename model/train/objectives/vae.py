@@ -1,0 +1,85 @@
+"""Stage 0 objective: the causal video VAE itself (DESIGN.md §6 stage 0).
+
+The VAE is the primary module (the checkpoint stores it as ``vae.safetensors``; there is no world model
+yet): ``grad_accum`` micro-batches per optimiser step, each a fresh global batch of training windows,
+with the loss of :func:`~worldloop.model.vae.loss.vae_loss` — pixel reconstruction + SSIM + a small KL,
+decoded through the same streaming path inference runs. Before every checkpoint the VAE's per-channel
+latent statistics are re-measured on a fixed set of windows (:func:`~worldloop.model.vae.fit_latent_stats`),
+so the latents every later stage denoises are ~unit variance; they do not enter the VAE's own loss
+(``decode`` undoes what ``encode`` applies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from worldloop.model.train.config import Stage, TrainConfig
+from worldloop.model.train.data import TrainClip, WindowSampler
+from worldloop.model.train.objectives.base import (
+    Forward,
+    LrGroup,
+    Metrics,
+    Objective,
+    RankBatch,
+    TrainedModule,
+    Update,
+    freeze_except,
+)
+from worldloop.model.vae.autoencoder import CausalVideoVAE
+from worldloop.model.vae.latent_stats import fit_latent_stats
+from worldloop.model.vae.loss import vae_loss
+
+STATS_SEED = 104_729  # the windows the latent statistics are measured on (fixed: a resume measures the same)
+
+
+class VAEObjective(Objective):
+    """Stage ``vae`` of ``cfg``: train ``vae`` on the stage's clips (``clips`` also feed the latent
+    statistics measured before each checkpoint)."""
+
+    primary_file = "vae"
+
+    def __init__(self, cfg: TrainConfig, vae: CausalVideoVAE, *, clips: Sequence[TrainClip]) -> None:
+        if cfg.stage is not Stage.vae or cfg.vae is None:
+            raise ValueError("the VAE objective trains stage vae (with a 'vae' section)")
+        self.cfg, self.loss_cfg, self.vae, self.clips = cfg, cfg.vae, vae, clips
+        groups = freeze_except(vae, [LrGroup("vae", list(vae.parameters()), cfg.lr)])
+        width = max(vae.cfg.stage_channels)
+        self.trained = (TrainedModule("vae", vae, groups, width, accumulation=cfg.grad_accum),)
+        self.updates = (Update("vae", "loss", self.loss),) * cfg.grad_accum
+
+    def loss(self, batch: RankBatch, forward: Forward) -> tuple[Tensor, Metrics]:
+        """Reconstruction + SSIM + KL of one micro-batch; the posterior sample is seeded by this rank's
+        first sample index (reproducible for a given world size)."""
+        video = torch.stack([w.video for w in batch.windows]).to(batch.device)  # (B, 3, F, H, W)
+        g = torch.Generator(device=batch.device).manual_seed(self.cfg.seed * 1_000_003 + batch.indices[0])
+        loss, parts = vae_loss(
+            self.vae,
+            video.to(next(self.vae.parameters()).dtype),
+            kl_weight=self.loss_cfg.kl_weight,
+            ssim_weight=self.loss_cfg.ssim_weight,
+            pixel=self.loss_cfg.pixel_loss,
+            generator=g,
+        )
+        return loss, {f"vae/{k}": v for k, v in parts.items() if k != "loss"}
+
+    def before_checkpoint(self, device: torch.device) -> None:
+        """Measure the latent statistics on ``latent_stats_clips`` fixed windows (every rank, in the
+        same order: under ZeRO-3 the encoder's forward gathers its partitions collectively)."""
+        frames = self.cfg.curriculum[-1].frames
+        sampler = WindowSampler(
+            self.clips, frames=frames, height=self.cfg.height, width=self.cfg.width, seed=STATS_SEED
+        )
+        dtype = next(self.vae.parameters()).dtype
+        videos = (
+            w.video[None].to(device=device, dtype=dtype)
+            for w in sampler.batch(list(range(self.loss_cfg.latent_stats_clips)))
+        )
+        was_training = self.vae.training
+        self.vae.eval()
+        fit_latent_stats(self.vae, videos)
+        self.vae.train(was_training)
+
+    def metadata(self) -> dict[str, str]:
+        return {"vae_config": self.vae.cfg.model_dump_json()}
