@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import socket
+from collections.abc import Mapping
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
@@ -92,16 +93,16 @@ class Settings(BaseSettings):
         ),
     )
 
-    gate_floors: dict[str, float] = Field(
-        default_factory=dict,
+    gate_floors: Annotated[tuple[tuple[str, float], ...], NoDecode] = Field(
+        (),
         description=(
-            "Absolute floors of the promotion gate (JSON object): an InterBench dimension "
+            "Absolute floors of the promotion gate, a JSON object: an InterBench dimension "
             '("trigger") or a quality-ladder metric ("rollout.psnr.blocks_1_2") → its minimum; for the '
             'lower-is-better camera errors ("camera.rotation_deg") the value is a maximum.'
         ),
     )
-    gate_baseline_metrics: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_BASELINE_METRICS),
+    gate_baseline_metrics: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_BASELINE_METRICS,
         description=(
             "Quality-ladder metrics on which a candidate must beat both baselines (random weights of its "
             "spec, the frozen first frame) to be promoted: comma-separated or a JSON list; empty turns "
@@ -158,16 +159,34 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("approvers", "serve_api_keys", "gate_baseline_metrics", mode="before")
+    @field_validator("gate_floors", mode="before")
     @classmethod
-    def _approver_list(cls, value: object) -> object:
-        if isinstance(value, str):  # from the environment: a JSON list or comma-separated identities
+    def _floors(cls, value: object) -> object:
+        # a JSON object (environment) or a mapping → sorted (metric, floor) pairs: settings stay hashable
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, Mapping):
+            return tuple(sorted((str(k), float(v)) for k, v in value.items()))
+        return value
+
+    @field_validator("gate_baseline_metrics", mode="before")
+    @classmethod
+    def _metric_list(cls, value: object) -> object:
+        if isinstance(value, str):  # a JSON list or comma-separated names; empty: the rule is off
             text = value.strip()
             return (
                 json.loads(text)
                 if text.startswith("[")
                 else [p.strip() for p in text.split(",") if p.strip()]
             )
+        return value
+
+    @field_validator("approvers", "serve_api_keys", mode="before")
+    @classmethod
+    def _approver_list(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: a JSON list or comma-separated identities
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
         return value
 
     @field_validator("approvers")

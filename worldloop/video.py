@@ -23,10 +23,12 @@ def check_frames(
     if video.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 RGB (decode_video's output), got dtype {video.dtype}")
     if video.shape[0] < min_frames:
-        raise ValueError(f"{name} has {video.shape[0]} frames; at least {min_frames} needed")
+        what = "is empty" if video.shape[0] == 0 else f"has {video.shape[0]} frames"
+        raise ValueError(f"{name} {what}: at least {min_frames} frame(s) needed")
     if min(video.shape[1:3]) < min_side:
         raise ValueError(
-            f"{name} is {video.shape[2]}x{video.shape[1]} px; at least {min_side} px a side needed"
+            f"{name} must be at least {min_side}x{min_side} pixels ({min_side} px a side), "
+            f"got {video.shape[2]}x{video.shape[1]}"
         )
     return video
 

@@ -30,20 +30,32 @@ CONTESTANTS = ("model", *BASELINES)
 SETUP_KEYS = ("seed", "clips", "blocks", "height", "width")
 
 
-def read_quality(quality: Mapping[str, Any] | Path | None, quality_dir: Path | None) -> dict[str, Any] | None:
-    """The ``quality.json`` payload: given, read from a path, or from ``quality_dir``; checked."""
-    if quality is None and quality_dir is not None:
-        quality = quality_dir / "quality.json"
-        if not quality.is_file():
-            raise FileNotFoundError(f"{quality_dir}: no quality.json (worldloop eval quality --out DIR)")
-    if quality is None:
+def read_payload(
+    given: Mapping[str, Any] | Path | None, folder: Path | None, name: str, *, required: bool
+) -> dict[str, Any] | None:
+    """A JSON report: ``given`` as a payload or a path, else ``folder/name`` (an error when ``required``
+    and the folder lacks it), else None."""
+    if given is None and folder is not None:
+        if (folder / name).is_file():
+            given = folder / name
+        elif required:
+            raise FileNotFoundError(f"{folder}: no {name}")
+    if given is None:
         return None
-    if isinstance(quality, Path):
-        if not quality.is_file():
-            raise FileNotFoundError(f"{quality}: no such quality.json")
-        payload: dict[str, Any] = json.loads(quality.read_text(encoding="utf-8"))
-    else:
-        payload = dict(quality)
+    if isinstance(given, Path):
+        if not given.is_file():
+            raise FileNotFoundError(f"{given}: no such {name}")
+        payload: dict[str, Any] = json.loads(given.read_text(encoding="utf-8"))
+        return payload
+    return dict(given)
+
+
+def read_quality(quality: Mapping[str, Any] | Path | None, quality_dir: Path | None) -> dict[str, Any] | None:
+    """The ``quality.json`` payload (``worldloop eval quality --out DIR``): given, read from a path, or
+    from ``quality_dir``; checked."""
+    payload = read_payload(quality, quality_dir, "quality.json", required=True)
+    if payload is None:
+        return None
     contestants = payload.get("contestants")
     if not isinstance(contestants, Mapping) or not set(CONTESTANTS) <= set(contestants):
         raise ValueError(f"not a quality.json: 'contestants' must hold {', '.join(CONTESTANTS)}")

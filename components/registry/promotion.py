@@ -137,7 +137,7 @@ def gate_policy(settings: Settings) -> GatePolicy:
     """The gate's rules from the settings (``WORLDLOOP_GATE_*``)."""
     return GatePolicy(
         tolerance=settings.gate_tolerance,
-        floors=settings.gate_floors,
+        floors=dict(settings.gate_floors),
         baseline_metrics=tuple(settings.gate_baseline_metrics),
     )
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worldloop.components.registry.evidence import interbench_tags, quality_tags, read_quality
+from worldloop.components.registry.evidence import interbench_tags, quality_tags, read_payload, read_quality
 from worldloop.components.registry.gate import DIMENSIONS
 from worldloop.components.registry.tags import (
     CHECKPOINT,
@@ -45,17 +45,10 @@ log = logging.getLogger(__name__)
 
 
 def _interbench(scores: Mapping[str, Any] | Path | None, report_dir: Path | None) -> dict[str, Any] | None:
-    """The scores.json payload: given, read from a path, or from the report folder; checked."""
-    if scores is None and report_dir is not None and (report_dir / "scores.json").is_file():
-        scores = report_dir / "scores.json"
-    if scores is None:
+    """The InterBench scores.json payload: given, read from a path, or from the report folder; checked."""
+    payload = read_payload(scores, report_dir, "scores.json", required=False)
+    if payload is None:
         return None
-    if isinstance(scores, Path):
-        if not scores.is_file():
-            raise FileNotFoundError(f"{scores}: no such InterBench scores.json")
-        payload: dict[str, Any] = json.loads(scores.read_text(encoding="utf-8"))
-    else:
-        payload = dict(scores)
     dims = payload.get("interbench")
     if not isinstance(dims, Mapping) or set(dims) != set(DIMENSIONS):
         raise ValueError(

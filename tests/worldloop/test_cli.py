@@ -78,21 +78,22 @@ def test_synth_acceptance(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_the_pipeline_and_promotes_a_champion(tmp_path) -> None:
-    # A smaller variant of `make demo` (fewer clips, one step per stage, two InterBench cases).
+def test_demo_runs_the_pipeline_and_the_gate_refuses_an_untrained_model(tmp_path) -> None:
+    # A smaller variant of `make demo`: fewer clips, one step per stage, two InterBench cases. One step
+    # teaches the model nothing, so the gate must refuse it: it does not beat the frozen first frame.
     env = {**os.environ, "WORLDLOOP_HOME": str(tmp_path / "home"), "COLUMNS": "200"}  # rich: no wrapping
     out = subprocess.run(
         [EXE, "demo", "--clips", "2", "--max-steps", "1", "--eval-cases", "2"],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
         env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "registered version 1" in out.stdout
-    assert "demo@local approved and promoted v1 to champion" in out.stdout
-    assert "InterBench" in out.stdout
-    assert "worldloop serve run --model models:/worldloop@champion" in out.stdout
+    assert "v1 was NOT promoted" in out.stdout and "does not beat the" in out.stdout
+    assert "InterBench of v1" in out.stdout and "Quality ladder of v1" in out.stdout
+    assert "worldloop serve run --model models:/worldloop/1" in out.stdout
     listed = subprocess.run([EXE, "models", "list"], capture_output=True, text=True, timeout=120, env=env)
-    assert listed.returncode == 0 and "champion" in listed.stdout
+    assert listed.returncode == 0 and "candidate" in listed.stdout and "champion" not in listed.stdout
     assert (tmp_path / "home" / "mlflow.db").exists()

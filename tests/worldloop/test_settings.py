@@ -87,3 +87,22 @@ def test_bad_registry_settings_fail(monkeypatch: pytest.MonkeyPatch, field: str,
     monkeypatch.setenv(f"WORLDLOOP_{field.upper()}", value)
     with pytest.raises(ValidationError, match=field):
         Settings()
+
+
+def test_gate_settings_from_the_environment_stay_hashable(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().gate_baseline_metrics == (
+        "rollout.psnr.blocks_1_2",
+        "camera.rotation_deg",
+        "direction.all",
+    )
+    monkeypatch.setenv("WORLDLOOP_GATE_FLOORS", '{"trigger": 0.5, "camera.rotation_deg": 2}')
+    monkeypatch.setenv("WORLDLOOP_GATE_BASELINE_METRICS", "direction.all, rollout.psnr.blocks_1_2")
+    settings = Settings()
+    assert dict(settings.gate_floors) == {"trigger": 0.5, "camera.rotation_deg": 2.0}
+    assert settings.gate_baseline_metrics == ("direction.all", "rollout.psnr.blocks_1_2")
+    assert hash(settings) == hash(Settings())  # cached per settings (storage clients)
+    monkeypatch.setenv("WORLDLOOP_GATE_BASELINE_METRICS", "")
+    assert Settings().gate_baseline_metrics == ()
+    monkeypatch.setenv("WORLDLOOP_GATE_FLOORS", '{"trigger": "high"}')
+    with pytest.raises((ValidationError, ValueError)):
+        Settings()

@@ -11,12 +11,13 @@ from pydantic import ValidationError
 
 from worldloop import __version__
 from worldloop.cli.curate import curate
+from worldloop.cli.demo import demo
 from worldloop.cli.evaluate import evaluate
 from worldloop.cli.infra import infra
 from worldloop.cli.models import models
 from worldloop.cli.pipeline import pipeline
 from worldloop.cli.serve import play, serve
-from worldloop.cli.synth import demo, synth
+from worldloop.cli.synth import synth
 from worldloop.cli.train import train
 
 app = typer.Typer(
