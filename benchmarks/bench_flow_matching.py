@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
 from worldloop.model.diffusion import (
     add_noise,
     euler_sample,

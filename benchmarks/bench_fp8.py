@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
 from worldloop.model.quant import FP8Linear
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
 from worldloop.model import Conditioning, Rollout, WorldModel, i2v_condition, load_preset
 from worldloop.model.arch.attention import AttentionBackend, attend, sage_available
 from worldloop.model.arch.dit import compile_blocks, set_attention_backend, set_gradient_checkpointing

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
+
 from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
 from worldloop.components.evaluation.quality.report import ladder_table
 from worldloop.components.evaluation.quality.run import BaselineCache, QualityResult, run_quality

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
     from ray import serve
+
     from worldloop.serving.app import build_app
 
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)

@@ -12,7 +12,6 @@ from worldloop.components.synthworld import SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_shot
 from worldloop.components.synthworld.director import PlanRejected, plan_shot
 from worldloop.components.synthworld.world import WorldRejected, generate_world
-
 from worldloop.video import encode_mp4
 
 GOAL_FPS = 200.0

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder

@@ -10,6 +10,7 @@ import statistics
 import time
 
 import torch
+
 from worldloop.model.vae import CausalVideoVAE, tiny_vae
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from worldloop.components.evaluation.metrics import psnr, ssim
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model.train.data import TrainClip, WindowSampler, load_synthworld

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
 from worldloop.model import Rollout, WorldModel, tiny
 from worldloop.model.camera import parse_action
 from worldloop.model.text import HashingEncoder

@@ -14,6 +14,7 @@ This package imports no ray, kfp, mlflow or serving code.
 from __future__ import annotations
 
 import torch
+
 from worldloop.model.arch.kv_cache import KVCache
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
 from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding

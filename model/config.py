@@ -12,6 +12,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from worldloop.model.camera.actions import CameraMotion
 from worldloop.model.vae.config import VAEConfig, tiny_vae, wan_vae
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.kv_cache import KVCache
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition

@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.config import ModelConfig, load_preset
 from worldloop.model.diffusion.schedule import few_step_timesteps

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kfp import compiler
 from kfp.dsl.graph_component import GraphComponent
+
 from worldloop.pipelines import curation, evaluation, full
 from worldloop.pipelines.cluster import ClusterConfig
 

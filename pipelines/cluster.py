@@ -15,6 +15,7 @@ import yaml
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 from pydantic import BaseModel, ConfigDict, Field
+
 from worldloop.components.base_image import IMAGE
 
 

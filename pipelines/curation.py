@@ -3,6 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 from kfp.dsl.graph_component import GraphComponent
+
 from worldloop.components.curation.component import curate
 from worldloop.pipelines.cluster import ClusterConfig, apply_common
 from worldloop.pipelines.full import cached

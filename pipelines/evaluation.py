@@ -4,6 +4,7 @@ checkpoint folder)."""
 from kfp import dsl
 from kfp.dsl import Metrics, Output
 from kfp.dsl.graph_component import GraphComponent
+
 from worldloop.components.evaluation.component import evaluate
 from worldloop.pipelines.cluster import ClusterConfig, apply_common
 from worldloop.pipelines.full import cached

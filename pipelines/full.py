@@ -8,6 +8,7 @@ through curation, whose manifest is registered as the version's data lineage.
 from kfp import dsl
 from kfp.dsl import PipelineTask
 from kfp.dsl.graph_component import GraphComponent
+
 from worldloop.components.curation.component import curate
 from worldloop.components.evaluation.component import evaluate, quality
 from worldloop.components.registry.component import register

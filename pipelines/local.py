@@ -24,7 +24,6 @@ from pathlib import Path
 
 from worldloop.pipelines.catalog import PARENT, builder, resolve_arguments
 from worldloop.pipelines.cluster import ClusterConfig
-
 from worldloop.platform import tracking
 from worldloop.settings import Settings, get_settings
 

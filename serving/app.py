@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError
 from ray import serve
+
 from worldloop.serving.config import EngineConfig
 from worldloop.serving.generator import Generator
 from worldloop.serving.ingress import Ingress

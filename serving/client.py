@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
 from worldloop.serving import protocol as p
 
 

@@ -32,14 +32,14 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from worldloop.model import Rollout, StreamState
-from worldloop.model.camera.actions import ActionFrame
-from worldloop.serving.config import EngineConfig
-from worldloop.serving.frames import fit, to_uint8
 
 from worldloop.controls import Key
+from worldloop.model import Rollout, StreamState
+from worldloop.model.camera.actions import ActionFrame
 from worldloop.platform.stack import load_model_stack
 from worldloop.platform.uri import ModelURI
+from worldloop.serving.config import EngineConfig
+from worldloop.serving.frames import fit, to_uint8
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,10 @@ sequence-parallel Ray workers for ``sp`` > 1. Its own module so that neither eng
 
 from __future__ import annotations
 
+from worldloop.platform.uri import ModelURI
 from worldloop.serving.config import EngineConfig
 from worldloop.serving.engine import LocalEngine, VideoEngine
 from worldloop.serving.workers import ShardedEngine
-
-from worldloop.platform.uri import ModelURI
 
 
 def build_engine(cfg: EngineConfig, *, model: ModelURI | None = None) -> VideoEngine:

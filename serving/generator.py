@@ -22,13 +22,13 @@ import time
 
 import numpy as np
 from ray import serve
+
+from worldloop.platform.registry import PinnedVersion, pin_version
+from worldloop.platform.uri import ModelKind, ModelURI
 from worldloop.serving.config import EngineConfig
 from worldloop.serving.engine import Block, EncodedBlock, EngineInfo, SessionNotFound, VideoEngine
 from worldloop.serving.engine_factory import build_engine
 from worldloop.serving.frames import decode_image, encode_frame
-
-from worldloop.platform.registry import PinnedVersion, pin_version
-from worldloop.platform.uri import ModelKind, ModelURI
 from worldloop.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+
 from worldloop.model.camera.actions import ActionFrame, parse_action
 from worldloop.serving.engine import EncodedBlock, EngineInfo
 from worldloop.serving.frames import sample_image

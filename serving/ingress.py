@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+
 from worldloop.serving import protocol as p
 from worldloop.serving.engine import EngineInfo
 from worldloop.serving.frames import ImageError, decode_base64_image, encode_frame, sample_image
@@ -30,7 +31,6 @@ from worldloop.serving.middleware import install_guards, oip_key, presented_key,
 from worldloop.serving.oip import oip_router
 from worldloop.serving.relay import GeneratorRelay
 from worldloop.serving.sessions import ApiError, ApiKeys, SessionRecord, SessionStore
-
 from worldloop.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from worldloop.serving.sessions import ApiError, ApiKeys
 
+from worldloop.serving.sessions import ApiError, ApiKeys
 from worldloop.settings import Settings
 
 

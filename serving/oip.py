@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+
 from worldloop.serving.oip_codec import (
     DATATYPES,
     DEFAULT_MAX_BODY_BYTES,

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import ray.exceptions
 from ray.serve.handle import DeploymentHandle
+
 from worldloop.serving import protocol as p
 from worldloop.serving.engine import EncodedBlock, EngineInfo, SessionNotFound
 from worldloop.serving.sessions import ApiError, SessionRecord

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
+
 from worldloop.serving.protocol import FrameFormat, ModelInfo, SessionInfo
 
 

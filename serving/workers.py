@@ -22,11 +22,11 @@ import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, get_current_placement_group, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-from worldloop.serving.config import EngineConfig
-from worldloop.serving.engine import Block, EngineInfo, Streams, resolve_device
 
 from worldloop.controls import Key
 from worldloop.platform.uri import ModelURI
+from worldloop.serving.config import EngineConfig
+from worldloop.serving.engine import Block, EngineInfo, Streams, resolve_device
 
 
 def _free_port() -> int:

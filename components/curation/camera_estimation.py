@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from worldloop.model.camera import intrinsics_from_fov
 
+from worldloop.model.camera import intrinsics_from_fov
 from worldloop.video import check_frames
 
 METHODS: tuple[str, ...] = ("essential", "rotation", "hold")

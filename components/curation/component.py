@@ -5,6 +5,7 @@ Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library 
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
+
 from worldloop.components.base_image import IMAGE
 
 
@@ -21,7 +22,6 @@ def curate(
     ``executor``: ``ray`` (Ray Data; the cluster's with WORLDLOOP_RAY_ADDRESS) or ``local`` (in-process).
     """
     from worldloop.components.curation.pipeline import run_curation
-
     from worldloop.platform.tracking import child_run, log_metrics
 
     source = raw.path if raw is not None else source_uri

@@ -7,6 +7,7 @@ defects from good clips, including good clips with night falling, flashes and ca
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from worldloop.components.curation.camera_estimation import CameraEstimationConfig
 from worldloop.components.curation.captioning import CaptionerConfig
 

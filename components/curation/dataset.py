@@ -22,10 +22,10 @@ from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from worldloop.components.curation.quality import Reason
-from worldloop.components.synthworld.schema import Captions, InteractionCaption
 
 from worldloop import storage
+from worldloop.components.curation.quality import Reason
+from worldloop.components.synthworld.schema import Captions, InteractionCaption
 from worldloop.settings import Settings
 
 SHARDS = "shards"

@@ -10,6 +10,7 @@ or a sustained brightness shift (night falling, a torch lit). Agent and action c
 from __future__ import annotations
 
 import numpy as np
+
 from worldloop.components.curation.captioning import InteractionCandidate
 from worldloop.components.curation.config import InteractionConfig
 from worldloop.components.curation.signals import PairSignals

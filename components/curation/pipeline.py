@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from worldloop import storage
 from worldloop.components.curation.captioning import build_captioner
 from worldloop.components.curation.config import CurationConfig
 from worldloop.components.curation.dataset import (
@@ -30,8 +31,6 @@ from worldloop.components.curation.dataset import (
 )
 from worldloop.components.curation.process import process_pair
 from worldloop.components.curation.sources import SourcePair, discover
-
-from worldloop import storage
 from worldloop.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

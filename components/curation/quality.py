@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 import numpy as np
+
 from worldloop.components.curation.config import QualityConfig
 from worldloop.components.curation.signals import PairSignals
 

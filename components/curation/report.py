@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from worldloop.components.curation.camera_estimation import rotation_error_deg
 from worldloop.components.curation.dataset import CuratedClip
 

@@ -13,6 +13,7 @@ rain) also spikes both residuals but leaves them raised, so a lasting level shif
 from __future__ import annotations
 
 import numpy as np
+
 from worldloop.components.curation.config import ShotConfig
 from worldloop.components.curation.signals import PairSignals, relative_to_neighbours
 

@@ -6,6 +6,7 @@ Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library 
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
 from worldloop.components.base_image import IMAGE
 
 
@@ -29,7 +30,6 @@ def evaluate(
 
     from worldloop.components.evaluation.interbench import run_interbench
     from worldloop.components.evaluation.suite import build_synthworld_suite, load_suite
-
     from worldloop.settings import get_settings
 
     model = checkpoint.path if checkpoint is not None else model_uri

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Judge, aggregate
 from worldloop.components.evaluation.judges.synthworld import SynthWorldJudge, judge_accuracy
 from worldloop.components.evaluation.metrics import (
@@ -45,7 +46,6 @@ from worldloop.components.evaluation.suite import (
     load_suite,
 )
 from worldloop.model.camera.plucker import actions_to_camera
-
 from worldloop.platform.stack import ModelStack, load_model_stack
 from worldloop.platform.tracking import EVALUATION, step_run
 from worldloop.settings import Settings, get_settings

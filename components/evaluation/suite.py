@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from worldloop.components.synthworld import Category, EventKind, SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_without_event
 from worldloop.model.camera.actions import ActionFrame, parse_action

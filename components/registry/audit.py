@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from worldloop.components.registry.gate import GateResult
 from worldloop.components.registry.tags import AUDIT
 

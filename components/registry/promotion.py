@@ -41,7 +41,6 @@ from worldloop.components.registry.versions import (
     get_version,
     now_iso,
 )
-
 from worldloop.platform.registry import model_exists, registry_client
 from worldloop.settings import Settings, get_settings
 

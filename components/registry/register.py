@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from worldloop import storage
 from worldloop.components.registry.evidence import interbench_tags, quality_tags, read_payload, read_quality
 from worldloop.components.registry.gate import DIMENSIONS
 from worldloop.components.registry.tags import (
@@ -31,8 +32,6 @@ from worldloop.components.registry.tags import (
     PIPELINE_RUN,
 )
 from worldloop.components.registry.versions import CANDIDATE, ModelVersionInfo, get_version
-
-from worldloop import storage
 from worldloop.platform.checkpoints import CHECKPOINT_FILES, local_checkpoint
 from worldloop.platform.registry import CHECKPOINT_ARTIFACTS, model_exists, registry_client
 from worldloop.platform.tracking import REGISTRY, experiment_id, parent_tags

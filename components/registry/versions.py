@@ -24,7 +24,6 @@ from worldloop.components.registry.tags import (
     LINEAGE,
     SCORES,
 )
-
 from worldloop.platform.registry import lookup_version, model_exists, registry_client
 from worldloop.settings import Settings, get_settings
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from worldloop.components.synthworld.director import Shot
 from worldloop.components.synthworld.events import EventPlan
 from worldloop.components.synthworld.schema import Captions, InteractionCaption, SceneRecord

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
+
 from worldloop.components.synthworld import events
 from worldloop.components.synthworld.captions import interaction_caption, scene_captions, scene_facts
 from worldloop.components.synthworld.config import SynthConfig

@@ -5,6 +5,7 @@ Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library 
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
+
 from worldloop.components.base_image import IMAGE
 
 
@@ -21,7 +22,6 @@ def synth(
 ) -> None:
     """``clips`` SynthWorld clips into ``dataset``: labelled (MP4 + JSON truth), or raw pairs (``raw``)."""
     from worldloop.components.synthworld import SynthConfig, write_dataset, write_raw
-
     from worldloop.platform.tracking import child_run, log_metrics
 
     cfg = SynthConfig(size=size, frames=frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from worldloop.components.synthworld.events import EventKind
 from worldloop.model.camera import CameraMotion
 

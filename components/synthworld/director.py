@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.events import SPECS, EventKind, EventPlan, Target, schedule
 from worldloop.components.synthworld.textures import DOOR_MATERIALS

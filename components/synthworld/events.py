@@ -12,6 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from worldloop.components.synthworld.state import (
     TAG_DECAL,
     TAG_FLASH,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+
 from worldloop.components.synthworld.state import TAG_FLASH, TAG_GUN, TAG_PARTICLE, TAG_TORCH, FrameState
 
 MAX_PARTICLES_PER_PIXEL = 1 / 24

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
 from worldloop.components.synthworld.clip import Clip, generate_clip
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.writer import atomic_text, clip_name, clip_record, clip_seed
-
 from worldloop.video import encode_mp4
 
 TRUTH = "_truth"

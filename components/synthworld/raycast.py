@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from worldloop.components.synthworld.world import WorldMap
 
 SIDE_X, SIDE_Z, SIDE_DOOR = 0, 1, 2

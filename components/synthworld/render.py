@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.overlays import draw_overlays, draw_particles
 from worldloop.components.synthworld.raycast import SIDE_DOOR, SIDE_X, cast_walls

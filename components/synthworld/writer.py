@@ -11,10 +11,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from worldloop.components.synthworld.clip import Clip, generate_clip
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.schema import ActionRecord, ClipRecord, EventRecord
-
 from worldloop.video import encode_mp4
 
 INDEX = "index.jsonl"

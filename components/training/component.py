@@ -5,6 +5,7 @@ Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library 
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
+
 from worldloop.components.base_image import IMAGE
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from worldloop import storage
 from worldloop.components.curation.dataset import iter_clips
 from worldloop.components.training.sample import reconstruction_video, sample_video
 from worldloop.model import WorldModel
@@ -26,8 +28,6 @@ from worldloop.model.train.loop import TrainResult, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 from worldloop.model.weights.wan_vae import FILE_NAMES as WAN_VAE_FILES
 from worldloop.model.weights.wan_vae import load_wan_vae
-
-from worldloop import storage
 from worldloop.platform.checkpoints import training_folder
 from worldloop.platform.stack import text_encoder_for
 from worldloop.platform.tracking import StageTracker

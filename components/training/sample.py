@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.camera.actions import parse_action
 from worldloop.model.rollout import Rollout
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.data import TrainClip
 from worldloop.model.vae.autoencoder import CausalVideoVAE
-
 from worldloop.video import encode_mp4
 
 # A short walk: forward, a turn to the right, forward again.

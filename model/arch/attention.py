@@ -18,6 +18,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.model.config import AttentionBackend
 
 SAGE_HEAD_DIMS = (64, 96, 128)

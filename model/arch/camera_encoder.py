@@ -13,6 +13,7 @@ from typing import cast
 
 import torch
 from torch import Tensor, nn
+
 from worldloop.model.config import ModelConfig
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
 from worldloop.model.arch.embeddings import (
     TimeEmbedding,
     init_linear_,

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+
 from worldloop.model.arch.attention import AttentionBackend, attend
 from worldloop.model.arch.embeddings import modulation_parameter
 from worldloop.model.arch.rope import apply_rope

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
 from worldloop.model.arch.camera_encoder import CameraEncoder
 from worldloop.model.arch.dit import ExpertTransformer, set_attention_backend
 from worldloop.model.arch.interaction import InteractionExtractor

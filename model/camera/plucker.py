@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+
 from worldloop.model.camera.actions import ActionFrame, CameraMotion, CameraState, continue_poses
 from worldloop.model.camera.intrinsics import intrinsics_from_fov
 

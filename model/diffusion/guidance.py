@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import Tensor
+
 from worldloop.model.diffusion.sampler import Denoiser
 
 

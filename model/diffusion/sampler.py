@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
 from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
 from worldloop.model.diffusion.schedule import NUM_TRAIN_TIMESTEPS, timesteps_to_sigmas
 

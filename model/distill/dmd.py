@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.model.arch.world_model import Conditioning, WorldModel
 from worldloop.model.diffusion.flow_matching import add_noise, velocity_target, x0_from_velocity
 from worldloop.model.diffusion.guidance import cfg_combine

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
 from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
 from worldloop.model.diffusion.schedule import timesteps_to_sigmas

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed import ProcessGroup
+
 from worldloop.model.arch.transformer_block import SelfAttention
 from worldloop.model.arch.world_model import WorldModel
 

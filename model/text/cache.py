@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from worldloop.model.text.encoder import TextEncoder, TextEncoding, check_texts
 
 

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
+
 from worldloop.model.text.encoder import TextEncoding, check_texts, masked_mean_pool
 
 _WORD = re.compile(r"\w+|[^\w\s]")

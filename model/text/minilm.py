@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+
 from worldloop.model.text.encoder import default_minilm_path
 from worldloop.model.text.pretrained import FrozenPretrainedEncoder, check_checkpoint_folder
 

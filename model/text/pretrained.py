@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
 from worldloop.model.text.encoder import TextEncoding, check_texts, masked_mean_pool
 
 if TYPE_CHECKING:

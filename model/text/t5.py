@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import torch
+
 from worldloop.model.text.pretrained import FrozenPretrainedEncoder, check_checkpoint_folder
 
 logger = logging.getLogger(__name__)

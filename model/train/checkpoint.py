@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
 from worldloop.model.spec import ModelSpec, write_spec
 
 LATEST = "latest"

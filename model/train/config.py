@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from worldloop.model.config import PRESETS
 from worldloop.model.vae.recipe import tiny_vae_recipe
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
 from worldloop.model.train.checkpoint import gather_shards, is_partitioned, local_shard, shard_of
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
 from worldloop.model.train.config import TrainConfig
 from worldloop.model.train.objectives.base import LrGroup
 

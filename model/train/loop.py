@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.spec import ModelSpec
 from worldloop.model.text.encoder import TextEncoder

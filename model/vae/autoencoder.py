@@ -18,6 +18,7 @@ from typing import cast
 
 import torch
 from torch import Tensor, nn
+
 from worldloop.model.vae.blocks import (
     AttentionBlock,
     Downsample,

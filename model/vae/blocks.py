@@ -8,6 +8,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from worldloop.model.vae.causal_conv import CausalConv3d, DecodeCache
 
 

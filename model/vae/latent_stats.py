@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.blocks import frames_to_batch
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.model.vae.blocks import batch_to_frames, frames_to_batch, patchify, unpatchify
 
 

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.config import ModelConfig
 

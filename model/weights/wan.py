@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import Tensor
+
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.weights.safetensors_io import save_state
 

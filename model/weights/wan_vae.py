@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
+
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.blocks import AttentionBlock, Downsample, ResBlock, Upsample
 from worldloop.model.vae.config import VAEConfig, wan_vae

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+
 from worldloop.model.arch.attention import AttentionBackend, attend, sage_available
 
 

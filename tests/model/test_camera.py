@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+
 from worldloop.model.camera import (
     ActionFrame,
     CameraMotion,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from worldloop.model.config import ModelConfig, a14b, load_preset, small, tiny
-from worldloop.model.train.config import Stage, TrainConfig, stage_preset
 
 from worldloop.config_io import ConfigError, load_yaml, save_yaml
+from worldloop.model.config import ModelConfig, a14b, load_preset, small, tiny
+from worldloop.model.train.config import Stage, TrainConfig, stage_preset
 
 
 def test_a14b_matches_wan22_dims() -> None:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import Tensor
+
 from worldloop.model.diffusion import (
     HIGH_NOISE_EXPERT,
     LOW_NOISE_EXPERT,

@@ -4,6 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
 from worldloop.model.quant import FP8Linear, fp8_supported, quantize_fp8
 from worldloop.model.quant import fp8 as fp8_module
 from worldloop.model.quant.fp8 import FP8_MAX, quantize_rowwise

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder

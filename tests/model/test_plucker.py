@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+
 from worldloop.model import actions_to_camera, plucker_embedding
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.camera import CameraState, integrate_poses, parse_action

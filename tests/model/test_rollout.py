@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from worldloop.model import Rollout, WorldModel, tiny
 from worldloop.model.camera import parse_action
 from worldloop.model.text import HashingEncoder

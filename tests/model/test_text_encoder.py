@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
+
 from worldloop.model.text import (
     CachedTextEncoder,
     HashingEncoder,

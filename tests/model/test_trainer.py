@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder

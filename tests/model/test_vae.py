@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from worldloop.components.synthworld.clip import generate_clip
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.model.vae import (

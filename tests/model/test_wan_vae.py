@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
+
 from worldloop.model.vae import CausalVideoVAE, VAEConfig, wan_vae
 from worldloop.model.vae.blocks import Upsample
 from worldloop.model.weights.wan_vae import (

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from worldloop.model import WorldModel, tiny
 from worldloop.model.weights import export_wan22_layout, load_model, load_wan22_experts, save_model
 

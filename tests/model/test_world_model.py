@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from worldloop.model import Conditioning, WorldModel, build_world_model, i2v_condition, tiny
 from worldloop.model.arch.dit import count_parameters
 from worldloop.model.config import CausalConfig, a14b

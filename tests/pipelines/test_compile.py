@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from worldloop.cli.main import run
 from worldloop.pipelines.catalog import PIPELINES, compile_pipeline, resolve_arguments
 from worldloop.pipelines.cluster import ClusterConfig, load_cluster_config
 from worldloop.pipelines.full import build
-
-from worldloop.cli.main import run
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = [f"comp-train-stage{s}" for s in ("", "-2", "-3", "-4", "-5")]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
 from worldloop.components.synthworld import SynthConfig, write_raw
 from worldloop.pipelines import local
 from worldloop.pipelines.local import run_local
-
 from worldloop.settings import Settings
 
 

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from kfp_server import FakeKfp
 from mlflow import MlflowClient
-from worldloop.pipelines.catalog import compile_pipeline
-from worldloop.pipelines.submit import submit
 
 from worldloop.cli.main import run
+from worldloop.pipelines.catalog import compile_pipeline
+from worldloop.pipelines.submit import submit
 from worldloop.settings import Settings
 
 

@@ -38,6 +38,7 @@ class ServeCluster:
     def deploy(self, name: str, args: dict[str, Any], *, settings: dict[str, Any] | None = None) -> Server:
         """Deploy the real application (``build_app``) as ``name`` at ``/name/`` (``main``: at ``/``)."""
         from ray import serve
+
         from worldloop.serving.app import build_app
 
         app = build_app({**TINY, "ingress_cpus": 0.1, **args}, settings=settings)

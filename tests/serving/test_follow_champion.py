@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from serving_fixtures import write_responsive_checkpoint
-from worldloop.serving.engine import SessionNotFound
 
+from worldloop.serving.engine import SessionNotFound
 from worldloop.settings import Settings, get_settings
 
 ALICE = "alice@example.com"

@@ -20,6 +20,7 @@ import tritonclient.http as triton_http
 import uvicorn
 from fastapi import FastAPI
 from tritonclient.utils import InferenceServerException
+
 from worldloop.serving.oip import (
     DATATYPES,
     HEADER_LENGTH,

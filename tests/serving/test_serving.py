@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from websockets.sync.client import connect
+
 from worldloop.serving.client import Client, ServingError
 
 pytestmark = pytest.mark.slow
@@ -85,6 +86,7 @@ def test_instruction_triggers_exactly_one_recache(live_server) -> None:
 
 def test_tritonclient_infer_returns_the_engines_video(live_server, tiny_checkpoint) -> None:
     import tritonclient.http as triton
+
     from worldloop.serving.config import EngineConfig
     from worldloop.serving.engine import Streams
     from worldloop.serving.frames import sample_image

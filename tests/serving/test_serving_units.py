@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydantic import SecretStr, ValidationError
+
 from worldloop.serving.app import ServeOptions, build_app, deployment_options
 from worldloop.serving.config import EngineConfig
 from worldloop.serving.engine import SessionNotFound, Streams, block_actions
@@ -162,6 +163,7 @@ def test_streams_run_sessions_independently() -> None:
 def test_streams_sample_with_the_checkpoints_spec(tmp_path: Path) -> None:
     """Size, fps and the sampling schedule come from the checkpoint's spec.json, not serving defaults."""
     from serving_fixtures import write_responsive_checkpoint
+
     from worldloop.model.spec import SamplingSchedule, read_spec, write_spec
 
     folder = write_responsive_checkpoint(tmp_path)

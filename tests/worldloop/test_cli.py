@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from worldloop.components.synthworld import ClipRecord
 
+from worldloop.components.synthworld import ClipRecord
 from worldloop.video import decode_video
 
 EXE = str(Path(sys.executable).with_name("worldloop"))

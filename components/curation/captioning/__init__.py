@@ -23,6 +23,7 @@ import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from worldloop.components.curation.captioning.base import (
     Captioner,
     CaptionError,
@@ -39,7 +40,6 @@ from worldloop.components.curation.captioning.vlm_captioner import (
     parse_answer,
     pick_keyframes,
 )
-
 from worldloop.platform.chat import encode_jpeg
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from pydantic import (
     Field,
     model_validator,
 )
-from worldloop.components.synthworld.schema import Captions, InteractionCaption
 
+from worldloop.components.synthworld.schema import Captions, InteractionCaption
 from worldloop.platform.chat import ChatError
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
 )
+
 from worldloop.components.curation.captioning.base import (
     _FILLER,
     CaptionRequest,

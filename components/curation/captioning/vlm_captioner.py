@@ -14,13 +14,13 @@ from pydantic import (
     Field,
     ValidationError,
 )
+
 from worldloop.components.curation.captioning.base import (
     CaptionError,
     CaptionRequest,
     CaptionResult,
 )
 from worldloop.components.synthworld.schema import Captions, InteractionCaption
-
 from worldloop.platform.chat import (
     ChatClient,
     ChatEndpointConfig,

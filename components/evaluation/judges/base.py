@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
 from worldloop.components.evaluation.suite import InterBenchCase
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from worldloop.components.evaluation.judges.base import CaseScores, Dimension
 from worldloop.components.evaluation.suite import CaseTruth, InterBenchCase, LoadedSuite
 

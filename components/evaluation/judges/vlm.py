@@ -40,9 +40,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Dimension
 from worldloop.components.evaluation.suite import InterBenchCase
-
 from worldloop.platform.chat import (
     ChatClient,
     ChatEndpointConfig,

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from worldloop.components.curation.camera_estimation import CameraEstimationConfig, estimate_camera
 from worldloop.components.evaluation.metrics.video_input import check_video
 

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from worldloop.components.evaluation.metrics.optical_flow import clip_flow
 
 TOP_FRACTION = 0.05

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
 from worldloop.components.evaluation.metrics.video_input import check_video, to_float
 
 NUM_CLASSES = 400

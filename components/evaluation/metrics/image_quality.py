@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.components.evaluation.metrics.video_input import check_video, to_luma
 
 SHARPNESS_SCALE = 5e-3  # Laplacian variance (luma in [0, 1]) at which the sharpness factor is 1 − 1/e

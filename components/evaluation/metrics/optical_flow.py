@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from worldloop.components.evaluation.metrics.video_input import check_video
 
 MAX_WORK_SIDE = 128  # frames with a longer side are downscaled (area) to this before the flow

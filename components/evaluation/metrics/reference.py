@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.components.evaluation.metrics.video_input import check_pair, to_float
 
 SSIM_WINDOW = 11  # Gaussian window size and width of Wang et al. (2004), §III-C

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.components.evaluation.metrics.video_input import check_video, to_float, to_luma
 
 SCALES = (1, 2, 4)  # spatial downsampling factors of the working-size luma

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from worldloop.components.evaluation.metrics.optical_flow import clip_flow
 
 BLUR_SIGMA = 1.0  # working px

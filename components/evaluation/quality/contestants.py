@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from worldloop.components.evaluation.interbench import generate_case
 from worldloop.components.evaluation.quality.generate import (
     TEACHER_STEPS,
@@ -25,7 +26,6 @@ from worldloop.components.evaluation.quality.generate import (
 from worldloop.components.evaluation.quality.heldout import HeldOutClip, HeldOutSet
 from worldloop.components.evaluation.suite import InterBenchCase, LoadedSuite
 from worldloop.model.camera.actions import ActionFrame
-
 from worldloop.platform.stack import ModelStack
 
 

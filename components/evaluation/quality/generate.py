@@ -24,6 +24,7 @@ from enum import Enum
 import numpy as np
 import torch
 from torch import Tensor
+
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.world_model import Conditioning, i2v_condition
 from worldloop.model.camera.actions import ActionFrame
@@ -31,7 +32,6 @@ from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding
 from worldloop.model.diffusion.sampler import euler_sample
 from worldloop.model.diffusion.schedule import euler_timesteps
 from worldloop.model.spec import build_modules
-
 from worldloop.platform.stack import ModelStack
 
 TEACHER_STAGES = frozenset({"action", "instruction"})  # bidirectional flow-matching stages (1, 2)

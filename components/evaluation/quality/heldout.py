@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+
 from worldloop.components.synthworld import SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_shot
 from worldloop.components.synthworld.director import Shot

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from worldloop.components.curation.camera_estimation import CameraEstimationConfig, estimate_camera
 from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Judge, aggregate
 from worldloop.components.evaluation.metrics import camera_rpe, psnr, ssim

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 from rich.table import Table
+
 from worldloop.components.evaluation.quality.heldout import HeldOutSet
 from worldloop.components.evaluation.quality.measures import PSNR_CAP, ContestantScores
-
 from worldloop.video import encode_mp4
 
 PLOTTED = ("model", "random", "frozen")

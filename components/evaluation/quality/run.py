@@ -48,7 +48,6 @@ from worldloop.components.evaluation.quality.measures import (
 )
 from worldloop.components.evaluation.quality.report import plot_block_psnr, write_samples
 from worldloop.components.evaluation.suite import LoadedSuite, build_synthworld_suite, load_suite
-
 from worldloop.platform.stack import ModelStack, load_model_stack
 from worldloop.platform.tracking import EVALUATION, step_run
 from worldloop.settings import Settings, get_settings

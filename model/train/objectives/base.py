@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
 from worldloop.model.spec import ModelSpec
 from worldloop.model.train.data import Window
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.world_model import Conditioning, i2v_condition
 from worldloop.model.camera.plucker import plucker_embedding

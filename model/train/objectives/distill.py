@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from worldloop.model.arch.dit import set_gradient_checkpointing
 from worldloop.model.arch.world_model import Conditioning, WorldModel
 from worldloop.model.diffusion.schedule import few_step_timesteps

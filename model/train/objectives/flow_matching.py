@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from worldloop.model.arch.dit import set_gradient_checkpointing
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.diffusion.flow_matching import add_noise, velocity_target

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.world_model import WorldModel, i2v_condition
 from worldloop.model.camera.actions import ActionFrame, parse_action

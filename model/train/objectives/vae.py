@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, WindowSampler
 from worldloop.model.train.objectives.base import (

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
+
 from worldloop.components.curation.camera_estimation import (
     METHODS,
     CameraEstimate,

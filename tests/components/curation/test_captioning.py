@@ -15,6 +15,7 @@ import pytest
 from chat_endpoint import Reply, Sent, chat_server, endpoint_fields, refused_url
 from PIL import Image
 from pydantic import ValidationError
+
 from worldloop.components.curation.captioning import (
     Captioner,
     CaptionerConfig,

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 from worldloop.components.curation.config import CurationConfig
 from worldloop.components.curation.dataset import iter_clips, read_manifest, read_quarantine
 from worldloop.components.curation.pipeline import run_curation
 from worldloop.components.synthworld import SynthConfig, write_raw
-
 from worldloop.video import decode_video
 
 EXPECTED_REASON = {

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from worldloop import storage
 from worldloop.components.curation.config import CurationConfig, QualityConfig
 from worldloop.components.curation.dataset import read_manifest, read_quarantine
 from worldloop.components.curation.pipeline import run_curation
@@ -19,8 +21,6 @@ from worldloop.components.curation.shots import chunk_ranges, shot_ranges
 from worldloop.components.curation.sources import decode_caption, discover, read_metadata_camera
 from worldloop.components.synthworld import SynthConfig, write_dataset, write_raw
 from worldloop.model.camera.actions import rotation_yaw_pitch
-
-from worldloop import storage
 from worldloop.settings import Settings
 
 S3_BUCKET = "worldloop-test"  # created by the s3_endpoint fixture (tests/conftest.py)

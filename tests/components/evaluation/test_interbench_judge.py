@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
+
 from worldloop.components.evaluation.judges import SynthWorldJudge, aggregate, judge_accuracy
 from worldloop.components.evaluation.judges.base import Dimension
 from worldloop.components.evaluation.suite import InterBenchCase, LoadedSuite, build_synthworld_suite

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from worldloop.components.evaluation.suite import build_synthworld_suite
 
+from worldloop.components.evaluation.suite import build_synthworld_suite
 from worldloop.video import decode_video
 
 

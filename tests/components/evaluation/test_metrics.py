@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from worldloop.components.evaluation.metrics import (
     DYNAMIC_THRESHOLD,
     I3DFeatures,

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from worldloop.cli.main import run
 from worldloop.components.evaluation import interbench
 from worldloop.components.evaluation.quality import HELD_OUT_SEED, PSNR_CAP, metric_keys
 from worldloop.components.evaluation.quality.contestants import FrozenContestant, TruthContestant
@@ -28,8 +30,6 @@ from worldloop.components.evaluation.quality.heldout import DIRECTION_PAIRS, Hel
 from worldloop.components.evaluation.quality.measures import ContestantScores, block_slices, measure
 from worldloop.components.evaluation.quality.run import CONTESTANTS, quality_suite
 from worldloop.model.spec import ModelSpec, SamplingSchedule, build_modules, preset_spec, write_spec
-
-from worldloop.cli.main import run
 from worldloop.platform import stack as stack_module
 from worldloop.platform.stack import load_model_stack
 from worldloop.settings import Settings, get_settings

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from worldloop.components.registry import register_version, show
 
 from worldloop.cli import models as models_cli
 from worldloop.cli.main import run
+from worldloop.components.registry import register_version, show
 from worldloop.settings import Settings, get_settings
 
 DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file, save_file
+
 from worldloop.components.registry import (
     AuditRecord,
     Evidence,
@@ -26,7 +27,6 @@ from worldloop.components.registry import (
     rollback,
     show,
 )
-
 from worldloop.settings import Settings
 
 DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")
@@ -305,7 +305,6 @@ def test_gate_floors_and_comparable_setups() -> None:
 def test_models_uri_loads_the_registered_weights(tmp_path: Path, settings: Settings) -> None:
     from worldloop.model.spec import build_modules, preset_spec, write_spec
     from worldloop.model.train.checkpoint import rng_state
-
     from worldloop.platform.stack import load_model_stack
 
     spec = preset_spec("tiny", height=64, width=64)

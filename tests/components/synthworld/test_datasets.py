@@ -5,6 +5,7 @@ import json
 import av
 import numpy as np
 import pytest
+
 from worldloop.components.synthworld import (
     ClipRecord,
     Defect,
@@ -14,7 +15,6 @@ from worldloop.components.synthworld import (
     write_dataset,
     write_raw,
 )
-
 from worldloop.video import decode_video
 
 CFG = SynthConfig(size=64, frames=17)

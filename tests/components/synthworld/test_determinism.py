@@ -1,4 +1,5 @@
 import numpy as np
+
 from worldloop.components.synthworld import SynthConfig, generate_clip
 
 CFG = SynthConfig(size=64, frames=17)

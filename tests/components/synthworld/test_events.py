@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from worldloop.components.synthworld import Category, EventKind, SynthConfig, generate_clip
 from worldloop.components.synthworld.clip import render_without_event
 from worldloop.components.synthworld.events import SPECS

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from worldloop.components.synthworld import EventKind, SynthConfig, generate_clip
 from worldloop.components.synthworld.render import Renderer
 from worldloop.components.synthworld.state import TAG_FLOOR, TAG_WALL, FrameState

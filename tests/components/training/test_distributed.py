@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from train_launch import train_cli
-from worldloop.components.synthworld import SynthConfig, write_dataset
-from worldloop.model.train.config import CurriculumPhase, stage_preset
 
+from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.config_io import save_yaml
+from worldloop.model.train.config import CurriculumPhase, stage_preset
 
 STEPS = 4
 CLI = {"action": "action", "instruction": "sft"}

@@ -19,13 +19,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from train_launch import train_cli
+
 from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.config_io import save_yaml
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.spec import preset_spec
 from worldloop.model.train.checkpoint import load_checkpoint, save_checkpoint
 from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, TrainConfig, stage_preset
-
-from worldloop.config_io import save_yaml
 
 STEPS = 2
 CLI = {"distill": "distill", "long": "extend"}

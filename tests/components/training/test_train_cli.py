@@ -13,10 +13,10 @@ from pathlib import Path
 import mlflow
 import pytest
 from safetensors.torch import load_file
-from worldloop.components.synthworld import SynthConfig, write_dataset
-from worldloop.model.train.config import CurriculumPhase, stage_preset
 
+from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.config_io import save_yaml
+from worldloop.model.train.config import CurriculumPhase, stage_preset
 from worldloop.video import decode_video
 
 
@@ -230,11 +230,10 @@ def test_checkpoints_on_s3_resume_on_another_machine(
 ) -> None:
     import uuid
 
-    from worldloop.components.training.run import run_stage
-    from worldloop.model.train.config import TrainConfig
-
     from worldloop import storage
+    from worldloop.components.training.run import run_stage
     from worldloop.config_io import load_yaml
+    from worldloop.model.train.config import TrainConfig
 
     root, config = setup
     cfg = load_yaml(TrainConfig, config)

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
 from worldloop.model import Conditioning, Rollout, WorldModel, i2v_condition, tiny
 from worldloop.model.arch.dit import set_gradient_checkpointing
 from worldloop.model.arch.transformer_block import SelfAttention

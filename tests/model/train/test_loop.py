@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
+
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model import WorldModel, build_world_model, load_preset
 from worldloop.model.spec import ModelSpec, preset_spec, read_spec

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from worldloop.components.training.run import training_stack
 from worldloop.model.spec import SamplingSchedule, build_modules, preset_spec, write_spec
 from worldloop.model.train.config import stage_preset
-
 from worldloop.platform.stack import load_model_stack
 from worldloop.settings import Settings
 
