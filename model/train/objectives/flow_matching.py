@@ -24,16 +24,7 @@ from worldloop.model.diffusion.flow_matching import add_noise, velocity_target
 from worldloop.model.diffusion.schedule import sample_training_sigmas
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
-from worldloop.model.train.objectives.base import (
-    Forward,
-    LrGroup,
-    Metrics,
-    Objective,
-    RankBatch,
-    TrainedModule,
-    Update,
-    freeze_except,
-)
+from worldloop.model.train.objectives import base
 from worldloop.model.train.objectives.batch import PreparedBatch, prepare_batch
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
@@ -87,21 +78,21 @@ def flow_matching_loss(
     return F.mse_loss(v[:, :, 1:].float(), target[:, :, 1:].float())
 
 
-def trainable_groups(model: WorldModel, cfg: TrainConfig) -> tuple[LrGroup, ...]:
+def trainable_groups(model: WorldModel, cfg: TrainConfig) -> tuple[base.LrGroup, ...]:
     """The groups ``cfg.trainable`` names (experts at ``expert_lr`` when set); the rest is frozen."""
     params = model.parameter_groups()
-    groups: list[LrGroup] = []
+    groups: list[base.LrGroup] = []
     if ParamGroup.experts in cfg.trainable:
         for i in range(model.cfg.num_experts):
             lr = cfg.expert_lr[i] if cfg.expert_lr is not None else cfg.lr
-            groups.append(LrGroup(f"expert{i}", params[f"expert{i}"], lr))
+            groups.append(base.LrGroup(f"expert{i}", params[f"expert{i}"], lr))
     for group in (ParamGroup.camera, ParamGroup.interaction):
         if group in cfg.trainable:
-            groups.append(LrGroup(group.value, params[group.value], cfg.lr))
-    return freeze_except(model, groups)
+            groups.append(base.LrGroup(group.value, params[group.value], cfg.lr))
+    return base.freeze_except(model, groups)
 
 
-class FlowMatchingObjective(Objective):
+class FlowMatchingObjective(base.Objective):
     """Stage ``action`` or ``instruction`` of ``cfg``: ``grad_accum`` flow-matching micro-batches of
     ``model`` per optimiser step (stage 2 also feeds the interaction captions)."""
 
@@ -113,10 +104,12 @@ class FlowMatchingObjective(Objective):
         self.cfg, self.model, self.vae, self.text_encoder = cfg, model, vae.eval(), text_encoder
         set_gradient_checkpointing(model, cfg.gradient_checkpointing)
         groups = trainable_groups(model, cfg)
-        self.trained = (TrainedModule("model", model, groups, model.cfg.dim, accumulation=cfg.grad_accum),)
-        self.updates = (Update("model", "loss", self.loss),) * cfg.grad_accum
+        self.trained = (
+            base.TrainedModule("model", model, groups, model.cfg.dim, accumulation=cfg.grad_accum),
+        )
+        self.updates = (base.Update("model", "loss", self.loss),) * cfg.grad_accum
 
-    def loss(self, batch: RankBatch, forward: Forward) -> tuple[Tensor, Metrics]:
+    def loss(self, batch: base.RankBatch, forward: base.Forward) -> tuple[Tensor, base.Metrics]:
         """Flow-matching loss of one micro-batch; each sample's σ and noise from its own seed."""
         inputs = prepare_batch(
             batch.windows,

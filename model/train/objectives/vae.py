@@ -18,16 +18,7 @@ from torch import Tensor
 
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.data import TrainClip, WindowSampler
-from worldloop.model.train.objectives.base import (
-    Forward,
-    LrGroup,
-    Metrics,
-    Objective,
-    RankBatch,
-    TrainedModule,
-    Update,
-    freeze_except,
-)
+from worldloop.model.train.objectives import base
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.latent_stats import fit_latent_stats
 from worldloop.model.vae.loss import vae_loss
@@ -35,7 +26,7 @@ from worldloop.model.vae.loss import vae_loss
 STATS_SEED = 104_729  # the windows the latent statistics are measured on (fixed: a resume measures the same)
 
 
-class VAEObjective(Objective):
+class VAEObjective(base.Objective):
     """Stage ``vae`` of ``cfg``: train ``vae`` on the stage's clips (``clips`` also feed the latent
     statistics measured before each checkpoint)."""
 
@@ -45,12 +36,12 @@ class VAEObjective(Objective):
         if cfg.stage is not Stage.vae or cfg.vae is None:
             raise ValueError("the VAE objective trains stage vae (with a 'vae' section)")
         self.cfg, self.loss_cfg, self.vae, self.clips = cfg, cfg.vae, vae, clips
-        groups = freeze_except(vae, [LrGroup("vae", list(vae.parameters()), cfg.lr)])
+        groups = base.freeze_except(vae, [base.LrGroup("vae", list(vae.parameters()), cfg.lr)])
         width = max(vae.cfg.stage_channels)
-        self.trained = (TrainedModule("vae", vae, groups, width, accumulation=cfg.grad_accum),)
-        self.updates = (Update("vae", "loss", self.loss),) * cfg.grad_accum
+        self.trained = (base.TrainedModule("vae", vae, groups, width, accumulation=cfg.grad_accum),)
+        self.updates = (base.Update("vae", "loss", self.loss),) * cfg.grad_accum
 
-    def loss(self, batch: RankBatch, forward: Forward) -> tuple[Tensor, Metrics]:
+    def loss(self, batch: base.RankBatch, forward: base.Forward) -> tuple[Tensor, base.Metrics]:
         """Reconstruction + SSIM + KL of one micro-batch; the posterior sample is seeded by this rank's
         first sample index (reproducible for a given world size)."""
         video = torch.stack([w.video for w in batch.windows]).to(batch.device)  # (B, 3, F, H, W)

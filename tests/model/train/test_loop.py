@@ -21,15 +21,7 @@ from worldloop.model.text import HashingEncoder, TextEncoderConfig
 from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, TrainConfig, stage_preset
 from worldloop.model.train.data import TrainClip, WindowSampler, load_synthworld
 from worldloop.model.train.loop import Trainer, build_trainer
-from worldloop.model.train.objectives.base import (
-    Forward,
-    LrGroup,
-    Metrics,
-    Objective,
-    RankBatch,
-    TrainedModule,
-    Update,
-)
+from worldloop.model.train.objectives import base
 from worldloop.model.train.objectives.batch import prepare_batch
 from worldloop.model.train.objectives.flow_matching import flow_matching_loss
 from worldloop.model.vae import CausalVideoVAE
@@ -173,16 +165,16 @@ def test_stage_vae_trains_the_vae_alone_and_checkpoints_it_as_the_primary_file(
     )
 
 
-class ReconstructionObjective(Objective):
+class ReconstructionObjective(base.Objective):
     """A bare objective on the VAE (for the layout checks below)."""
 
     def __init__(self, vae: CausalVideoVAE, *, lr: float) -> None:
         self.vae = vae
         params = [p for p in vae.parameters() if p.requires_grad]
-        self.trained = (TrainedModule("vae", vae, (LrGroup("vae", params, lr),), width=64),)
-        self.updates = (Update("vae", "loss", self.loss),)
+        self.trained = (base.TrainedModule("vae", vae, (base.LrGroup("vae", params, lr),), width=64),)
+        self.updates = (base.Update("vae", "loss", self.loss),)
 
-    def loss(self, batch: RankBatch, forward: Forward) -> tuple[Tensor, Metrics]:
+    def loss(self, batch: base.RankBatch, forward: base.Forward) -> tuple[Tensor, base.Metrics]:
         video = torch.stack([w.video for w in batch.windows]).to(batch.device)  # (B, 3, F, H, W)
         return F.l1_loss(self.vae.decode(self.vae.encode(video)), video), {}
 
@@ -190,10 +182,10 @@ class ReconstructionObjective(Objective):
 def test_objectives_that_do_not_fit_the_checkpoint_layout_are_refused(tmp_path: Path) -> None:
     vae = CausalVideoVAE(load_preset("tiny").vae)
     bad = ReconstructionObjective(vae, lr=1e-3)
-    bad.trained = (*bad.trained, TrainedModule("optimizer", torch.nn.Linear(1, 1), (), width=1))
+    bad.trained = (*bad.trained, base.TrainedModule("optimizer", torch.nn.Linear(1, 1), (), width=1))
     with pytest.raises(ValueError, match="unique"):
         Trainer(_config("action"), bad, vae=vae, clips=[], checkpoint_dir=tmp_path)
     uneven = ReconstructionObjective(vae, lr=1e-3)
-    uneven.trained = (TrainedModule("vae", vae, uneven.trained[0].groups, width=64, accumulation=2),)
+    uneven.trained = (base.TrainedModule("vae", vae, uneven.trained[0].groups, width=64, accumulation=2),)
     with pytest.raises(ValueError, match="accumulation"):
         Trainer(_config("action"), uneven, vae=vae, clips=[], checkpoint_dir=tmp_path)
