@@ -35,7 +35,7 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
     )
     def full(
         preset: str = "tiny",
-        clips: int = 6,
+        clips: int = 24,
         raw_clips: int = 12,
         frames: int = 33,
         size: int = 128,

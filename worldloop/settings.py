@@ -19,8 +19,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # What "beats the baselines" means by default: the first blocks look more like the truth than either
-# baseline, the camera turns as commanded, and the keys move it the right way (the quality ladder).
-DEFAULT_BASELINE_METRICS = ("rollout.psnr.blocks_1_2", "camera.rotation_deg", "direction.all")
+# baseline, and the keys move the camera the right way (the quality ladder). Not the camera rotation
+# error: at 64 px the estimator's own error on the true clips (1.5 deg) exceeds a frozen video's (0.5),
+# so that metric cannot tell a model that follows the camera from one that stands still.
+DEFAULT_BASELINE_METRICS = ("rollout.psnr.blocks_1_2", "direction.all")
 DEMO_APPROVER = "demo@local"  # the local profile's approver, so the demo can approve its own candidate
 
 

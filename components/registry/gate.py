@@ -3,7 +3,7 @@
 1. **Measured.** InterBench scores (the six dimensions of DESIGN.md §7), and — unless no baseline
    metric is configured — the quality ladder (``worldloop eval quality``).
 2. **Better than nothing.** On each configured baseline metric (default: rollout PSNR over the first
-   two blocks, camera rotation error, direction checks) the candidate beats *both* baselines measured
+   two blocks and the direction checks) the candidate beats *both* baselines measured
    in the same run: random weights of its own spec, and the true first frame repeated. A model that
    does not beat "repeat the first frame" has learnt nothing worth serving.
 3. **Absolute floors.** Configured minimums on any InterBench dimension or quality metric (for the

@@ -57,10 +57,10 @@ def interbench_table(info: ModelVersionInfo) -> Table:
 
 def demo(
     clips: int = typer.Option(
-        6, "--clips", min=1, help="Labelled SynthWorld clips (twice as many raw pairs)."
+        24, "--clips", min=1, help="Labelled SynthWorld clips (half as many raw pairs)."
     ),
     steps_scale: float = typer.Option(
-        1.0, "--steps-scale", min=0.001, help="Scale of every stage's curriculum (1: the tiny presets)."
+        0.5, "--steps-scale", min=0.001, help="Scale of every stage's curriculum (1: the tiny presets)."
     ),
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="Cap on each stage's steps (0: none)."),
     eval_cases: int = typer.Option(3, "--eval-cases", min=2, help="InterBench cases (a suite of this size)."),
@@ -79,7 +79,7 @@ def demo(
     arguments: dict[str, str | int | float | bool] = {
         "preset": "tiny",
         "clips": clips,
-        "raw_clips": clips * 2,
+        "raw_clips": max(4, clips // 2),
         "max_steps": max_steps,
         "steps_scale": steps_scale,
         "eval_cases": eval_cases,
