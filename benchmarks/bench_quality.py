@@ -6,6 +6,12 @@ of every part. Numbers are printed, never asserted.
     python -m benchmarks.bench_quality                        # train stages 0 → 4, evaluate 0, 2, 3, 4
     python -m benchmarks.bench_quality --steps 8              # shorter curricula (steps per stage)
     python -m benchmarks.bench_quality --rungs a=DIR b=models:/worldloop@champion   # no training
+    python -m benchmarks.bench_quality --cameras              # stage 1 on true vs estimated cameras
+
+``--cameras`` trains stage 1 twice from the same stage-0 VAE, the same steps and the same worlds: once
+on SynthWorld's labelled clips (rendered, exact cameras) and once on the same worlds' raw pairs after
+curation (cameras estimated from the pixels), and puts both in the ladder: what the camera estimator
+costs in camera error.
 
 Training goes through :func:`run_chain`, so a stage added to the chain (the VAE stage) is trained here
 without a change; to also *evaluate* it, add its name to :data:`RUNGS` (as ``vae`` is).
@@ -76,6 +82,35 @@ def train_ladder(root: Path, *, steps: int | None, times: dict[str, float]) -> d
     return {name: folders[name] for name in RUNGS if name in folders}
 
 
+def camera_rungs(root: Path, *, steps: int | None, times: dict[str, float]) -> dict[str, str]:
+    """Stage 1 on true cameras and on curated (estimated) cameras of the same worlds, same VAE, same
+    steps; returns rung label → checkpoint folder."""
+    from worldloop.components.curation.pipeline import run_curation
+    from worldloop.components.synthworld import write_raw
+    from worldloop.components.training.run import run_stage
+
+    started = time.perf_counter()
+    labelled, raw, curated = root / "data", root / "raw", root / "curated"
+    cfg = SynthConfig(size=SIZE, frames=TRAIN_FRAMES)
+    write_dataset(labelled, cfg, clips=TRAIN_CLIPS, seed=TRAIN_SEED)
+    write_raw(raw, cfg, clips=TRAIN_CLIPS, seed=TRAIN_SEED, bad_fraction=0.0)  # the same worlds
+    summary = run_curation(str(raw), str(curated), executor="local")
+    times["data (labelled, raw, curation)"] = time.perf_counter() - started
+    console.print(f"  curated {summary.kept_clips} clips from {summary.sources} raw pairs ({summary.camera})")
+    configs = short_curricula(steps)
+    last = time.perf_counter()
+    vae = run_stage(configs[Stage.vae], data=str(labelled), out=root / "train" / "vae", track=False)
+    times["train vae"] = time.perf_counter() - last
+    rungs = {}
+    for label, data in (("action·true cameras", labelled), ("action·estimated cameras", curated)):
+        last = time.perf_counter()
+        out = root / "train" / label.replace("·", "-").replace(" ", "-")
+        run = run_stage(configs[Stage.action], data=str(data), out=out, init=vae.checkpoint_dir, track=False)
+        times[f"train {label}"] = time.perf_counter() - last
+        rungs[label] = str(run.checkpoint_dir)
+    return rungs
+
+
 def evaluate_rungs(
     rungs: Mapping[str, str], root: Path, *, clips: int, blocks: int, cases: int, times: dict[str, float]
 ) -> dict[str, QualityResult]:
@@ -128,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--rungs", nargs="+", help="LABEL=URI or URI of existing checkpoints (skips training)"
     )
     parser.add_argument("--steps", type=int, help="Steps per stage (default: the tiny stage presets)")
+    parser.add_argument(
+        "--cameras", action="store_true", help="Stage 1 on true vs curated (estimated) cameras instead"
+    )
     parser.add_argument("--clips", type=int, default=4, help="Held-out clips")
     parser.add_argument("--blocks", type=int, default=2, help="Generated blocks per clip")
     parser.add_argument("--cases", type=int, default=6, help="InterBench cases (0: skip)")
@@ -139,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = args.root or Path(tmp)
         if args.rungs:
             rungs = parse_rungs(args.rungs)
+        elif args.cameras:
+            console.print(f"stage 1 on true vs estimated cameras: {TRAIN_CLIPS} worlds of seed {TRAIN_SEED}")
+            rungs = camera_rungs(root, steps=args.steps, times=times)
         else:
             console.print(f"training the tiny chain on {TRAIN_CLIPS} SynthWorld clips of seed {TRAIN_SEED}")
             rungs = train_ladder(root, steps=args.steps, times=times)

@@ -11,19 +11,20 @@ from pathlib import Path
 import torch
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.data import Mixture
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.config import CurriculumPhase, stage_preset
-from worldloop.model.train.data import WindowSampler, load_synthworld
 from worldloop.model.train.loop import build_trainer
 from worldloop.model.train.objectives.batch import prepare_batch
+from worldloop.model.train.windows import WindowSampler
 from worldloop.model.vae import CausalVideoVAE
 
 
 def main(steps: int = 8, frames: int = 17, size: int = 64) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp) / "data", SynthConfig(size=size, frames=frames), clips=2, seed=3)
-        clips = load_synthworld(Path(tmp) / "data")
+        clips = Mixture.open(str(Path(tmp) / "data"))
         threads = torch.get_num_threads()
         print(f"tiny stages 1–2, {frames} frames at {size}x{size}, batch 1, CPU {threads} threads")
         for stage in ("action", "instruction"):
@@ -38,7 +39,7 @@ def main(steps: int = 8, frames: int = 17, size: int = 64) -> None:
             model, vae = build_world_model(mcfg), CausalVideoVAE(mcfg.vae)
             enc = HashingEncoder(dim=mcfg.text_dim)
             trainer = build_trainer(
-                cfg, model, vae=vae, text_encoder=enc, clips=clips, checkpoint_dir=Path(tmp) / stage
+                cfg, model, vae=vae, text_encoder=enc, data=clips, checkpoint_dir=Path(tmp) / stage
             )
             trainer.run(max_steps=1)  # warm-up (DeepSpeed init, allocator)
             start = time.perf_counter()

@@ -27,7 +27,8 @@ import torch
 
 from worldloop.components.evaluation.metrics import psnr, ssim
 from worldloop.components.synthworld import SynthConfig, write_dataset
-from worldloop.model.train.data import TrainClip, WindowSampler, load_synthworld
+from worldloop.data import Mixture
+from worldloop.model.train.windows import WindowSampler
 from worldloop.model.vae import (
     CausalVideoVAE,
     VAEConfig,
@@ -115,7 +116,7 @@ def options() -> list[Option]:
 
 @dataclass
 class Data:
-    train: list[TrainClip]
+    train: Mixture
     heldout: list[np.ndarray] = field(default_factory=list)  # (F, H, W, 3) uint8 each
 
 
@@ -130,7 +131,9 @@ def make_data(root: Path) -> Data:
         clips=NUM_HELDOUT_CLIPS,
         seed=HELDOUT_SEED,
     )
-    return Data(load_synthworld(root / "train"), [c.frames for c in load_synthworld(root / "heldout")])
+    heldout = Mixture.open(str(root / "heldout"))
+    clips = heldout.stores[0].clips()
+    return Data(Mixture.open(str(root / "train")), [heldout.stores[0].load(*ref).frames for ref in clips])
 
 
 def _to_video(frames: np.ndarray) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""The ``full`` pipeline: SynthWorld + curation → stage 0 (the VAE) and stages 1–4 → InterBench and the
-quality ladder → candidate version.
+"""The ``full`` pipeline: curation (+ SynthWorld) → stage 0 (the VAE) and stages 1–4 → InterBench and
+the quality ladder → candidate version.
 
-The training stages run on the labelled SynthWorld clips (exact camera ground truth); the raw pairs go
-through curation, whose manifest is registered as the version's data lineage.
+Raw text-video pairs — the user's own (``source_uri``: a folder or ``s3://`` prefix), else SynthWorld's
+raw pairs with their defects — go through curation. Every training stage reads the curated clips mixed
+with SynthWorld's labelled clips (exact cameras, actions, events) at ``synthetic_weight``. Each
+checkpoint records the shards its stages read; the registered version carries that lineage.
 """
 
 from kfp import dsl
@@ -13,7 +15,7 @@ from worldloop.components.curation.component import curate
 from worldloop.components.evaluation.component import evaluate, quality
 from worldloop.components.registry.component import register
 from worldloop.components.synthworld.component import synth
-from worldloop.components.training.component import train_stage
+from worldloop.components.training.component import mix_data, train_stage
 from worldloop.pipelines.cluster import ClusterConfig, apply_common, apply_training
 
 STAGES = ("vae", "action", "instruction", "distill", "long")
@@ -48,6 +50,8 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
         quality_blocks: int = 2,
         quality_cases: int = 4,
         curation_executor: str = "ray",
+        source_uri: str = "",
+        synthetic_weight: float = 0.5,
         parent_run_id: str = "",
     ) -> int:
         labelled, raw = (  # labelled clips for training; raw pairs with bad items for curation
@@ -65,13 +69,18 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
                 (raw_clips, True, 0.4, "synthworld-raw"),
             )
         )
-        curated = curate(
-            source_uri="",
+        curated = curate(  # the user's pairs when source_uri is set, else SynthWorld's raw pairs
+            source_uri=source_uri,
             executor=curation_executor,
             parent_run_id=parent_run_id,
             raw=raw.outputs["dataset"],
         ).set_display_name("curation")
-        for task in (labelled, raw, curated):
+        mixed = mix_data(
+            curated=curated.outputs["curated"],
+            synthetic=labelled.outputs["dataset"],
+            synthetic_weight=synthetic_weight,
+        ).set_display_name("mix")
+        for task in (labelled, raw, curated, mixed):
             cached(apply_common(task, cfg), cache_key)
         previous: PipelineTask | None = None
         for stage in STAGES:
@@ -82,7 +91,7 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
                 max_steps=max_steps,
                 steps_scale=steps_scale,
                 parent_run_id=parent_run_id,
-                data=labelled.outputs["dataset"],
+                data=mixed.outputs["data"],
                 **init,
             ).set_display_name(f"train-{stage}")
             cached(apply_training(train, cfg), cache_key)
@@ -110,7 +119,6 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
             checkpoint=previous.outputs["checkpoint"],
             interbench=scores.outputs["interbench"],
             quality=ladder.outputs["report"],
-            curated=curated.outputs["curated"],
         ).set_display_name("register")
         apply_common(version, cfg).set_caching_options(False)
         return version.output

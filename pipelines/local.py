@@ -4,7 +4,9 @@
 run's MLflow parent run id, new on every run, so the key would never repeat. Local runs therefore key
 each task on a fingerprint instead: the pipeline's arguments without the parent id, the settings that
 decide where outputs go, and the code version (a hash of every source file of the ``worldloop``
-package). The DAG is deterministic in these, so an unchanged re-run takes each finished step's
+package), plus what the input folders an argument names (``*_uri``, e.g. the user's ``source_uri``)
+hold: their files' names, and for local folders their sizes and modification times. The DAG is
+deterministic in these, so an unchanged re-run takes each finished step's
 outputs from ``WORLDLOOP_HOME/kfp/cache`` and skips it; change an argument or any source file and the
 steps run again. The registry step is never cached: every pipeline run registers its own version.
 
@@ -46,6 +48,17 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
+def input_listing(uri: str, settings: Settings) -> list[object]:
+    """What an input folder holds, as far as a cache key needs: names (and, locally, size and mtime)."""
+    from worldloop import storage
+
+    uris = storage.list_uris(uri, settings=settings)
+    if storage.scheme_of(uri) is not storage.Scheme.local:
+        return list(uris)
+    stats = (storage.as_local_path(u).stat() for u in uris)
+    return [[u, st.st_size, st.st_mtime_ns] for u, st in zip(uris, stats, strict=True)]
+
+
 def fingerprint(name: str, arguments: dict[str, object], settings: Settings) -> str:
     """The cache key of a local run of pipeline ``name`` (see the module docstring)."""
     payload = {
@@ -55,6 +68,11 @@ def fingerprint(name: str, arguments: dict[str, object], settings: Settings) -> 
         "storage": settings.resolved_storage_root,
         "mlflow": settings.resolved_mlflow_uri,
         "code": code_version(),
+        "inputs": {
+            k: input_listing(str(v), settings)
+            for k, v in sorted(arguments.items())
+            if k.endswith("_uri") and v
+        },
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
             "with; default: the bundled MiniLM behind a learned projection (offline)."
         ),
     )
+    data_cache_mb: int = Field(
+        256,
+        ge=0,
+        description=(
+            "Decoded training clips a training process keeps in memory, per dataset (MiB); the rest "
+            "is read from the shards again when needed, so memory does not grow with the data."
+        ),
+    )
     registered_model: str = Field(
         "worldloop", description="MLflow registered model that versions, candidate and champion belong to."
     )

@@ -3,6 +3,7 @@ and MP4 (H.264) encode/decode with PyAV. Writes are atomic: a reader never sees 
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -75,12 +76,15 @@ def encode_mp4(frames: np.ndarray, path: str | Path, *, fps: int, crf: int = 18)
         raise
 
 
-def decode_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames (F, H, W, 3) uint8 RGB and the stream's frame rate."""
-    with av.open(str(path)) as container:
+def decode_video(path: str | Path | bytes) -> tuple[np.ndarray, float]:
+    """All frames (F, H, W, 3) uint8 RGB and the stream's frame rate, from a file or from the bytes
+    of one (a member read out of a shard)."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
+    name = "video bytes" if isinstance(path, bytes) else path
+    with av.open(source, mode="r") as container:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         rate = float(stream.average_rate or stream.base_rate or 0)
     if not frames:
-        raise ValueError(f"{path}: no decodable video frames")
+        raise ValueError(f"{name}: no decodable video frames")
     return np.stack(frames), rate

@@ -17,14 +17,15 @@ def curate(
     curated: Output[Dataset],
     raw: Input[Dataset] | None = None,
 ) -> None:
-    """Curate ``raw`` (an upstream artifact) or, without it, ``source_uri`` (a folder or s3 prefix).
+    """Curate ``source_uri`` (the user's raw pairs: a folder or s3 prefix) when set, else ``raw`` (an
+    upstream artifact: SynthWorld's raw pairs).
 
     ``executor``: ``ray`` (Ray Data; the cluster's with WORLDLOOP_RAY_ADDRESS) or ``local`` (in-process).
     """
     from worldloop.components.curation.pipeline import run_curation
     from worldloop.platform.tracking import child_run, log_metrics
 
-    source = raw.path if raw is not None else source_uri
+    source = source_uri or (raw.path if raw is not None else "")
     if not source:
         raise ValueError("curate needs a raw dataset: an upstream artifact or source_uri")
     with child_run(parent_run_id, "curate", {"source": source, "executor": executor}) as run_id:

@@ -1,49 +1,39 @@
-"""The curated dataset on disk (or S3): WebDataset-style tar shards plus a JSONL manifest.
+"""The curated dataset on disk (or S3): the training-data format (:mod:`worldloop.data`) plus the
+curation's own records.
 
 Layout under the output root::
 
-    shards/shard-00000.tar    CLIP_ID.mp4 + CLIP_ID.json per clip (the JSON is the manifest row)
-    shards/shard-00000.json   the shard's result: sources, clips, quarantine, config hash (done marker)
-    manifest.jsonl            every kept clip, shard order
+    shards/shard-00000.tar    CLIP_ID.mp4 + CLIP_ID.json (ClipMeta) per clip — what training reads
+    shards/shard-00000.json   the shard's result: sources, clips, quarantine, config hash, index entry
+                              (done marker)
+    dataset.json              the training-data index: every shard's sha256 and member byte ranges
+    manifest.jsonl            every kept clip with its curation record (shot, piece, stats…), shard order
     quarantine.jsonl          every dropped input or shot, with its reason
     summary.json              counts: kept, dropped by reason, frames, camera sources
     config.json               the CurationConfig that produced it
 
 Shards are written atomically, tar first and the shard JSON last, so a shard JSON means a complete
-shard. Tar members carry fixed metadata (mtime 0, uid 0), so the same inputs give the same bytes.
+shard; ``dataset.json`` is written after the manifest, so it means a complete dataset. Tar members
+carry fixed metadata (mtime 0, uid 0), so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from collections.abc import Iterator
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from worldloop import storage
 from worldloop.components.curation.quality import Reason
-from worldloop.components.synthworld.schema import Captions, InteractionCaption
+from worldloop.data import CameraTrack, Captions, ClipMeta, ClipPayload, InteractionCaption, ShardEntry
+from worldloop.data import write_shard as write_data_shard
 from worldloop.settings import Settings
 
 SHARDS = "shards"
 
 
-class CameraTrack(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    source: Literal["metadata", "estimated"]
-    confidence: float = Field(description="1 for metadata; the estimator's confidence otherwise.")
-    intrinsics: list[list[list[float]]] = Field(description="K per frame, (F, 3, 3), pixels.")
-    c2w: list[list[list[float]]] = Field(
-        description="Camera-to-world per frame, (F, 4, 4), OpenCV, c2w[0]=I."
-    )
-
-
 class CuratedClip(BaseModel):
-    """One kept clip: a manifest row and the JSON member next to its MP4 in the shard."""
+    """One kept clip as curation records it (a manifest row); its shard member is :func:`clip_meta`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -89,46 +79,48 @@ class ShardResult(BaseModel):
     sources: list[str]
     clips: list[CuratedClip]
     quarantine: list[QuarantineEntry]
+    entry: ShardEntry = Field(description="The shard's entry in dataset.json.")
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def shard_tar_uri(root: str, shard: str) -> str:
-    return storage.join(root, SHARDS, f"{shard}.tar")
-
-
 def shard_result_uri(root: str, shard: str) -> str:
     return storage.join(root, SHARDS, f"{shard}.json")
 
 
-def build_tar(members: list[tuple[str, bytes]]) -> bytes:
-    """A tar of ``members`` (name, bytes) in order, with reproducible headers."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def clip_meta(clip: CuratedClip) -> ClipMeta:
+    """The training-data view of a curated clip: what curation knows (no actions, no events)."""
+    return ClipMeta(
+        key=clip.clip_id,
+        source=clip.source,
+        frames=clip.frames,
+        fps=clip.fps,
+        width=clip.width,
+        height=clip.height,
+        camera=clip.camera,
+        captions=clip.captions,
+        interaction=clip.interaction,
+        interaction_onset=clip.interaction_onset,
+    )
 
 
-def write_shard(
+def write_shard_files(
     root: str,
-    result: ShardResult,
+    shard: str,
+    clips: list[CuratedClip],
     videos: dict[str, bytes],
     *,
     settings: Settings | None = None,
-) -> None:
-    """Write the shard tar, then its result JSON (the done marker); both atomic."""
-    members: list[tuple[str, bytes]] = []
-    for clip in result.clips:
-        members.append((clip.video, videos[clip.clip_id]))
-        members.append((f"{clip.clip_id}.json", clip.model_dump_json().encode()))
-    storage.write_bytes(shard_tar_uri(root, result.shard), build_tar(members), settings=settings)
+) -> ShardEntry:
+    """Write the shard tar (atomic); its index entry goes into the shard result, written next."""
+    payloads = [ClipPayload(clip_meta(c), videos[c.clip_id]) for c in clips]
+    return write_data_shard(root, f"{SHARDS}/{shard}.tar", payloads, settings=settings)
+
+
+def write_shard_result(root: str, result: ShardResult, *, settings: Settings | None = None) -> None:
+    """The shard's result JSON (the done marker), after its tar."""
     storage.write_bytes(
         shard_result_uri(root, result.shard), result.model_dump_json(indent=1).encode(), settings=settings
     )
@@ -140,22 +132,6 @@ def read_shard_result(root: str, shard: str, *, settings: Settings | None = None
     if not storage.exists(uri, settings=settings):
         return None
     return ShardResult.model_validate_json(storage.read_bytes(uri, settings=settings))
-
-
-def iter_clips(root: str, *, settings: Settings | None = None) -> Iterator[tuple[CuratedClip, bytes]]:
-    """Every kept clip of a finished dataset with its MP4 bytes, in manifest order."""
-    manifest = read_manifest(root, settings=settings)
-    by_shard: dict[str, list[CuratedClip]] = {}
-    for clip in manifest:
-        by_shard.setdefault(clip.shard, []).append(clip)
-    for shard, clips in by_shard.items():
-        data = storage.read_bytes(shard_tar_uri(root, shard), settings=settings)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for clip in clips:
-                member = tar.extractfile(clip.video)
-                if member is None:
-                    raise ValueError(f"{shard}: missing member {clip.video}")
-                yield clip, member.read()
 
 
 def read_manifest(root: str, *, settings: Settings | None = None) -> list[CuratedClip]:

@@ -23,14 +23,18 @@ from worldloop import storage
 from worldloop.components.curation.captioning import build_captioner
 from worldloop.components.curation.config import CurationConfig
 from worldloop.components.curation.dataset import (
+    CuratedClip,
+    QuarantineEntry,
     ShardResult,
     jsonl,
     read_shard_result,
     shard_name,
-    write_shard,
+    write_shard_files,
+    write_shard_result,
 )
 from worldloop.components.curation.process import process_pair
 from worldloop.components.curation.sources import SourcePair, discover
+from worldloop.data import write_index
 from worldloop.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -84,20 +88,23 @@ def plan_shards(pairs: list[SourcePair], shard_size: int) -> list[ShardPlan]:
 def run_shard(plan: ShardPlan, cfg: CurationConfig, out: str, settings: Settings | None) -> ShardResult:
     """Process every pair of one shard and write it (tar, then the result JSON)."""
     captioner = build_captioner(cfg.captioner)
+    clips: list[CuratedClip] = []
+    quarantine: list[QuarantineEntry] = []
+    videos: dict[str, bytes] = {}
+    for pair in plan.pairs:
+        item = process_pair(pair, cfg, captioner, shard=plan.name, settings=settings)
+        clips.extend(item.clips)
+        quarantine.extend(item.quarantine)
+        videos.update(item.videos)
     result = ShardResult(
         shard=plan.name,
         config_hash=config_hash(cfg),
         sources=[p.name for p in plan.pairs],
-        clips=[],
-        quarantine=[],
+        clips=clips,
+        quarantine=quarantine,
+        entry=write_shard_files(out, plan.name, clips, videos, settings=settings),
     )
-    videos: dict[str, bytes] = {}
-    for pair in plan.pairs:
-        item = process_pair(pair, cfg, captioner, shard=plan.name, settings=settings)
-        result.clips.extend(item.clips)
-        result.quarantine.extend(item.quarantine)
-        videos.update(item.videos)
-    write_shard(out, result, videos, settings=settings)
+    write_shard_result(out, result, settings=settings)
     return result
 
 
@@ -234,4 +241,5 @@ def _merge(
         json.dumps(summary.as_json(), indent=1, sort_keys=True).encode(),
         settings=settings,
     )
+    write_index(out, "curated", [r.entry for r in results], settings=settings)  # last: the dataset is whole
     return summary

@@ -21,12 +21,13 @@ from worldloop import storage
 from worldloop.components.curation.camera_estimation import estimate_camera
 from worldloop.components.curation.captioning import Captioner, CaptionRequest, pick_keyframes
 from worldloop.components.curation.config import CurationConfig
-from worldloop.components.curation.dataset import CameraTrack, CuratedClip, QuarantineEntry
+from worldloop.components.curation.dataset import CuratedClip, QuarantineEntry
 from worldloop.components.curation.interactions import mine_interaction
 from worldloop.components.curation.quality import Reason, check_quality, shot_stats
 from worldloop.components.curation.shots import chunk_ranges, detect_cuts, shot_ranges
 from worldloop.components.curation.signals import PairSignals, analyse
 from worldloop.components.curation.sources import SourcePair, decode_caption, read_metadata_camera
+from worldloop.data import CameraTrack
 from worldloop.settings import Settings
 from worldloop.storage import Scheme, as_local_path, scheme_of
 from worldloop.video import decode_video, encode_mp4

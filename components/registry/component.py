@@ -15,10 +15,9 @@ def register(
     checkpoint: Input[Model],
     interbench: Input[Dataset],
     quality: Input[Dataset],
-    curated: Input[Dataset],
 ) -> int:
-    """Register ``checkpoint`` with the InterBench scores in ``interbench``, its quality ladder in
-    ``quality`` and the ``curated`` dataset's manifest as data lineage; returns the version number."""
+    """Register ``checkpoint`` with the InterBench scores in ``interbench`` and its quality ladder in
+    ``quality``; its data lineage is the checkpoint's own (what training read). Returns the version."""
     from pathlib import Path
 
     from worldloop.components.registry import register_version
@@ -28,7 +27,6 @@ def register(
         checkpoint.path,
         report_dir=report,
         quality_dir=Path(quality.path),
-        data_manifest=str(Path(curated.path) / "manifest.jsonl"),
         pipeline_run_id=parent_run_id or None,
     )
     return info.version

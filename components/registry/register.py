@@ -3,7 +3,8 @@ scores, and point the ``candidate`` alias at it (DESIGN.md §8).
 
 One MLflow run per registration (a child of the pipeline run when given, else in the
 ``worldloop-registry`` experiment) holds the files serving loads — ``checkpoint/`` with
-``model.safetensors``, ``ema.safetensors`` and ``state.json``, never the optimizer state — the training
+``model.safetensors``, ``ema.safetensors``, ``vae.safetensors``, ``spec.json``, ``state.json`` and
+``lineage.json``, never the optimizer state — the training
 config, and the InterBench report; the version points at that run.
 """
 
@@ -26,12 +27,14 @@ from worldloop.components.registry.tags import (
     CHECKPOINT_STEP,
     CONFIG,
     CONFIG_SHA256,
-    DATA_MANIFEST,
+    DATA,
+    DATA_SHA256,
     MAX_TAG_CHARS,
     MODEL_PRESET,
     PIPELINE_RUN,
 )
 from worldloop.components.registry.versions import CANDIDATE, ModelVersionInfo, get_version
+from worldloop.data import LINEAGE_FILE, read_lineage
 from worldloop.platform.checkpoints import CHECKPOINT_FILES, local_checkpoint
 from worldloop.platform.registry import CHECKPOINT_ARTIFACTS, model_exists, registry_client
 from worldloop.platform.tracking import REGISTRY, experiment_id, parent_tags
@@ -65,7 +68,6 @@ def _version_tags(
     config: Mapping[str, Any],
     payload: Mapping[str, Any] | None,
     quality: Mapping[str, Any] | None,
-    data_manifest: str | None,
     pipeline_run_id: str | None,
 ) -> dict[str, str]:
     config_json = json.dumps(config, sort_keys=True, default=str)
@@ -77,14 +79,38 @@ def _version_tags(
     }
     if len(config_json) <= MAX_TAG_CHARS:  # always whole in the run's config.json
         tags[CONFIG] = config_json
-    if data_manifest is not None:
-        tags[DATA_MANIFEST] = data_manifest
+    tags |= _data_tags(folder)
     if pipeline_run_id is not None:
         tags[PIPELINE_RUN] = pipeline_run_id
     if payload is not None:
         tags |= interbench_tags(payload)
     if quality is not None:
         tags |= quality_tags(quality)
+    return tags
+
+
+def _data_tags(folder: Path) -> dict[str, str]:
+    """The data lineage of the checkpoint (``lineage.json``, written by the training loop from what its
+    data loader read): its digest, and per stage the datasets with their weights and shards read."""
+    path = folder / LINEAGE_FILE
+    lineage = read_lineage(folder)
+    if lineage is None:
+        log.warning("%s has no %s: the version records no data lineage", folder, LINEAGE_FILE)
+        return {}
+    summary = [  # in training order
+        {
+            "stage": stage.stage,
+            "sources": [
+                {"uri": s.uri, "weight": s.weight, "kind": s.kind, "shards_read": len(s.shards_read)}
+                for s in stage.sources
+            ],
+        }
+        for stage in lineage.stages
+    ]
+    tags = {DATA_SHA256: hashlib.sha256(path.read_bytes()).hexdigest()}
+    text = json.dumps(summary)
+    if len(text) <= MAX_TAG_CHARS:  # always whole in the version's checkpoint/lineage.json
+        tags[DATA] = text
     return tags
 
 
@@ -126,7 +152,6 @@ def register_version(
     report_dir: Path | None = None,
     quality: Mapping[str, Any] | Path | None = None,
     quality_dir: Path | None = None,
-    data_manifest: str | None = None,
     config: Mapping[str, Any] | None = None,
     pipeline_run_id: str | None = None,
     settings: Settings | None = None,
@@ -138,7 +163,8 @@ def register_version(
     when there is one); a version without scores never passes the promotion gate. ``quality``: the
     quality ladder's ``quality.json`` payload or its path (default: ``quality_dir/quality.json``); the
     gate asks for it unless no baseline metric is configured. ``config``: the training config (default:
-    the checkpoint's ``state.json`` config).
+    the checkpoint's ``state.json`` config). The data lineage is the checkpoint's own ``lineage.json``:
+    what its training stages read.
     """
     settings = settings or get_settings()
     folder = local_checkpoint(checkpoint, settings=settings)
@@ -163,7 +189,7 @@ def register_version(
     source = str(checkpoint)
     if not source.rstrip("/").endswith(folder.name):  # a stage output: name the checkpoint taken from it
         source = storage.join(source, folder.name)
-    version_tags = _version_tags(source, folder, config, payload, ladder, data_manifest, pipeline_run_id)
+    version_tags = _version_tags(source, folder, config, payload, ladder, pipeline_run_id)
     mv = mlflow.create_model_version(
         name, f"{run.info.artifact_uri}/{CHECKPOINT_ARTIFACTS}", run_id=run_id, tags=version_tags
     )

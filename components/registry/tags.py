@@ -2,8 +2,10 @@
 
 On each model version:
 
-* ``lineage.*`` — where it came from: the pipeline run, the data manifest, the checkpoint it was cut
-  from, the training config (digest, and the JSON when it fits a tag), the model preset;
+* ``lineage.*`` — where it came from: the pipeline run, the data every stage read (its datasets,
+  weights and shard count; the whole record, with every shard's sha256, is the checkpoint's
+  ``lineage.json``, digested in ``lineage.data_sha256``), the checkpoint it was cut from, the
+  training config (digest, and the JSON when it fits a tag), the model preset;
 * ``interbench.*`` — its InterBench scores (JSON of the six dimensions), suite, judge and case count;
 * ``quality.*`` — the quality ladder's headline metrics for the model and its two baselines, and the
   held-out set they were measured on;
@@ -18,7 +20,8 @@ rollback, and ``audit.NNNN`` for decisions that concern no version (a rollback w
 
 LINEAGE = "lineage."
 PIPELINE_RUN = "lineage.pipeline_run_id"
-DATA_MANIFEST = "lineage.data_manifest"
+DATA = "lineage.data"  # JSON: [{stage, sources: [{uri, weight, kind, shards_read}]}], training order
+DATA_SHA256 = "lineage.data_sha256"  # of the checkpoint's lineage.json
 CHECKPOINT = "lineage.checkpoint"
 CHECKPOINT_STEP = "lineage.checkpoint_step"
 CONFIG = "lineage.config"

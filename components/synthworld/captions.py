@@ -8,9 +8,10 @@ import numpy as np
 
 from worldloop.components.synthworld.director import Shot
 from worldloop.components.synthworld.events import EventPlan
-from worldloop.components.synthworld.schema import Captions, InteractionCaption, SceneRecord
+from worldloop.components.synthworld.schema import SceneRecord
 from worldloop.components.synthworld.textures import FLOOR_MATERIALS, WALL_MATERIALS
 from worldloop.components.synthworld.world import WorldMap
+from worldloop.data import Captions, InteractionCaption
 from worldloop.model.camera import Key
 
 FLOOR_WORDS = {

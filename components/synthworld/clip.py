@@ -13,9 +13,10 @@ from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.director import PlanRejected, Shot, plan_shot
 from worldloop.components.synthworld.events import EventKind
 from worldloop.components.synthworld.render import Renderer
-from worldloop.components.synthworld.schema import Captions, InteractionCaption, SceneRecord
+from worldloop.components.synthworld.schema import SceneRecord
 from worldloop.components.synthworld.state import FrameState
 from worldloop.components.synthworld.world import WorldMap, WorldRejected, generate_world
+from worldloop.data import Captions, InteractionCaption
 from worldloop.model.camera import intrinsics_from_fov
 
 log = logging.getLogger(__name__)

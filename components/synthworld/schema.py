@@ -4,25 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Captions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    long: str = Field(description="Multi-sentence scene description.")
-    short: str = Field(description="One-line scene description.")
-
-
-class InteractionCaption(BaseModel):
-    """Paper's definition: a clear agent, an action, a state transition with causality."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    agent: str
-    action: str
-    object: str
-    state_change: str
-    text: str = Field(description="The interaction as one sentence.")
-    instruction: str = Field(description="Imperative form a player would type, e.g. 'open the door'.")
+from worldloop.data import ActionRecord, Captions, InteractionCaption
 
 
 class EventRecord(BaseModel):
@@ -48,13 +30,6 @@ class SceneRecord(BaseModel):
     floor: str
     props: list[str]
     doors: int
-
-
-class ActionRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    keys: list[str]
-    mouse: tuple[float, float]
 
 
 class ClipRecord(BaseModel):

@@ -1,6 +1,11 @@
 """Writes labelled clips: ``NAME.mp4``, ``NAME.json`` (ClipRecord), ``NAME.masks.npz`` and
 ``index.jsonl``. A clip's JSON is written last, so a present JSON means a complete clip and a
-re-run skips it (resume after a kill)."""
+re-run skips it (resume after a kill).
+
+The same clips are then packed in the training-data format (:mod:`worldloop.data`): ``shards/*.tar``
+with each clip's MP4, masks and :class:`~worldloop.data.ClipMeta` (exact camera, the keys held, the
+event), and ``dataset.json`` — what training reads. The loose files stay for evaluation, which looks
+clips up by name."""
 
 from __future__ import annotations
 
@@ -14,10 +19,14 @@ import numpy as np
 
 from worldloop.components.synthworld.clip import Clip, generate_clip
 from worldloop.components.synthworld.config import SynthConfig
-from worldloop.components.synthworld.schema import ActionRecord, ClipRecord, EventRecord
+from worldloop.components.synthworld.schema import ClipRecord, EventRecord
+from worldloop.data import ActionRecord, CameraTrack, ClipEvent, ClipMeta, ClipPayload, shard_path
+from worldloop.data import write_index as write_data_index
+from worldloop.data import write_shard as write_data_shard
 from worldloop.video import encode_mp4
 
 INDEX = "index.jsonl"
+SHARD_CLIPS = 8  # clips per shard of the packed dataset
 
 
 def clip_seed(seed: int, index: int) -> int:
@@ -140,4 +149,48 @@ def write_dataset(
         if pool:
             pool.shutdown()
     atomic_text(out / INDEX, "".join(json.dumps(index_entry(r)) + "\n" for r in records))
+    pack(out, records)
     return records
+
+
+def clip_meta(record: ClipRecord) -> ClipMeta:
+    """The training-data view of a labelled clip: everything SynthWorld knows, exactly."""
+    event = record.events[0] if record.events else None
+    return ClipMeta(
+        key=record.name,
+        source=f"synthworld:{record.seed}",
+        frames=record.frames,
+        fps=record.fps,
+        width=record.width,
+        height=record.height,
+        camera=CameraTrack(source="truth", confidence=1.0, intrinsics=record.intrinsics, c2w=record.c2w),
+        captions=record.captions,
+        actions=record.actions,
+        interaction=event.caption if event else None,
+        interaction_onset=event.onset_frame if event else None,
+        events=[
+            ClipEvent(
+                kind=e.kind,
+                category=e.category,
+                onset_frame=e.onset_frame,
+                full_frame=e.full_frame,
+                end_state=e.end_state,
+            )
+            for e in record.events
+        ],
+        masks=event is not None,
+    )
+
+
+def pack(out: Path, records: list[ClipRecord], *, shard_clips: int = SHARD_CLIPS) -> None:
+    """Pack the labelled clips in ``out`` as a dataset (``shards/`` + ``dataset.json``, written last)."""
+    shards = []
+    for i in range(0, len(records), shard_clips):
+        payloads = []
+        for record in records[i : i + shard_clips]:
+            meta = clip_meta(record)
+            masks = (out / record.events[0].mask_file).read_bytes() if meta.masks else None
+            payloads.append(ClipPayload(meta, (out / record.video).read_bytes(), masks))
+        name = shard_path(i // shard_clips)
+        shards.append(write_data_shard(str(out), name, payloads))
+    write_data_index(str(out), "synthworld", shards)

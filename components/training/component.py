@@ -48,3 +48,19 @@ def train_stage(
     )
     if losses:
         checkpoint.metadata["final_loss"] = float(losses[-1])
+
+
+@dsl.component(base_image=IMAGE)
+def mix_data(
+    curated: Input[Dataset],
+    synthetic: Input[Dataset],
+    synthetic_weight: float,
+    data: Output[Dataset],
+) -> None:
+    """The training data of every stage: the ``curated`` dataset mixed with the ``synthetic`` one
+    (SynthWorld's labelled clips: exact cameras, actions, events) at ``synthetic_weight`` (0: curated
+    only), written as ``mixture.json``."""
+    from worldloop.components.training.mixing import training_mixture
+
+    sources = training_mixture(curated.path, synthetic.path, synthetic_weight=synthetic_weight, out=data.path)
+    data.metadata["sources"] = [s.model_dump() for s in sources]

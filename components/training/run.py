@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
-import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,15 +13,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from worldloop import storage
-from worldloop.components.curation.dataset import iter_clips
 from worldloop.components.training.sample import reconstruction_video, sample_video
+from worldloop.data import DataSource, Mixture, read_lineage
 from worldloop.model import WorldModel
 from worldloop.model.spec import ModelSpec, build_modules, preset_spec, preset_text_encoder, read_spec
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.checkpoint import is_partitioned, latest_checkpoint, load_checkpoint
 from worldloop.model.train.config import Stage, TrainConfig
-from worldloop.model.train.data import TrainClip, clip_from_mp4_bytes, load_synthworld
 from worldloop.model.train.loop import TrainResult, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 from worldloop.model.weights.wan_vae import FILE_NAMES as WAN_VAE_FILES
@@ -36,45 +32,23 @@ from worldloop.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
-def load_training_clips(uri: str, *, settings: Settings | None = None) -> list[TrainClip]:
-    """A curated dataset (has ``manifest.jsonl``) or a SynthWorld labelled folder."""
-    if storage.exists(storage.join(uri, "manifest.jsonl"), settings=settings):
-        return [
-            clip_from_mp4_bytes(
-                clip.clip_id,
-                data,
-                intrinsics=clip.camera.intrinsics,
-                c2w=clip.camera.c2w,
-                caption_long=clip.captions.long,
-                caption_short=clip.captions.short,
-                interaction=clip.interaction.text if clip.interaction else None,
-            )
-            for clip, data in iter_clips(uri, settings=settings)
-        ]
-    return load_synthworld(storage.as_local_path(uri))
-
-
-def data_fov_deg(clips: Sequence[TrainClip]) -> float | None:
-    """The horizontal field of view of the training clips (median over clips, from their intrinsics):
-    the camera the model learns its Plücker rays in, and so the one it must be served with."""
-    if not clips:
-        return None
-    fovs = [
-        2 * math.degrees(math.atan(c.frames.shape[2] / (2 * float(c.intrinsics[0, 0, 0])))) for c in clips
-    ]
-    return float(statistics.median(fovs))
+def open_training_data(data: str | DataSource | Sequence[str | DataSource], *, settings: Settings) -> Mixture:
+    """The stage's data: one dataset, a ``mixture.json`` folder, or a weighted list of them, read
+    clip by clip within the settings' cache budget."""
+    return Mixture.open(data, cache_bytes=settings.data_cache_mb * 2**20, settings=settings)
 
 
 def stage_spec(
-    cfg: TrainConfig, init: Path | None, *, settings: Settings, clips: Sequence[TrainClip] = ()
+    cfg: TrainConfig, init: Path | None, *, settings: Settings, fov_deg: float | None = None
 ) -> ModelSpec:
     """The spec a stage trains: the one its ``--init`` checkpoint was trained with, at this stage's
     size, else a fresh spec of the config's preset (the first stage of a chain) with the preset's text
-    encoder (the settings' umT5 folder for small/a14b when set) and the field of view of ``clips``."""
+    encoder (the settings' umT5 folder for small/a14b when set) and ``fov_deg``, the training data's
+    field of view (the camera the model learns its Plücker rays in, and so the one it is served with)."""
     if init is None:
         encoder = preset_text_encoder(cfg.model_preset, t5_path=settings.t5_path)
         spec = preset_spec(cfg.model_preset, height=cfg.height, width=cfg.width, text_encoder=encoder)
-        fov = data_fov_deg(clips)
+        fov = fov_deg
         if fov is None:
             return spec
         return spec.model_copy(update={"model": spec.model.model_copy(update={"fov_deg": round(fov, 3)})})
@@ -136,14 +110,14 @@ def training_stack(
     init: InitSource | None,
     resume: Path | None,
     settings: Settings,
-    clips: Sequence[TrainClip] = (),
+    fov_deg: float | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[ModelSpec, WorldModel, CausalVideoVAE, TextEncoder]:
     """What a stage trains: the spec, the world model and VAE (seeded; the ``init`` checkpoint's weights
     and VAE loaded, or the VAE of the checkpoint being resumed) and the spec's text encoder.
     ``device="meta"`` builds the shapes only (a14b on a laptop)."""
     from_checkpoint = init.path if init is not None and not init.wan_vae else resume
-    spec = stage_spec(cfg, from_checkpoint, settings=settings, clips=clips)
+    spec = stage_spec(cfg, from_checkpoint, settings=settings, fov_deg=fov_deg)
     model, vae = build_modules(spec, seed=cfg.seed, device=device)
     if init is not None:
         _load_init(init, model=model, vae=vae)
@@ -162,7 +136,7 @@ class StageRun:
 def run_stage(
     cfg: TrainConfig,
     *,
-    data: str,
+    data: str | Sequence[str | DataSource] | None = None,
     out: str | Path,
     init: str | Path | None = None,
     max_steps: int | None = None,
@@ -171,21 +145,36 @@ def run_stage(
     settings: Settings | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> StageRun:
+    """Train stage ``cfg.stage`` on ``data`` (else the config's ``data`` mixture) into ``out``,
+    initialised from ``init`` (a previous stage's checkpoint, whose data lineage this stage extends),
+    resuming from ``out`` when it holds a checkpoint."""
     settings = settings or get_settings()
-    clips = load_training_clips(data, settings=settings)
+    sources = data if data is not None else list(cfg.data)
+    if not sources:
+        raise ValueError(f"stage {cfg.stage.value}: no training data (give --data or the config's data list)")
+    mixture = open_training_data(sources, settings=settings)
     checkpoint_dir, mirror = training_folder(out, settings=settings, pull=True)
     source = None
     if init is not None and latest_checkpoint(checkpoint_dir) is None:
         source = _init_source(init, settings)
     spec, model, vae, text_encoder = training_stack(
-        cfg, init=source, resume=latest_checkpoint(checkpoint_dir), settings=settings, clips=clips
+        cfg,
+        init=source,
+        resume=latest_checkpoint(checkpoint_dir),
+        settings=settings,
+        fov_deg=mixture.fov_deg(),
     )
+    inherited = read_lineage(source.path) if source is not None and not source.wan_vae else None
     tracker = None
     if track and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         tracker = StageTracker(
             settings=settings,
             run_name=f"stage-{cfg.stage.value}",
-            params={"config": cfg.model_dump(mode="json"), "data": data, "clips": len(clips)},
+            params={
+                "config": cfg.model_dump(mode="json"),
+                "data": [s.model_dump() for s in mixture.sources],
+                "clips": mixture.clips,
+            },
             parent_run_id=parent_run_id,
         )
     trainer = build_trainer(
@@ -193,9 +182,10 @@ def run_stage(
         model,
         vae=vae,
         text_encoder=text_encoder,
-        clips=clips,
+        data=mixture,
         checkpoint_dir=checkpoint_dir,
         spec=spec,
+        lineage=inherited,
         on_metrics=tracker.log_metrics if tracker else None,
         on_progress=on_progress,
         on_checkpoint=mirror.push if mirror else None,
@@ -206,7 +196,7 @@ def run_stage(
         model,
         vae=vae,
         text_encoder=text_encoder,
-        clip=clips[0],
+        data=mixture,
         cfg=cfg,
         timesteps=trainer.objective.checkpoint_spec(spec).schedule.resolve(spec.model),
     )
@@ -240,7 +230,7 @@ def _sample(
     *,
     vae: CausalVideoVAE,
     text_encoder: TextEncoder,
-    clip: TrainClip,
+    data: Mixture,
     cfg: TrainConfig,
     timesteps: list[float],
     folder: Path,
@@ -253,7 +243,9 @@ def _sample(
     which also holds at a14b, where a full copy of the model would not fit on one rank — and only rank
     0 logs its video. Under ZeRO 0–2 every rank holds the full weights and rank 0 samples alone.
     Stage 0 (the VAE) shows a reconstruction instead: the clip beside the VAE's encode → decode.
+    The clip is the data's first, read after the last checkpoint (so not in the stage's lineage).
     """
+    clip = data.first()
     path = folder / f"sample_{cfg.stage.value}.mp4"
     if cfg.stage is Stage.vae:
         return reconstruction_video(vae, clip=clip, height=cfg.height, width=cfg.width, path=path)
@@ -275,7 +267,7 @@ CHAIN = (Stage.vae, Stage.action, Stage.instruction, Stage.distill, Stage.long)
 
 def run_chain(
     *,
-    data: str,
+    data: str | Sequence[str | DataSource],
     out: str | Path,
     scale: str = "tiny",
     track: bool = True,

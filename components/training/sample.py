@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldloop.data import LoadedClip
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.camera.actions import parse_action
 from worldloop.model.rollout import Rollout
 from worldloop.model.text.encoder import TextEncoder
-from worldloop.model.train.data import TrainClip
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.video import encode_mp4
 
@@ -27,7 +27,7 @@ def sample_video(
     *,
     vae: CausalVideoVAE,
     text_encoder: TextEncoder,
-    clip: TrainClip,
+    clip: LoadedClip,
     height: int,
     width: int,
     path: str | Path,
@@ -51,7 +51,7 @@ def sample_video(
         )
         first = torch.from_numpy(np.ascontiguousarray(clip.frames[0])).float().permute(2, 0, 1)[None]
         first = torch.nn.functional.interpolate(first / 127.5 - 1.0, size=(height, width), mode="bilinear")
-        state, frame0 = rollout.start(first.clamp(-1, 1), prompt=clip.caption_short)
+        state, frame0 = rollout.start(first.clamp(-1, 1), prompt=clip.meta.captions.short)
         frames = [frame0]
         for i in range(blocks):
             keys = SCRIPT[i % len(SCRIPT)]
@@ -70,7 +70,7 @@ def to_frames(video: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruction_video(
-    vae: CausalVideoVAE, *, clip: TrainClip, height: int, width: int, path: str | Path, frames: int = 17
+    vae: CausalVideoVAE, *, clip: LoadedClip, height: int, width: int, path: str | Path, frames: int = 17
 ) -> Path:
     """Stage 0's sample: the first ``frames`` frames of ``clip`` beside the VAE's encode → decode of
     them (left: truth, right: reconstruction), as MP4."""

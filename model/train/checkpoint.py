@@ -10,6 +10,7 @@ A checkpoint is a folder ``step-NNNNNNNN/`` holding
 * ``NAME.safetensors`` alone — frozen modules a resumed run needs as they were (the stage-3 teacher,
   and ``vae.safetensors``: the VAE travels with every checkpoint);
 * ``spec.json`` — how to rebuild the model stack (:mod:`worldloop.model.spec`), when the trainer has one;
+* ``lineage.json`` — the data every stage so far read (:mod:`worldloop.data.lineage`);
 * ``state.json`` — step, optimizer param-group hyper-parameters, scheduler state, RNG states (as
   lists of ints), and anything else small.
 
@@ -125,6 +126,7 @@ def save_checkpoint(
     shards: str | Path | None = None,
     spec: ModelSpec | None = None,
     model_file: str = "model",
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; keep the newest ``keep`` checkpoints.
 
@@ -133,6 +135,7 @@ def save_checkpoint(
     into the checkpoint in place of rank 0's ``optimizer.safetensors`` (and ``NAME_optimizer``).
     ``spec``: written as ``spec.json`` inside the folder before it is renamed into place.
     ``model_file``: the primary module's file name (``vae`` when it is the VAE).
+    ``files``: more files (name → bytes, e.g. ``lineage.json``) written inside the folder likewise.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -171,6 +174,8 @@ def save_checkpoint(
     (tmp / "state.json").write_text(json.dumps(full_state))
     if spec is not None:
         write_spec(tmp, spec)
+    for file_name, data in (files or {}).items():
+        (tmp / file_name).write_bytes(data)
     for f in tmp.iterdir():
         with f.open("rb") as handle:
             os.fsync(handle.fileno())

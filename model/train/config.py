@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from worldloop.data import DataSource
 from worldloop.model.config import PRESETS
 from worldloop.model.vae.recipe import tiny_vae_recipe
 
@@ -141,6 +142,10 @@ class TrainConfig(BaseModel):
         False, description="Recompute each DiT block in backward instead of storing its activations."
     )
     trainable: frozenset[ParamGroup] = Field(description="Parameter groups updated by this stage.")
+    data: tuple[DataSource, ...] = Field(
+        (),
+        description="The stage's data mixture, [{uri, weight}]; the command line's --data replaces it.",
+    )
     shift: float = Field(5.0, gt=0.0, description="Timestep shift of the flow-matching schedule.")
     per_frame_sigma: bool = Field(False, description="Independent noise level per latent frame.")
     long_caption_prob: float = Field(0.5, ge=0.0, le=1.0, description="P(long scene caption) vs short.")

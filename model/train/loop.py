@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,15 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from worldloop.data import (
+    LINEAGE_FILE,
+    Lineage,
+    Mixture,
+    SourceLineage,
+    StageLineage,
+    merge_sources,
+    read_lineage,
+)
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.spec import ModelSpec
 from worldloop.model.text.encoder import TextEncoder
@@ -68,7 +77,6 @@ from worldloop.model.train.checkpoint import (
     save_optimizer_shard,
 )
 from worldloop.model.train.config import Stage, TrainConfig
-from worldloop.model.train.data import TrainClip, WindowSampler
 from worldloop.model.train.ema import PartitionedEMA
 from worldloop.model.train.engine import Engine, build_engine, ensure_distributed, partition_frozen
 from worldloop.model.train.objectives.base import Metrics, Objective, RankBatch, TrainedModule
@@ -76,6 +84,7 @@ from worldloop.model.train.objectives.distill import DistillObjective
 from worldloop.model.train.objectives.flow_matching import FlowMatchingObjective
 from worldloop.model.train.objectives.long_extension import LongExtensionObjective
 from worldloop.model.train.objectives.vae import VAEObjective
+from worldloop.model.train.windows import WindowSampler
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 log = logging.getLogger(__name__)
@@ -105,9 +114,11 @@ class Snapshot:
 
 
 class Trainer:
-    """Runs ``objective`` over the curriculum of ``cfg`` on ``clips``, checkpointing into
+    """Runs ``objective`` over the curriculum of ``cfg`` on the clips of ``data``, checkpointing into
     ``checkpoint_dir`` (and resuming from it). ``vae`` is saved with every checkpoint
-    (``vae.safetensors``), ``spec`` (as the objective amends it) as ``spec.json``."""
+    (``vae.safetensors``), ``spec`` (as the objective amends it) as ``spec.json``, and the data lineage
+    — ``lineage`` (the earlier stages', from the ``--init`` checkpoint) plus this stage's sources and the
+    shards its ranks read — as ``lineage.json``."""
 
     def __init__(
         self,
@@ -115,16 +126,19 @@ class Trainer:
         objective: Objective,
         *,
         vae: nn.Module,
-        clips: Sequence[TrainClip],
+        data: Mixture,
         checkpoint_dir: str | Path,
         spec: ModelSpec | None = None,
+        lineage: Lineage | None = None,
         ema_decay: float = 0.999,
         on_metrics: MetricsCallback | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         on_checkpoint: Callable[[Path], None] | None = None,
     ) -> None:
         objective.check()
-        self.cfg, self.objective, self.vae, self.clips, self.spec = cfg, objective, vae, clips, spec
+        self.cfg, self.objective, self.vae, self.data, self.spec = cfg, objective, vae, data, spec
+        self.lineage = lineage or Lineage()
+        self._read_before: list[SourceLineage] = []  # this stage's reads before a resume
         self.checkpoint_dir = Path(checkpoint_dir)
         self.ema_decay = ema_decay
         self.on_metrics, self.on_progress, self.on_checkpoint = on_metrics, on_progress, on_checkpoint
@@ -197,7 +211,7 @@ class Trainer:
     def _sampler(self, phase: int) -> WindowSampler:
         cfg = self.cfg
         return WindowSampler(
-            self.clips,
+            self.data,
             frames=cfg.curriculum[phase].frames,
             height=cfg.height,
             width=cfg.width,
@@ -313,6 +327,10 @@ class Trainer:
         engines[self.primary.name].scheduler.load_state_dict(state["scheduler"])
         for t in self.others:
             engines[t.name].scheduler.load_state_dict(state[f"{t.name}_scheduler"])
+        previous = read_lineage(found)
+        if previous is not None:
+            resumed = previous.stage(self.cfg.stage.value)
+            self._read_before = resumed.sources if resumed else []
         log.info("resumed from %s (step %d)", found, state["step"])
         return int(state["step"]), list(state["loss_history"])
 
@@ -323,15 +341,27 @@ class Trainer:
         """Checkpoint ``step``: collected on every rank, written by rank 0 (its folder; None elsewhere)."""
         saved = None
         self.objective.before_checkpoint(engines[self.primary.name].engine.device)
+        lineage = self._stage_lineage()
         with optimizer_state_access(*(e.engine for e in engines.values())):  # shards and save read it
             snapshot = self._snapshot(step, ema, engines)
             if self.rank == 0:
-                saved = self._save(step, snapshot, engines, history)
+                saved = self._save(step, snapshot, engines, history, lineage)
                 if self.on_checkpoint:
                     self.on_checkpoint(saved)
             if self.world > 1:
                 dist.barrier()
         return saved
+
+    def _stage_lineage(self) -> Lineage:
+        """The lineage so far: earlier stages', and this stage's sources with the shards every rank
+        read (gathered from all ranks: a collective) since the start, across resumes."""
+        reads = [self.data.lineage()]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, [s.model_dump() for s in reads[0]])
+            reads = [[SourceLineage.model_validate(s) for s in part] for part in gathered]
+        sources = merge_sources(self._read_before, *reads)
+        return self.lineage.with_stage(StageLineage(stage=self.cfg.stage.value, sources=sources))
 
     def _snapshot(self, step: int, ema: PartitionedEMA, engines: dict[str, Engine]) -> Snapshot:
         """Full weights and EMA gathered from ZeRO-3 partitions (a collective) and, with a partitioned
@@ -356,7 +386,9 @@ class Trainer:
             dist.barrier()  # every shard is on disk before rank 0 moves them into the checkpoint
         return Snapshot(trained, frozen, full_ema, shards)
 
-    def _save(self, step: int, snap: Snapshot, engines: dict[str, Engine], history: list[float]) -> Path:
+    def _save(
+        self, step: int, snap: Snapshot, engines: dict[str, Engine], history: list[float], lineage: Lineage
+    ) -> Path:
         """Rank 0 writes checkpoint ``step`` (atomically, with ``vae.safetensors`` and ``spec.json``)."""
         # the VAE travels with every checkpoint: as the primary file when it is what this stage trains
         frozen = snap.frozen if self._vae_trained() else {**snap.frozen, "vae": self.vae}
@@ -381,6 +413,7 @@ class Trainer:
             metadata=self.objective.metadata(),
             spec=None if self.spec is None else self.objective.checkpoint_spec(self.spec),
             model_file=self.objective.primary_file,
+            files={LINEAGE_FILE: lineage.model_dump_json(indent=1).encode()},
         )
 
 
@@ -390,9 +423,10 @@ def build_trainer(
     *,
     vae: CausalVideoVAE,
     text_encoder: TextEncoder,
-    clips: Sequence[TrainClip],
+    data: Mixture,
     checkpoint_dir: str | Path,
     spec: ModelSpec | None = None,
+    lineage: Lineage | None = None,
     on_metrics: MetricsCallback | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
@@ -402,7 +436,7 @@ def build_trainer(
     (``vae``) trains ``vae`` itself and leaves ``model`` untouched."""
     objective: Objective
     if cfg.stage is Stage.vae:
-        objective = VAEObjective(cfg, vae, clips=clips)
+        objective = VAEObjective(cfg, vae, data=data)
     elif cfg.stage in (Stage.action, Stage.instruction):
         objective = FlowMatchingObjective(cfg, model, vae=vae, text_encoder=text_encoder)
     elif cfg.stage is Stage.distill:
@@ -413,9 +447,10 @@ def build_trainer(
         cfg,
         objective,
         vae=vae,
-        clips=clips,
+        data=data,
         checkpoint_dir=checkpoint_dir,
         spec=spec,
+        lineage=lineage,
         on_metrics=on_metrics,
         on_progress=on_progress,
         on_checkpoint=on_checkpoint,

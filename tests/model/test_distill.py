@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.data import Mixture
 from worldloop.model import WorldModel, build_world_model, load_preset
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.world_model import Conditioning, i2v_condition
 from worldloop.model.distill import dmd_generator_loss, self_forcing_rollout
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.config import CurriculumPhase, Precision, stage_preset
-from worldloop.model.train.data import TrainClip, load_synthworld
 from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 
@@ -148,13 +148,13 @@ def test_dmd_gradient_vanishes_when_critic_equals_teacher_and_points_from_fake_t
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Mixture:
     out = tmp_path_factory.mktemp("synth")
     write_dataset(out, SynthConfig(size=64, frames=9), clips=2, seed=7)
-    return load_synthworld(out)
+    return Mixture.open(str(out))
 
 
-def _trainer(clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -> Trainer:
+def _trainer(clips: Mixture, ckpt: Path, steps: int, **update: object) -> Trainer:
     cfg = stage_preset("distill")
     cfg = cfg.model_copy(
         update={
@@ -169,13 +169,11 @@ def _trainer(clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -
     model = _model()
     vae = CausalVideoVAE(model.cfg.vae)
     return build_trainer(
-        cfg, model, vae=vae, text_encoder=HashingEncoder(dim=384), clips=clips, checkpoint_dir=ckpt
+        cfg, model, vae=vae, text_encoder=HashingEncoder(dim=384), data=clips, checkpoint_dir=ckpt
     )
 
 
-def test_distillation_trains_student_and_critic_with_per_expert_rates(
-    clips: list[TrainClip], tmp_path: Path
-) -> None:
+def test_distillation_trains_student_and_critic_with_per_expert_rates(clips: Mixture, tmp_path: Path) -> None:
     trainer = _trainer(clips, tmp_path, steps=2)
     teacher = {n: p.clone() for n, p in trainer.modules["teacher"].named_parameters()}
     student = {n: p.detach().clone() for n, p in trainer.modules["student"].named_parameters()}
@@ -192,7 +190,7 @@ def test_distillation_trains_student_and_critic_with_per_expert_rates(
     assert (tmp_path / "step-00000002" / "critic.safetensors").exists()
 
 
-def test_distillation_resumes_to_the_same_student_and_critic(clips: list[TrainClip], tmp_path: Path) -> None:
+def test_distillation_resumes_to_the_same_student_and_critic(clips: Mixture, tmp_path: Path) -> None:
     straight = _trainer(clips, tmp_path / "a", steps=3)
     full = straight.run()
     _trainer(clips, tmp_path / "b", steps=3).run(max_steps=2)
@@ -207,7 +205,7 @@ def test_distillation_resumes_to_the_same_student_and_critic(clips: list[TrainCl
         assert all(torch.equal(pa[n], pb[n]) for n in pa)
 
 
-def test_bf16_distillation_runs(clips: list[TrainClip], tmp_path: Path) -> None:
+def test_bf16_distillation_runs(clips: Mixture, tmp_path: Path) -> None:
     """bf16 (the GPU precision) casts fp32 data-path inputs at the model; the KV cache takes its dtype."""
     trainer = _trainer(clips, tmp_path / "ckpt", steps=1, precision=Precision.bf16)
     result = trainer.run()

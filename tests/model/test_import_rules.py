@@ -33,6 +33,7 @@ FOUNDATION = (
     "worldloop",
     "worldloop.settings",
     "worldloop.storage",
+    "worldloop.data",
     "worldloop.video",
     "worldloop.config_io",
     "worldloop.controls",

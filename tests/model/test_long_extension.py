@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.data import Mixture
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.config import CurriculumPhase, stage_preset
-from worldloop.model.train.data import load_synthworld
 from worldloop.model.train.loop import build_trainer
 from worldloop.model.train.objectives.long_extension import random_actions
 from worldloop.model.vae import CausalVideoVAE
@@ -25,7 +25,7 @@ def test_random_actions_are_seeded_runs_of_keys() -> None:
 
 def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) -> None:
     write_dataset(tmp_path / "data", SynthConfig(size=64, frames=25), clips=2, seed=9)
-    clips = load_synthworld(tmp_path / "data")
+    clips = Mixture.open(str(tmp_path / "data"))
     cfg = stage_preset("long")
     cfg = cfg.model_copy(
         update={
@@ -44,7 +44,7 @@ def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) 
         model,
         vae=CausalVideoVAE(model.cfg.vae),
         text_encoder=HashingEncoder(dim=384),
-        clips=clips,
+        data=clips,
         checkpoint_dir=tmp_path / "ckpt",
         on_metrics=lambda step, m: seen.append(m),
     )

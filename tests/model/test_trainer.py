@@ -9,23 +9,23 @@ import pytest
 import torch
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.data import Mixture
 from worldloop.model import build_world_model, load_preset
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.checkpoint import latest_checkpoint
 from worldloop.model.train.config import CurriculumPhase, Precision, stage_preset
-from worldloop.model.train.data import TrainClip, load_synthworld
 from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Mixture:
     out = tmp_path_factory.mktemp("synth")
     write_dataset(out, SynthConfig(size=64, frames=17), clips=3, seed=2)
-    return load_synthworld(out)
+    return Mixture.open(str(out))
 
 
-def _trainer(stage: str, clips: list[TrainClip], ckpt: Path, steps: int, **update: object) -> Trainer:
+def _trainer(stage: str, clips: Mixture, ckpt: Path, steps: int, **update: object) -> Trainer:
     cfg = stage_preset(stage).model_copy(
         update={
             "curriculum": (CurriculumPhase(frames=9, steps=steps),),
@@ -41,11 +41,11 @@ def _trainer(stage: str, clips: list[TrainClip], ckpt: Path, steps: int, **updat
     model = build_world_model(mcfg)
     vae = CausalVideoVAE(mcfg.vae)
     return build_trainer(
-        cfg, model, vae=vae, text_encoder=HashingEncoder(dim=mcfg.text_dim), clips=clips, checkpoint_dir=ckpt
+        cfg, model, vae=vae, text_encoder=HashingEncoder(dim=mcfg.text_dim), data=clips, checkpoint_dir=ckpt
     )
 
 
-def test_stage_action_lowers_its_loss_and_checkpoints(clips: list[TrainClip], tmp_path: Path) -> None:
+def test_stage_action_lowers_its_loss_and_checkpoints(clips: Mixture, tmp_path: Path) -> None:
     trainer = _trainer("action", clips, tmp_path, steps=24, batch_size=2)
     result = trainer.run()
     assert result.steps == 24 and len(result.losses) == 24
@@ -56,9 +56,7 @@ def test_stage_action_lowers_its_loss_and_checkpoints(clips: list[TrainClip], tm
     assert len(list(tmp_path.glob("step-*"))) == 2  # older checkpoints pruned
 
 
-def test_stage_instruction_keeps_the_camera_encoder_bit_identical(
-    clips: list[TrainClip], tmp_path: Path
-) -> None:
+def test_stage_instruction_keeps_the_camera_encoder_bit_identical(clips: Mixture, tmp_path: Path) -> None:
     trainer = _trainer(
         "instruction", clips, tmp_path, steps=4
     )  # zero-init outputs: grads reach inward by step 3
@@ -72,7 +70,7 @@ def test_stage_instruction_keeps_the_camera_encoder_bit_identical(
     assert any(n.startswith("interaction.") for n in changed)
 
 
-def test_resumed_run_matches_an_uninterrupted_one(clips: list[TrainClip], tmp_path: Path) -> None:
+def test_resumed_run_matches_an_uninterrupted_one(clips: Mixture, tmp_path: Path) -> None:
     straight = _trainer("action", clips, tmp_path / "a", steps=6)
     full = straight.run()
     first = _trainer("action", clips, tmp_path / "b", steps=6)
@@ -89,7 +87,7 @@ def test_resumed_run_matches_an_uninterrupted_one(clips: list[TrainClip], tmp_pa
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
-def test_bf16_training_runs_and_lowers_its_loss(clips: list[TrainClip], tmp_path: Path) -> None:
+def test_bf16_training_runs_and_lowers_its_loss(clips: Mixture, tmp_path: Path) -> None:
     """bf16 (the GPU precision): fp32 batches from the data path are cast at the model's boundary."""
     trainer = _trainer("instruction", clips, tmp_path, steps=8, batch_size=2, precision=Precision.bf16)
     result = trainer.run()

@@ -37,6 +37,7 @@ def test_full_has_every_stage_with_gpus_on_training(tmp_path: Path) -> None:
         "synth",
         "synth-2",
         "curate",
+        "mix-data",
         "train-stage",
         "train-stage-2",
         "train-stage-3",
@@ -51,6 +52,18 @@ def test_full_has_every_stage_with_gpus_on_training(tmp_path: Path) -> None:
     ]
     assert sorted(stages) == sorted(["vae", "action", "instruction", "distill", "long"])
     assert "init" not in tasks["train-stage"]["inputs"].get("artifacts", {})  # stage 0 starts the chain
+
+    def producer(task: str, artifact: str) -> str:
+        return str(tasks[task]["inputs"]["artifacts"][artifact]["taskOutputArtifact"]["producerTask"])
+
+    # every stage reads the curated clips (through the mixing step, with SynthWorld's labelled ones)
+    for t in tasks:
+        if t.startswith("train-stage"):
+            assert producer(t, "data") == "mix-data", t
+    assert producer("mix-data", "curated") == "curate" and producer("mix-data", "synthetic") == "synth"
+    assert producer("curate", "raw") == "synth-2"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["source_uri"]["defaultValue"] == "" and params["synthetic_weight"]["defaultValue"] == 0.5
     for i in range(2, 6):  # each stage starts from the one before: the VAE travels down the chain
         producer = tasks[f"train-stage-{i}"]["inputs"]["artifacts"]["init"]["taskOutputArtifact"][
             "producerTask"

@@ -12,6 +12,8 @@ from worldloop.pipelines import local
 from worldloop.pipelines.local import run_local
 from worldloop.settings import Settings
 
+S3_BUCKET = "worldloop-test"  # created by the s3_endpoint fixture (conftest.py)
+
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -83,3 +85,70 @@ def test_a_failed_step_fails_the_run_and_its_parent(tmp_path: Path, monkeypatch:
         )
     parent_id = str(failed.value).split("MLflow run ")[1].split(")")[0]
     assert MlflowClient(settings.resolved_mlflow_uri).get_run(parent_id).info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_full_trains_on_the_curated_clips_of_a_users_s3_folder(
+    tmp_path: Path, s3_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``worldloop synth --raw`` writes raw pairs; uploaded to S3 they are the ``source_uri`` of the full
+    pipeline, and the registered version's lineage shows every stage read their curated clips (mixed
+    with SynthWorld's labelled ones)."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+
+    from worldloop import storage
+    from worldloop.components.registry import show
+    from worldloop.data import ClipStore
+
+    raw = tmp_path / "raw"
+    made = subprocess.run(
+        [sys.executable, "-c", "from worldloop.cli.main import main; main()", "synth", "--raw"]
+        + ["--out", str(raw), "--clips", "3", "--frames", "17", "--size", "64", "--bad-fraction", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    source = f"s3://{S3_BUCKET}/{uuid.uuid4().hex}/raw"
+    for path in sorted(p for p in raw.rglob("*") if p.is_file()):
+        storage.upload_file(
+            path, storage.join(source, path.relative_to(raw).as_posix()), settings=s3_settings
+        )
+
+    for name, value in {
+        "WORLDLOOP_HOME": str(tmp_path / "home"),
+        "WORLDLOOP_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
+        "WORLDLOOP_S3_ACCESS_KEY_ID": "test",
+        "WORLDLOOP_S3_SECRET_ACCESS_KEY": "test",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    settings = Settings(home=tmp_path / "home", s3_endpoint_url=s3_settings.s3_endpoint_url)
+    arguments: dict[str, str | int | float | bool] = {
+        "clips": 2,
+        "raw_clips": 2,
+        "max_steps": 1,
+        "eval_cases": 2,
+        "suite_cases": 2,
+        "quality_clips": 1,
+        "quality_blocks": 1,
+        "quality_cases": 2,
+        "curation_executor": "local",
+        "source_uri": source,
+        "synthetic_weight": 0.25,
+    }
+    run = run_local("full", arguments, settings=settings)
+    info = show(int(str(run.outputs["Output"])), settings=settings)
+    data = json.loads(info.lineage["data"])
+    assert [s["stage"] for s in data] == ["vae", "action", "instruction", "distill", "long"]
+    for stage in data:
+        kinds = [(s["kind"], s["weight"]) for s in stage["sources"]]
+        assert kinds == [("curated", 0.75), ("synthworld", 0.25)], stage
+    assert sum(stage["sources"][0]["shards_read"] for stage in data) > 0  # curated clips were read
+    curated = data[1]["sources"][0]["uri"]
+    store = ClipStore(curated)
+    assert store.index.clips >= 3  # every raw pair kept (no defects asked for)
+    sources_read = {store.load(*ref).meta.source for ref in store.clips()}
+    assert all(s.startswith(source + "/") for s in sources_read), sources_read

@@ -54,6 +54,20 @@ def test_write_read_exists_delete(backend: Backend) -> None:
     assert not backend.store.exists(join(backend.root, "a"))  # a folder is not an object
 
 
+def test_read_range_returns_the_bytes_asked_for(backend: Backend) -> None:
+    uri = join(backend.root, "shard.tar")
+    data = bytes(range(256)) * 40
+    backend.store.write_bytes(uri, data)
+    assert backend.store.read_range(uri, 0, 10) == data[:10]
+    assert backend.store.read_range(uri, 1000, 300) == data[1000:1300]
+    assert backend.store.read_range(uri, len(data) - 5, 100) == data[-5:]  # short only at the end
+    assert backend.store.read_range(uri, 7, 0) == b""
+    with pytest.raises(ValueError, match="offset"):
+        backend.store.read_range(uri, -1, 3)
+    with pytest.raises(StorageNotFoundError):
+        backend.store.read_range(join(backend.root, "absent.tar"), 0, 3)
+
+
 def test_list_is_recursive_sorted_and_scoped_to_the_folder(backend: Backend) -> None:
     names = ["z.txt", "a/2.txt", "a/1.txt", "a.txt", "a/deep/x.txt"]
     for name in names:

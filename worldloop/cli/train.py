@@ -18,7 +18,12 @@ STAGES = {"vae": "vae", "action": "action", "sft": "instruction", "distill": "di
 def train(
     stage: str = typer.Option(..., "--stage", help="vae | action | sft | distill | extend"),
     preset: str = typer.Option("tiny", "--preset", help="Model/training scale: tiny | small | a14b."),
-    data: str = typer.Option(..., "--data", help="SynthWorld labelled folder or curated dataset URI."),
+    data: list[str] = typer.Option(
+        None,
+        "--data",
+        help="A dataset (folder or s3:// with dataset.json, from worldloop synth or curate), as URI or "
+        "URI=WEIGHT; repeat to mix datasets by weight. Default: the config's data list.",
+    ),
     out: str = typer.Option(..., "--out", help="Checkpoint folder or s3:// prefix (re-running resumes)."),
     init: str = typer.Option(
         None,
@@ -44,7 +49,7 @@ def train(
         task = bar.add_task("steps", total=None)
         run = run_stage(
             cfg,
-            data=data,
+            data=data or None,
             out=out,
             init=init,
             max_steps=steps,

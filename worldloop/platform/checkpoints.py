@@ -11,12 +11,20 @@ import hashlib
 from pathlib import Path
 
 from worldloop import storage
+from worldloop.data import LINEAGE_FILE
 from worldloop.model.spec import SPEC_FILE
 from worldloop.model.train.checkpoint import LATEST, latest_checkpoint
 from worldloop.settings import Settings
 
 # What loading a model needs from a checkpoint (never the optimizer state): the registry copies these.
-CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "vae.safetensors", SPEC_FILE, "state.json")
+CHECKPOINT_FILES = (
+    "model.safetensors",
+    "ema.safetensors",
+    "vae.safetensors",
+    SPEC_FILE,
+    "state.json",
+    LINEAGE_FILE,
+)
 
 
 class CheckpointMirror:

@@ -27,6 +27,12 @@ class Storage(Protocol):
         """The whole object; :class:`StorageNotFoundError` if absent."""
         ...
 
+    def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from byte ``offset`` (fewer only at the object's end);
+        :class:`StorageNotFoundError` if absent. What a streaming reader uses to take one member of
+        a shard without reading the shard."""
+        ...
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         """Create or replace the object atomically (parent folders are created as needed)."""
         ...

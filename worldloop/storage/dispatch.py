@@ -42,6 +42,11 @@ def read_bytes(uri: str, *, settings: Settings | None = None) -> bytes:
     return open_storage(uri, settings=settings).read_bytes(uri)
 
 
+def read_range(uri: str, offset: int, length: int, *, settings: Settings | None = None) -> bytes:
+    """``length`` bytes of the object at ``uri`` from byte ``offset``."""
+    return open_storage(uri, settings=settings).read_range(uri, offset, length)
+
+
 def write_bytes(uri: str, data: bytes, *, settings: Settings | None = None) -> None:
     """Create or replace the object at ``uri`` atomically."""
     open_storage(uri, settings=settings).write_bytes(uri, data)

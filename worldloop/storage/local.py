@@ -77,12 +77,26 @@ def copy_atomic(source: Path, destination: Path, *, source_uri: str) -> None:
         shutil.copyfileobj(reader, writer, _COPY_CHUNK)
 
 
+def _check_range(offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise ValueError(f"a byte range needs offset ≥ 0 and length ≥ 0, got {offset} and {length}")
+
+
 class LocalStorage:
     """:class:`~worldloop.storage.base.Storage` over plain paths and ``file://`` URIs."""
 
     def read_bytes(self, uri: str) -> bytes:
         try:
             return as_local_path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageNotFoundError(uri) from exc
+
+    def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        try:
+            with as_local_path(uri).open("rb") as handle:
+                handle.seek(offset)
+                return handle.read(length)
         except FileNotFoundError as exc:
             raise StorageNotFoundError(uri) from exc
 

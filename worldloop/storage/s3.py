@@ -95,6 +95,20 @@ class S3Storage:
             data: bytes = body.read()
         return data
 
+    def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"a byte range needs offset ≥ 0 and length ≥ 0, got {offset} and {length}")
+        if length == 0:
+            return b""
+        location = parse_s3(uri)
+        with _not_found_as(uri):
+            response = self.client.get_object(
+                Bucket=location.bucket, Key=location.key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+        with response["Body"] as body:
+            data: bytes = body.read()
+        return data
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         location = parse_s3(uri)
         with _not_found_as(uri):

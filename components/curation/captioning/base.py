@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from worldloop.components.synthworld.schema import Captions, InteractionCaption
+from worldloop.data import Captions, InteractionCaption
 from worldloop.platform.chat import ChatError
 
 # --------------------------------------------------------------------------------------------------

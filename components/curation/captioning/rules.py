@@ -27,7 +27,7 @@ from worldloop.components.curation.captioning.base import (
     clean_text,
     region_phrase,
 )
-from worldloop.components.synthworld.schema import Captions, InteractionCaption
+from worldloop.data import Captions, InteractionCaption
 
 # --------------------------------------------------------------------------------------------------
 # Interaction lexicon

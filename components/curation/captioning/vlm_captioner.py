@@ -20,7 +20,7 @@ from worldloop.components.curation.captioning.base import (
     CaptionRequest,
     CaptionResult,
 )
-from worldloop.components.synthworld.schema import Captions, InteractionCaption
+from worldloop.data import Captions, InteractionCaption
 from worldloop.platform.chat import (
     ChatClient,
     ChatEndpointConfig,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from worldloop.model.spec import ModelSpec
-from worldloop.model.train.data import Window
+from worldloop.model.train.windows import Window
 
 RESERVED = ("model", "ema", "optimizer", "vae")  # checkpoint files no other module may take
 Forward = Callable[..., Tensor]  # the module's DeepSpeed engine, called in place of the module

@@ -13,7 +13,7 @@ from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.world_model import Conditioning, i2v_condition
 from worldloop.model.camera.plucker import plucker_embedding
 from worldloop.model.text.encoder import TextEncoder
-from worldloop.model.train.data import Window
+from worldloop.model.train.windows import Window
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 

@@ -3,7 +3,7 @@
 Stages 1 and 2 train the bidirectional base model (full attention over the clip, any length); it is
 the teacher of stage 3, which turns it into the block-causal student.
 
-A batch of :class:`~worldloop.model.train.data.Window` goes through the frozen VAE and text encoder,
+A batch of :class:`~worldloop.model.train.windows.Window` goes through the frozen VAE and text encoder,
 gets Plücker rays grouped per latent frame, and is noised with one σ per sample (or per block, with
 ``per_frame``). Latent frame 0 is the reference image: it stays clean (σ = 0), is given to the model
 through the I2V channels as well, and is left out of the loss. One optimiser step accumulates

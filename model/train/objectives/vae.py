@@ -11,14 +11,13 @@ so the latents every later stage denoises are ~unit variance; they do not enter 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
+from worldloop.data import Mixture
 from worldloop.model.train.config import Stage, TrainConfig
-from worldloop.model.train.data import TrainClip, WindowSampler
 from worldloop.model.train.objectives import base
+from worldloop.model.train.windows import WindowSampler
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.latent_stats import fit_latent_stats
 from worldloop.model.vae.loss import vae_loss
@@ -27,15 +26,15 @@ STATS_SEED = 104_729  # the windows the latent statistics are measured on (fixed
 
 
 class VAEObjective(base.Objective):
-    """Stage ``vae`` of ``cfg``: train ``vae`` on the stage's clips (``clips`` also feed the latent
+    """Stage ``vae`` of ``cfg``: train ``vae`` on the stage's data (``data`` also feeds the latent
     statistics measured before each checkpoint)."""
 
     primary_file = "vae"
 
-    def __init__(self, cfg: TrainConfig, vae: CausalVideoVAE, *, clips: Sequence[TrainClip]) -> None:
+    def __init__(self, cfg: TrainConfig, vae: CausalVideoVAE, *, data: Mixture) -> None:
         if cfg.stage is not Stage.vae or cfg.vae is None:
             raise ValueError("the VAE objective trains stage vae (with a 'vae' section)")
-        self.cfg, self.loss_cfg, self.vae, self.clips = cfg, cfg.vae, vae, clips
+        self.cfg, self.loss_cfg, self.vae, self.data = cfg, cfg.vae, vae, data
         groups = base.freeze_except(vae, [base.LrGroup("vae", list(vae.parameters()), cfg.lr)])
         width = max(vae.cfg.stage_channels)
         self.trained = (base.TrainedModule("vae", vae, groups, width, accumulation=cfg.grad_accum),)
@@ -61,7 +60,7 @@ class VAEObjective(base.Objective):
         same order: under ZeRO-3 the encoder's forward gathers its partitions collectively)."""
         frames = self.cfg.curriculum[-1].frames
         sampler = WindowSampler(
-            self.clips, frames=frames, height=self.cfg.height, width=self.cfg.width, seed=STATS_SEED
+            self.data, frames=frames, height=self.cfg.height, width=self.cfg.width, seed=STATS_SEED
         )
         dtype = next(self.vae.parameters()).dtype
         videos = (

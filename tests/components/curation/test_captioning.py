@@ -42,7 +42,7 @@ from worldloop.components.synthworld import (
 )
 from worldloop.components.synthworld.events import SPECS
 from worldloop.components.synthworld.raw import TRUTH, loose_caption
-from worldloop.components.synthworld.schema import InteractionCaption
+from worldloop.data import InteractionCaption
 
 CFG = SynthConfig(size=64, frames=17)
 W, H = 64, 48

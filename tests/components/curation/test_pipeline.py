@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from worldloop.components.curation.config import CurationConfig
-from worldloop.components.curation.dataset import iter_clips, read_manifest, read_quarantine
+from worldloop.components.curation.dataset import read_manifest, read_quarantine
 from worldloop.components.curation.pipeline import run_curation
 from worldloop.components.synthworld import SynthConfig, write_raw
-from worldloop.video import decode_video
+from worldloop.data import ClipStore, read_index
 
 EXPECTED_REASON = {
     "truncated": "unreadable",
@@ -91,16 +92,20 @@ def test_cuts_split_within_one_frame_and_captions_survive_bad_text(raw: Path, cu
 
 
 def test_shards_hold_decodable_clips_with_camera_tracks(curated: Path) -> None:
-    seen = 0
-    for clip, data in iter_clips(str(curated)):
-        path = curated / "check.mp4"
-        path.write_bytes(data)
-        frames, _ = decode_video(path)
-        assert frames.shape == (clip.frames, clip.height, clip.width, 3)
-        assert len(clip.camera.c2w) == clip.frames == len(clip.camera.intrinsics)
-        assert clip.camera.c2w[0] == [[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]]
-        seen += 1
-    assert seen == len(read_manifest(str(curated)))
+    """The curated dataset is in the training-data format: its index lists every kept clip, in
+    manifest order, and each reads back (sha256-checked) with its camera track."""
+    manifest = read_manifest(str(curated))
+    store = ClipStore(str(curated))
+    refs = store.clips()
+    assert [store.entry(*r).key for r in refs] == [c.clip_id for c in manifest]
+    assert read_index(str(curated)).kind == "curated"
+    for ref, row in zip(refs, manifest, strict=True):
+        clip = store.load(*ref)
+        assert clip.frames.shape == (row.frames, row.height, row.width, 3)
+        assert clip.meta.camera == row.camera and clip.meta.captions == row.captions
+        assert clip.meta.actions is None and clip.meta.source == row.source
+        assert clip.c2w.shape == (row.frames, 4, 4)
+        np.testing.assert_allclose(clip.c2w[0], np.eye(4))
 
 
 def test_rerun_skips_finished_shards_and_changes_nothing(raw: Path, curated: Path) -> None:

@@ -4,6 +4,7 @@ registered version through ``models:/``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from worldloop.components.registry import (
     rollback,
     show,
 )
+from worldloop.data.lineage import Lineage, ShardReadRecord, SourceLineage, StageLineage
 from worldloop.settings import Settings
 
 DIMS = ("trigger", "alignment", "fluency", "scope", "end_state", "physics")
@@ -107,22 +109,32 @@ def test_register_sets_candidate_and_lineage(tmp_path: Path, settings: Settings)
     mlflow.create_experiment("pipeline", artifact_location=(tmp_path / "art").as_uri())
     parent = mlflow.create_run(mlflow.get_experiment_by_name("pipeline").experiment_id).info.run_id
     folder = _checkpoint(tmp_path / "stage")
+    read = ShardReadRecord(name="shards/shard-00000.tar", sha256="ab" * 32, clips_read=5)
+    sources = [
+        SourceLineage(uri="s3://data/curated", weight=0.5, kind="curated", clips=9, shards_read=[read]),
+        SourceLineage(uri="s3://data/synth", weight=0.5, kind="synthworld", clips=4, shards_read=[]),
+    ]
+    lineage = Lineage(stages=[StageLineage(stage="action", sources=sources)])
+    (folder / "lineage.json").write_text(lineage.model_dump_json())
     report = tmp_path / "report"
     report.mkdir()
     (report / "scores.json").write_text(json.dumps(_scores(physics=0.4)))
     (report / "report.html").write_text("<html></html>")
 
-    info = register_version(
-        folder.parent,
-        report_dir=report,
-        data_manifest="s3://data/curated/manifest.jsonl",
-        pipeline_run_id=parent,
-        settings=settings,
-    )
+    info = register_version(folder.parent, report_dir=report, pipeline_run_id=parent, settings=settings)
     assert (info.version, info.aliases) == (1, ("candidate",))
     assert info.scores == {d: 0.4 if d == "physics" else 0.6 for d in DIMS}
     assert info.lineage["pipeline_run_id"] == parent
-    assert info.lineage["data_manifest"] == "s3://data/curated/manifest.jsonl"
+    assert json.loads(info.lineage["data"]) == [
+        {
+            "stage": "action",
+            "sources": [
+                {"uri": "s3://data/curated", "weight": 0.5, "kind": "curated", "shards_read": 1},
+                {"uri": "s3://data/synth", "weight": 0.5, "kind": "synthworld", "shards_read": 0},
+            ],
+        }
+    ]
+    assert info.lineage["data_sha256"] == hashlib.sha256((folder / "lineage.json").read_bytes()).hexdigest()
     assert info.lineage["checkpoint"] == str(folder) and info.lineage["checkpoint_step"] == folder.name
     assert json.loads(info.lineage["config"])["model_preset"] == "tiny"
     assert len(info.lineage["config_sha256"]) == 64 and info.approval is None and info.audit == ()
@@ -132,7 +144,12 @@ def test_register_sets_candidate_and_lineage(tmp_path: Path, settings: Settings)
     assert run.data.metrics["interbench.physics"] == pytest.approx(0.4)
     assert run.data.metrics["general.psnr"] == pytest.approx(21.5)
     files = {a.path for a in mlflow.list_artifacts(info.run_id or "", "checkpoint")}
-    assert files == {"checkpoint/model.safetensors", "checkpoint/ema.safetensors", "checkpoint/state.json"}
+    assert files == {
+        "checkpoint/model.safetensors",
+        "checkpoint/ema.safetensors",
+        "checkpoint/state.json",
+        "checkpoint/lineage.json",
+    }
     assert {a.path for a in mlflow.list_artifacts(info.run_id or "", "interbench")} >= {
         "interbench/report.html",
         "interbench/scores.json",

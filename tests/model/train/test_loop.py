@@ -15,23 +15,24 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
+from worldloop.data import Mixture
 from worldloop.model import WorldModel, build_world_model, load_preset
 from worldloop.model.spec import ModelSpec, preset_spec, read_spec
 from worldloop.model.text import HashingEncoder, TextEncoderConfig
 from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, TrainConfig, stage_preset
-from worldloop.model.train.data import TrainClip, WindowSampler, load_synthworld
 from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.train.objectives import base
 from worldloop.model.train.objectives.batch import prepare_batch
 from worldloop.model.train.objectives.flow_matching import flow_matching_loss
+from worldloop.model.train.windows import WindowSampler
 from worldloop.model.vae import CausalVideoVAE
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> list[TrainClip]:
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Mixture:
     out = tmp_path_factory.mktemp("synth")
     write_dataset(out, SynthConfig(size=64, frames=17), clips=2, seed=4)
-    return load_synthworld(out)
+    return Mixture.open(str(out))
 
 
 def _config(stage: str, **update: object) -> TrainConfig:
@@ -61,15 +62,15 @@ def _spec() -> ModelSpec:
     return preset_spec("tiny", height=32, width=32, text_encoder=hashing)
 
 
-def _trainer(cfg: TrainConfig, clips: list[TrainClip], ckpt: Path, model: WorldModel) -> Trainer:
+def _trainer(cfg: TrainConfig, clips: Mixture, ckpt: Path, model: WorldModel) -> Trainer:
     vae = CausalVideoVAE(model.cfg.vae)
     encoder = HashingEncoder(dim=model.cfg.text_dim)
     return build_trainer(
-        cfg, model, vae=vae, text_encoder=encoder, clips=clips, checkpoint_dir=ckpt, spec=_spec()
+        cfg, model, vae=vae, text_encoder=encoder, data=clips, checkpoint_dir=ckpt, spec=_spec()
     )
 
 
-def test_a_step_reports_the_mean_loss_of_its_micro_batches(clips: list[TrainClip], tmp_path: Path) -> None:
+def test_a_step_reports_the_mean_loss_of_its_micro_batches(clips: Mixture, tmp_path: Path) -> None:
     """Micro-batch m of step s takes samples (s·M + m)·B onwards; without an optimizer step between
     them both see the initial weights, so the step's loss is their mean computed directly."""
     cfg = _config("action", batch_size=2, grad_accum=2, curriculum=(CurriculumPhase(frames=9, steps=1),))
@@ -96,9 +97,7 @@ def test_a_step_reports_the_mean_loss_of_its_micro_batches(clips: list[TrainClip
 
 
 @pytest.mark.parametrize("stage", ["vae", "action", "distill", "long"])
-def test_every_objective_resumes_to_the_uninterrupted_run(
-    clips: list[TrainClip], tmp_path: Path, stage: str
-) -> None:
+def test_every_objective_resumes_to_the_uninterrupted_run(clips: Mixture, tmp_path: Path, stage: str) -> None:
     cfg = _config(stage)
     straight = _trainer(cfg, clips, tmp_path / "a", _model(stage))
     full = straight.run()
@@ -118,7 +117,7 @@ def test_every_objective_resumes_to_the_uninterrupted_run(
 
 
 def test_checkpoints_carry_the_vae_and_the_spec_with_the_students_timesteps(
-    clips: list[TrainClip], tmp_path: Path
+    clips: Mixture, tmp_path: Path
 ) -> None:
     cfg = _config("distill", curriculum=(CurriculumPhase(frames=9, steps=1),))
     trainer = _trainer(cfg, clips, tmp_path, _model("distill"))
@@ -135,7 +134,7 @@ def test_checkpoints_carry_the_vae_and_the_spec_with_the_students_timesteps(
 
 
 def test_stage_vae_trains_the_vae_alone_and_checkpoints_it_as_the_primary_file(
-    clips: list[TrainClip], tmp_path: Path
+    clips: Mixture, tmp_path: Path
 ) -> None:
     cfg = _config("vae", curriculum=(CurriculumPhase(frames=9, steps=8),), lr=2e-3, warmup_steps=0)
     model = _model("action")
@@ -179,13 +178,13 @@ class ReconstructionObjective(base.Objective):
         return F.l1_loss(self.vae.decode(self.vae.encode(video)), video), {}
 
 
-def test_objectives_that_do_not_fit_the_checkpoint_layout_are_refused(tmp_path: Path) -> None:
+def test_objectives_that_do_not_fit_the_checkpoint_layout_are_refused(clips: Mixture, tmp_path: Path) -> None:
     vae = CausalVideoVAE(load_preset("tiny").vae)
     bad = ReconstructionObjective(vae, lr=1e-3)
     bad.trained = (*bad.trained, base.TrainedModule("optimizer", torch.nn.Linear(1, 1), (), width=1))
     with pytest.raises(ValueError, match="unique"):
-        Trainer(_config("action"), bad, vae=vae, clips=[], checkpoint_dir=tmp_path)
+        Trainer(_config("action"), bad, vae=vae, data=clips, checkpoint_dir=tmp_path)
     uneven = ReconstructionObjective(vae, lr=1e-3)
     uneven.trained = (base.TrainedModule("vae", vae, uneven.trained[0].groups, width=64, accumulation=2),)
     with pytest.raises(ValueError, match="accumulation"):
-        Trainer(_config("action"), uneven, vae=vae, clips=[], checkpoint_dir=tmp_path)
+        Trainer(_config("action"), uneven, vae=vae, data=clips, checkpoint_dir=tmp_path)
