@@ -32,7 +32,7 @@ from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
 from worldloop.components.evaluation.quality.report import ladder_table
 from worldloop.components.evaluation.quality.run import BaselineCache, QualityResult, run_quality
 from worldloop.components.synthworld import SynthConfig, write_dataset
-from worldloop.model.train.config import CurriculumPhase, Stage, TrainConfig, stage_preset
+from worldloop.model.train.config import LONG_CLIP_FRAMES, CurriculumPhase, Stage, TrainConfig, stage_preset
 
 # The checkpoints measured after training, by stage name: stage 0 (the VAE alone, random DiT), the
 # stage 2 teacher, the stage 3 and 4 students.
@@ -66,6 +66,8 @@ def train_ladder(root: Path, *, steps: int | None, times: dict[str, float]) -> d
     started = time.perf_counter()
     data = root / "data"
     write_dataset(data, SynthConfig(size=SIZE, frames=TRAIN_FRAMES), clips=TRAIN_CLIPS, seed=TRAIN_SEED)
+    long = root / "long"  # stage 4 trains on 10 s clips
+    write_dataset(long, SynthConfig(size=SIZE, frames=LONG_CLIP_FRAMES), clips=2, seed=TRAIN_SEED)
     times["data"] = time.perf_counter() - started
     folders: dict[str, str] = {}
     last = time.perf_counter()
@@ -78,7 +80,14 @@ def train_ladder(root: Path, *, steps: int | None, times: dict[str, float]) -> d
         console.print(f"  trained {stage.value:<12} {run.result.steps:4d} steps in {now - last:6.1f} s")
         last = now
 
-    run_chain(data=str(data), out=root / "train", track=False, configs=short_curricula(steps), on_stage=done)
+    run_chain(
+        data=str(data),
+        long_data=str(long),
+        out=root / "train",
+        track=False,
+        configs=short_curricula(steps),
+        on_stage=done,
+    )
     return {name: folders[name] for name in RUNGS if name in folders}
 
 

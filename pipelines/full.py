@@ -3,8 +3,10 @@ the quality ladder → candidate version.
 
 Raw text-video pairs — the user's own (``source_uri``: a folder or ``s3://`` prefix), else SynthWorld's
 raw pairs with their defects — go through curation. Every training stage reads the curated clips mixed
-with SynthWorld's labelled clips (exact cameras, actions, events) at ``synthetic_weight``. Each
-checkpoint records the shards its stages read; the registered version carries that lineage.
+with SynthWorld's labelled clips (exact cameras, actions, events) at ``synthetic_weight``; stage 4
+reads windows of ``long_frames`` frames (10 s at 16 fps by default) from the curated shots that long
+and SynthWorld's long clips. Each checkpoint records the shards its stages read; the registered version
+carries that lineage.
 """
 
 from kfp import dsl
@@ -52,21 +54,25 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
         curation_executor: str = "ray",
         source_uri: str = "",
         synthetic_weight: float = 0.5,
+        long_clips: int = 4,
+        long_frames: int = 161,
         parent_run_id: str = "",
     ) -> int:
-        labelled, raw = (  # labelled clips for training; raw pairs with bad items for curation
+        # labelled clips for training; raw pairs with bad items for curation; long clips for stage 4
+        labelled, raw, long = (
             synth(
                 clips=count,
-                frames=frames,
+                frames=length,
                 size=size,
                 seed=seed,
                 raw=is_raw,
                 bad_fraction=bad,
                 parent_run_id=parent_run_id,
             ).set_display_name(label)
-            for count, is_raw, bad, label in (
-                (clips, False, 0.0, "synthworld"),
-                (raw_clips, True, 0.4, "synthworld-raw"),
+            for count, length, is_raw, bad, label in (
+                (clips, frames, False, 0.0, "synthworld"),
+                (raw_clips, frames, True, 0.4, "synthworld-raw"),
+                (long_clips, long_frames, False, 0.0, "synthworld-long"),
             )
         )
         curated = curate(  # the user's pairs when source_uri is set, else SynthWorld's raw pairs
@@ -75,23 +81,28 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
             parent_run_id=parent_run_id,
             raw=raw.outputs["dataset"],
         ).set_display_name("curation")
-        mixed = mix_data(
-            curated=curated.outputs["curated"],
-            synthetic=labelled.outputs["dataset"],
-            synthetic_weight=synthetic_weight,
-        ).set_display_name("mix")
-        for task in (labelled, raw, curated, mixed):
+        mixed, mixed_long = (
+            mix_data(
+                curated=curated.outputs["curated"],
+                synthetic=synthetic.outputs["dataset"],
+                synthetic_weight=synthetic_weight,
+            ).set_display_name(label)
+            for synthetic, label in ((labelled, "mix"), (long, "mix-long"))
+        )
+        for task in (labelled, raw, long, curated, mixed, mixed_long):
             cached(apply_common(task, cfg), cache_key)
         previous: PipelineTask | None = None
         for stage in STAGES:
             init = {} if previous is None else {"init": previous.outputs["checkpoint"]}
+            is_long = stage == "long"  # stage 4 trains on long clips (curated shots of that length too)
             train = train_stage(
                 stage=stage,
                 preset=preset,
                 max_steps=max_steps,
                 steps_scale=steps_scale,
+                clip_frames=long_frames if is_long else 0,
                 parent_run_id=parent_run_id,
-                data=mixed.outputs["data"],
+                data=(mixed_long if is_long else mixed).outputs["data"],
                 **init,
             ).set_display_name(f"train-{stage}")
             cached(apply_training(train, cfg), cache_key)

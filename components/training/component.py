@@ -19,14 +19,18 @@ def train_stage(
     data: Input[Dataset],
     checkpoint: Output[Model],
     init: Input[Model] | None = None,
+    clip_frames: int = 0,
 ) -> None:
     """Train ``stage`` of the ``preset`` scale on ``data`` into ``checkpoint``, initialised from ``init``
     (the previous stage's checkpoint). ``steps_scale`` scales the preset's curriculum (1.0: as is);
-    ``max_steps`` > 0 caps the steps (a short run); 0 runs the whole (scaled) curriculum."""
+    ``max_steps`` > 0 caps the steps (a short run); 0 runs the whole (scaled) curriculum;
+    ``clip_frames`` > 0 sets the curriculum's clip length (stage 4: the long clips' length)."""
     from worldloop.components.training.run import run_stage
     from worldloop.model.train.config import stage_preset
 
     cfg = stage_preset(stage, scale=preset).scaled(steps_scale)
+    if clip_frames > 0:
+        cfg = cfg.with_clip_frames(clip_frames)
     if max_steps > 0:  # a short run still saves its last step (checkpoint_every or the end)
         cfg = cfg.model_copy(update={"checkpoint_every": max_steps, "log_every": 1})
     run = run_stage(

@@ -274,18 +274,20 @@ def run_chain(
     settings: Settings | None = None,
     configs: dict[Stage, TrainConfig] | None = None,
     stages: tuple[Stage, ...] = CHAIN,
+    long_data: str | Sequence[str | DataSource] | None = None,
     on_stage: Callable[[Stage, StageRun], None] | None = None,
 ) -> dict[Stage, StageRun]:
     """Stages 0 → 4 (or ``stages``), each initialised from the previous one's checkpoint
-    (``out/<stage>/``)."""
+    (``out/<stage>/``), on ``data`` — stage 4 on ``long_data`` when given (its clips are long)."""
     from worldloop.model.train.config import stage_preset
 
     runs: dict[Stage, StageRun] = {}
     previous: Path | None = None
     for stage in stages:
         cfg = (configs or {}).get(stage) or stage_preset(stage, scale=scale)
+        stage_data = long_data if stage is Stage.long and long_data is not None else data
         run = run_stage(
-            cfg, data=data, out=Path(out) / stage.value, init=previous, track=track, settings=settings
+            cfg, data=stage_data, out=Path(out) / stage.value, init=previous, track=track, settings=settings
         )
         runs[stage] = run
         previous = run.checkpoint_dir

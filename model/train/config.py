@@ -192,6 +192,11 @@ class TrainConfig(BaseModel):
     def total_steps(self) -> int:
         return sum(p.steps for p in self.curriculum)
 
+    def with_clip_frames(self, frames: int) -> TrainConfig:
+        """This config with every curriculum phase on clips of ``frames`` video frames."""
+        phases = tuple(CurriculumPhase(frames=frames, steps=p.steps) for p in self.curriculum)
+        return self.model_copy(update={"curriculum": phases})
+
     def scaled(self, factor: float) -> TrainConfig:
         """This config with every phase's steps (and the warm-up) times ``factor`` (at least one step
         per phase): the same recipe, shorter or longer (``make demo`` runs the tiny chain at a fraction)."""
@@ -203,6 +208,9 @@ class TrainConfig(BaseModel):
         total = sum(p.steps for p in phases)
         warmup = min(round(self.warmup_steps * factor), max(0, total - 1))
         return self.model_copy(update={"curriculum": phases, "warmup_steps": warmup})
+
+
+LONG_CLIP_FRAMES = 161  # stage 4's clips at tiny: 10 s at SynthWorld's 16 fps (1 + 4k video frames)
 
 
 def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
@@ -267,7 +275,8 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
     long_lr = expert_lr if big else (2.5e-5, 5e-5)
     return TrainConfig(
         **common,
-        curriculum=(CurriculumPhase(frames=17, steps=40),) if not big else student,
+        # tiny: 10 s clips, so a teacher-forced step's context is real long footage (20 blocks)
+        curriculum=(CurriculumPhase(frames=LONG_CLIP_FRAMES, steps=40),) if not big else student,
         lr=long_lr[1],
         expert_lr=long_lr,
         per_frame_sigma=True,

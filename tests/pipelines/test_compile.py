@@ -36,8 +36,10 @@ def test_full_has_every_stage_with_gpus_on_training(tmp_path: Path) -> None:
     assert set(tasks) == {
         "synth",
         "synth-2",
+        "synth-3",
         "curate",
         "mix-data",
+        "mix-data-2",
         "train-stage",
         "train-stage-2",
         "train-stage-3",
@@ -56,12 +58,17 @@ def test_full_has_every_stage_with_gpus_on_training(tmp_path: Path) -> None:
     def producer(task: str, artifact: str) -> str:
         return str(tasks[task]["inputs"]["artifacts"][artifact]["taskOutputArtifact"]["producerTask"])
 
-    # every stage reads the curated clips (through the mixing step, with SynthWorld's labelled ones)
+    # every stage reads the curated clips (through a mixing step, with SynthWorld's labelled ones);
+    # stage 4 (the last) mixes them with SynthWorld's long clips and trains on long windows
     for t in tasks:
         if t.startswith("train-stage"):
-            assert producer(t, "data") == "mix-data", t
+            assert producer(t, "data") == ("mix-data-2" if t == "train-stage-5" else "mix-data"), t
     assert producer("mix-data", "curated") == "curate" and producer("mix-data", "synthetic") == "synth"
+    assert producer("mix-data-2", "curated") == "curate" and producer("mix-data-2", "synthetic") == "synth-3"
     assert producer("curate", "raw") == "synth-2"
+    long_frames = tasks["train-stage-5"]["inputs"]["parameters"]["clip_frames"]["componentInputParameter"]
+    assert long_frames == "long_frames"
+    assert tasks["train-stage-4"]["inputs"]["parameters"]["clip_frames"]["runtimeValue"]["constant"] == 0
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["source_uri"]["defaultValue"] == "" and params["synthetic_weight"]["defaultValue"] == 0.5
     for i in range(2, 6):  # each stage starts from the one before: the VAE travels down the chain

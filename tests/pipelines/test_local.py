@@ -138,6 +138,8 @@ def test_full_trains_on_the_curated_clips_of_a_users_s3_folder(
         "curation_executor": "local",
         "source_uri": source,
         "synthetic_weight": 0.25,
+        "long_clips": 1,
+        "long_frames": 41,
     }
     run = run_local("full", arguments, settings=settings)
     info = show(int(str(run.outputs["Output"])), settings=settings)
@@ -147,6 +149,7 @@ def test_full_trains_on_the_curated_clips_of_a_users_s3_folder(
         kinds = [(s["kind"], s["weight"]) for s in stage["sources"]]
         assert kinds == [("curated", 0.75), ("synthworld", 0.25)], stage
     assert sum(stage["sources"][0]["shards_read"] for stage in data) > 0  # curated clips were read
+    assert data[0]["sources"][1]["uri"] != data[-1]["sources"][1]["uri"]  # stage 4: the long clips
     curated = data[1]["sources"][0]["uri"]
     store = ClipStore(curated)
     assert store.index.clips >= 3  # every raw pair kept (no defects asked for)

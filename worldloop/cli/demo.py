@@ -80,6 +80,7 @@ def demo(
         "preset": "tiny",
         "clips": clips,
         "raw_clips": max(4, clips // 2),
+        "long_clips": max(2, clips // 6),
         "max_steps": max_steps,
         "steps_scale": steps_scale,
         "eval_cases": eval_cases,
