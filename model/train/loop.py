@@ -328,8 +328,10 @@ class Trainer:
         for t in self.others:
             engines[t.name].scheduler.load_state_dict(state[f"{t.name}_scheduler"])
         previous = read_lineage(found)
-        if previous is not None:
-            resumed = previous.stage(self.cfg.stage.value)
+        if previous is not None:  # the checkpoint resumed from holds the earlier stages too
+            this = self.cfg.stage.value
+            self.lineage = Lineage(stages=[s for s in previous.stages if s.stage != this])
+            resumed = previous.stage(this)
             self._read_before = resumed.sources if resumed else []
         log.info("resumed from %s (step %d)", found, state["step"])
         return int(state["step"]), list(state["loss_history"])

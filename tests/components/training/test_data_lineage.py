@@ -61,7 +61,10 @@ def test_lineage_lists_the_shards_the_loader_read(tmp_path: Path, monkeypatch: p
     samples = 4 * cfg.batch_size * cfg.grad_accum  # both runs' windows
     assert sum(r.clips_read for s in sources for r in s.shards_read) == samples
 
-    nxt = run_stage(_config("instruction", steps=2), data=str(b), out=tmp_path / "sft", init=out, track=False)
+    sft = _config("instruction", steps=2).model_copy(update={"checkpoint_every": 1})
+    run_stage(sft, data=str(b), out=tmp_path / "sft", init=out, track=False, max_steps=1)
+    nxt = run_stage(sft, data=str(b), out=tmp_path / "sft", init=out, track=False)  # resumed at step 1
+    assert nxt.result.resumed_from == 1
     carried = read_lineage(nxt.checkpoint_dir / latest_checkpoint(nxt.checkpoint_dir).name)  # type: ignore[union-attr]
     assert carried is not None and [s.stage for s in carried.stages] == ["action", "instruction"]
     assert carried.stages[0] == lineage.stages[0]
