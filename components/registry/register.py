@@ -34,7 +34,7 @@ from worldloop.components.registry.tags import (
     PIPELINE_RUN,
 )
 from worldloop.components.registry.versions import CANDIDATE, ModelVersionInfo, get_version
-from worldloop.data import LINEAGE_FILE, read_lineage
+from worldloop.data import LINEAGE_FILE, Lineage
 from worldloop.platform.checkpoints import CHECKPOINT_FILES, local_checkpoint
 from worldloop.platform.registry import CHECKPOINT_ARTIFACTS, model_exists, registry_client
 from worldloop.platform.tracking import REGISTRY, experiment_id, parent_tags
@@ -93,10 +93,11 @@ def _data_tags(folder: Path) -> dict[str, str]:
     """The data lineage of the checkpoint (``lineage.json``, written by the training loop from what its
     data loader read): its digest, and per stage the datasets with their weights and shards read."""
     path = folder / LINEAGE_FILE
-    lineage = read_lineage(folder)
-    if lineage is None:
+    if not path.is_file():
         log.warning("%s has no %s: the version records no data lineage", folder, LINEAGE_FILE)
         return {}
+    data = path.read_bytes()
+    lineage = Lineage.model_validate_json(data)
     summary = [  # in training order
         {
             "stage": stage.stage,
@@ -107,7 +108,7 @@ def _data_tags(folder: Path) -> dict[str, str]:
         }
         for stage in lineage.stages
     ]
-    tags = {DATA_SHA256: hashlib.sha256(path.read_bytes()).hexdigest()}
+    tags = {DATA_SHA256: hashlib.sha256(data).hexdigest()}
     text = json.dumps(summary)
     if len(text) <= MAX_TAG_CHARS:  # always whole in the version's checkpoint/lineage.json
         tags[DATA] = text

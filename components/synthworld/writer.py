@@ -20,7 +20,16 @@ import numpy as np
 from worldloop.components.synthworld.clip import Clip, generate_clip
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.schema import ClipRecord, EventRecord
-from worldloop.data import ActionRecord, CameraTrack, ClipEvent, ClipMeta, ClipPayload, shard_path
+from worldloop.data import (
+    ActionRecord,
+    CameraTrack,
+    ClipEvent,
+    ClipMeta,
+    ClipPayload,
+    pack_masks,
+    shard_path,
+    unpack_masks,
+)
 from worldloop.data import write_index as write_data_index
 from worldloop.data import write_shard as write_data_shard
 from worldloop.video import encode_mp4
@@ -89,7 +98,7 @@ def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> ClipRecord
     encode_mp4(clip.frames, out / f"{name}.mp4", fps=cfg.fps, crf=cfg.crf)
     if clip.masks is not None:
         tmp = out / f".{name}.masks.tmp.npz"
-        np.savez_compressed(tmp, masks=np.packbits(clip.masks, axis=-1), shape=np.array(clip.masks.shape))
+        tmp.write_bytes(pack_masks(clip.masks))
         os.replace(tmp, out / f"{name}.masks.npz")
     record = clip_record(clip, name, cfg)
     atomic_text(meta, record.model_dump_json(indent=1))
@@ -97,10 +106,8 @@ def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> ClipRecord
 
 
 def load_masks(path: str | Path) -> np.ndarray:
-    """Inverse of the writer's mask packing: (F, H, W) bool."""
-    with np.load(path) as data:
-        shape = tuple(int(s) for s in data["shape"])
-        return np.unpackbits(data["masks"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+    """A labelled clip's ``NAME.masks.npz``: (F, H, W) bool."""
+    return unpack_masks(path)
 
 
 def index_entry(record: ClipRecord) -> dict[str, object]:

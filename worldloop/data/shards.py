@@ -20,8 +20,10 @@ import io
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from worldloop import storage
@@ -103,6 +105,20 @@ class ClipPayload:
             )
 
 
+def pack_masks(masks: np.ndarray) -> bytes:
+    """``KEY.masks.npz``: (F, H, W) bool masks, bit-packed along W, compressed."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, masks=np.packbits(masks, axis=-1), shape=np.array(masks.shape))
+    return buffer.getvalue()
+
+
+def unpack_masks(source: str | Path | bytes) -> np.ndarray:
+    """Inverse of :func:`pack_masks` (from a file or its bytes): (F, H, W) bool."""
+    with np.load(io.BytesIO(source) if isinstance(source, bytes) else source) as data:
+        shape = tuple(int(s) for s in data["shape"])
+        return np.unpackbits(data["masks"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+
+
 def shard_path(index: int) -> str:
     return f"{SHARDS}/shard-{index:05d}.tar"
 
@@ -181,10 +197,6 @@ def write_index(
         storage.join(root, INDEX_FILE), index.model_dump_json(indent=1).encode(), settings=settings
     )
     return index
-
-
-def is_dataset(root: str, *, settings: Settings | None = None) -> bool:
-    return storage.exists(storage.join(root, INDEX_FILE), settings=settings)
 
 
 def read_index(root: str, *, settings: Settings | None = None) -> DatasetIndex:

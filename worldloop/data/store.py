@@ -11,8 +11,6 @@ checkpoint's data lineage is written: the lineage is what was read, not what was
 
 from __future__ import annotations
 
-import io
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,7 +18,7 @@ import numpy as np
 
 from worldloop import storage
 from worldloop.data.schema import ClipMeta
-from worldloop.data.shards import DatasetIndex, IndexedClip, Member, read_index, sha256
+from worldloop.data.shards import DatasetIndex, IndexedClip, Member, read_index, sha256, unpack_masks
 from worldloop.settings import Settings
 from worldloop.video import check_frames, decode_video
 
@@ -112,10 +110,7 @@ class ClipStore:
         entry = self.entry(shard, clip)
         if entry.masks is None:
             return None
-        data = self._member(shard, entry.masks, f"{entry.key}.masks.npz")
-        with np.load(io.BytesIO(data)) as npz:
-            shape = tuple(int(s) for s in npz["shape"])
-            return np.unpackbits(npz["masks"], axis=-1, count=shape[-1]).astype(bool).reshape(shape)
+        return unpack_masks(self._member(shard, entry.masks, f"{entry.key}.masks.npz"))
 
     def shards_read(self) -> list[ShardRead]:
         """Every shard a clip was loaded from (cache hits included), in index order."""
@@ -162,7 +157,7 @@ class ClipStore:
         else:
             video_bytes = self._member(shard, video, f"{entry.key}.mp4")
             meta_bytes = self._member(shard, meta, f"{entry.key}.json")
-        info = ClipMeta.model_validate(json.loads(meta_bytes))
+        info = ClipMeta.model_validate_json(meta_bytes)
         frames, _ = decode_video(video_bytes)
         check_frames(frames, name=f"{self.uri}: {entry.key}")
         if frames.shape[0] != info.frames:
