@@ -5,6 +5,8 @@ A stream starts from a reference image: its latent is block 0 (the sink and the 
 :meth:`Rollout.step` takes the actions of ``block_frames · 4`` video frames, denoises one block with
 the few-step, expert-aligned schedule (DESIGN.md §5.5), writes the clean K/V (t = 0 pass) and decodes
 the block's frames with the VAE's streaming cache. A changed instruction triggers :meth:`WorldModel.recache`.
+Each block is denoised by :func:`~worldloop.model.block_sampler.denoise_block`, the sampler Self-Forcing
+training runs too.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from torch import Tensor
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.kv_cache import KVCache
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
+from worldloop.model.block_sampler import BlockNoise, denoise_block
 from worldloop.model.camera.actions import ActionFrame, CameraState
 from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding
-from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
-from worldloop.model.diffusion.schedule import few_step_timesteps, timesteps_to_sigmas
+from worldloop.model.diffusion.sampler import FewStepScheduler
+from worldloop.model.diffusion.schedule import few_step_timesteps
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.causal_conv import DecodeCache
@@ -65,8 +68,22 @@ class Rollout:
         self.model, self.vae, self.text_encoder = model, vae, text_encoder
         self.height, self.width = height, width
         boundary = cfg.boundary if cfg.num_experts == 2 else None
-        self.timesteps = list(timesteps or few_step_timesteps(4, shift=shift, boundary=boundary))
-        self.generator = generator
+        self.scheduler = FewStepScheduler(timesteps or few_step_timesteps(4, shift=shift, boundary=boundary))
+        self.noise = BlockNoise(generator)
+
+    @property
+    def timesteps(self) -> list[float]:
+        """The few-step schedule every block runs."""
+        return self.scheduler.timesteps
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """Where block noise comes from (None: torch's global generator); serving sets it per stream."""
+        return self.noise.generator
+
+    @generator.setter
+    def generator(self, generator: torch.Generator | None) -> None:
+        self.noise = BlockNoise(generator)
 
     @property
     def frames_per_block(self) -> int:
@@ -174,28 +191,17 @@ class Rollout:
             ref, num_frames=f, temporal_stride=cfg.vae.temporal_stride, frame_start=frame_start
         )
         shape = (b, cfg.latent_channels, f, ref.shape[3], ref.shape[4])
-        x = torch.randn(shape, generator=self.generator, dtype=ref.dtype).to(ref.device)
-        x0 = x
         camera_tokens = self.model.encode_camera(camera)  # shared by every step and the clean pass
-        for i, t in enumerate(self.timesteps):
-            t_frames = torch.full((b, f), float(t), dtype=ref.dtype, device=ref.device)
-            v = self.model.forward_step(
-                x,
-                timesteps=t_frames,
-                cond=cond,
-                camera=camera,
-                block_index=block,
-                cache=state.cache,
-                expert=self.model.expert_for(t),
-                camera_tokens=camera_tokens,
-            )
-            x0 = x0_from_velocity(x, v, timesteps_to_sigmas(t_frames))
-            if i + 1 < len(self.timesteps):
-                noise = torch.randn(shape, generator=self.generator, dtype=ref.dtype).to(ref.device)
-                sigma = timesteps_to_sigmas(
-                    torch.full((b, f), float(self.timesteps[i + 1]), device=ref.device)
-                )
-                x = add_noise(x0, noise, sigma)
+        x0 = denoise_block(
+            self.model,
+            scheduler=self.scheduler,
+            noise=lambda: self.noise(shape, ref),
+            cond=cond,
+            camera=camera,
+            block_index=block,
+            cache=state.cache,
+            camera_tokens=camera_tokens,
+        )
         self.model.commit_block(
             state.cache, block_index=block, latents=x0, cond=cond, camera=camera, camera_tokens=camera_tokens
         )

@@ -1,8 +1,11 @@
-"""Samplers over a velocity denoiser: Euler ODE (teacher) and few-step re-noising (distilled student).
+"""Schedulers over a velocity denoiser — the one step rule every denoising loop uses — and the whole-clip
+samplers built on them: Euler ODE (teacher) and few-step re-noising (distilled student).
 
 A :data:`Denoiser` maps ``(x_t (B, C, F, H, W), t (B,) or (B, F))`` to the predicted velocity
-``ε − x0``; these samplers pass ``t`` as ``(B,)`` float32 timesteps in [0, 1000]. Causal rollouts that
-need per-frame timesteps call the conversions in :mod:`.flow_matching` themselves.
+``ε − x0``. A scheduler owns a timestep list and turns the velocity at step ``i`` into the latent at
+step ``i + 1`` (and the clean estimate ``x0``). Block-by-block generation
+(:mod:`worldloop.model.block_sampler`, used by serving's ``Rollout`` and by Self-Forcing training)
+runs the same ``step`` as the samplers here.
 """
 
 from __future__ import annotations
@@ -30,29 +33,97 @@ def _check_timesteps(timesteps: Sequence[float]) -> list[float]:
     return ts
 
 
-def _batch_timestep(t: float, like: Tensor) -> Tensor:
-    return torch.full((like.shape[0],), t, dtype=torch.float32, device=like.device)  # (B,)
+class Scheduler:
+    """A strictly decreasing timestep list in (0, 1000] and the rule from one step to the next."""
+
+    renoises = False  # True: a step past the first needs fresh noise (see :meth:`step`)
+
+    def __init__(self, timesteps: Sequence[float]) -> None:
+        self.timesteps = _check_timesteps(timesteps)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({[round(t, 3) for t in self.timesteps]})"
+
+    def initial(self, noise: Tensor) -> Tensor:
+        """The state the loop starts from (``noise`` itself, or a wider accumulator)."""
+        return noise
+
+    def step(
+        self, i: int, x: Tensor, velocity: Tensor, t: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """From ``x`` at ``timesteps[i]`` (``t``: that timestep as the tensor the denoiser was given,
+        (B,) or (B, F)) and its predicted ``velocity``: ``(x at timesteps[i + 1], x0 estimate)``.
+        After the last step the first element is the clean latent."""
+        raise NotImplementedError
+
+
+class FewStepScheduler(Scheduler):
+    """Consistency / DMD-style sampling (Self-Forcing): at each ``t_i`` predict ``x0`` from the velocity,
+    then re-noise it to ``t_{i+1}`` with *fresh* Gaussian ``noise``; the last step returns ``x0``.
+
+    A step given no ``noise`` exits there and returns ``x0`` (Self-Forcing's random exit step)."""
+
+    renoises = True
+
+    def step(
+        self, i: int, x: Tensor, velocity: Tensor, t: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        x0 = x0_from_velocity(x, velocity, timesteps_to_sigmas(t))
+        if i + 1 == len(self.timesteps) or noise is None:
+            return x0, x0
+        sigma = timesteps_to_sigmas(torch.full(t.shape, self.timesteps[i + 1], device=x.device))
+        return add_noise(x0, noise, sigma), x0
+
+
+class EulerScheduler(Scheduler):
+    """The probability-flow ODE ``dx/dσ = v`` integrated with Euler steps; the last step goes to σ = 0.
+
+    The state is accumulated in float32 at least (many small steps in bf16 drift); callers cast it to
+    the denoiser's dtype."""
+
+    def __init__(self, timesteps: Sequence[float]) -> None:
+        super().__init__(timesteps)
+        self.sigmas = [timesteps_to_sigmas(t) for t in self.timesteps] + [0.0]
+
+    def initial(self, noise: Tensor) -> Tensor:
+        return noise.to(torch.promote_types(noise.dtype, torch.float32))
+
+    def step(
+        self, i: int, x: Tensor, velocity: Tensor, t: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        x0 = x0_from_velocity(x, velocity, timesteps_to_sigmas(t))
+        return x + (self.sigmas[i + 1] - self.sigmas[i]) * velocity.to(x.dtype), x0
+
+
+def sample(
+    denoise: Denoiser,
+    noise: Tensor,
+    scheduler: Scheduler,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Run ``scheduler`` from ``noise`` (B, C, F, H, W) at ``timesteps[0]`` with the denoiser given
+    (B,) float32 timesteps; ``generator`` draws a re-noising scheduler's fresh noise.
+
+    Returns the clean latent, in ``noise``'s dtype."""
+    x = scheduler.initial(noise)
+    for i, t in enumerate(scheduler.timesteps):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)  # (B,)
+        v = denoise(x.to(noise.dtype), t_batch)
+        fresh = None
+        if scheduler.renoises and i + 1 < len(scheduler):
+            fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x, _ = scheduler.step(i, x, v, t_batch, fresh)
+    return x.to(noise.dtype)
 
 
 def euler_sample(denoise: Denoiser, noise: Tensor, timesteps: Sequence[float]) -> Tensor:
-    """Integrate the probability-flow ODE ``dx/dσ = v`` from ``noise`` (σ = t₀/1000) down to σ = 0.
-
-    Args:
-        denoise: velocity predictor.
-        noise: ``(B, C, F, H, W)`` starting latent (pure noise when ``timesteps[0] == 1000``).
-        timesteps: strictly decreasing, in (0, 1000]; the last step goes to σ = 0.
-
-    Returns:
-        ``(B, C, F, H, W)`` clean latent, in ``noise``'s dtype.
-    """
-    ts = _check_timesteps(timesteps)
-    sigmas = [timesteps_to_sigmas(t) for t in ts] + [0.0]
-    # Accumulate in float32 at least: many small steps in bf16 drift.
-    x = noise.to(torch.promote_types(noise.dtype, torch.float32))
-    for i, t in enumerate(ts):
-        v = denoise(x.to(noise.dtype), _batch_timestep(t, x))
-        x = x + (sigmas[i + 1] - sigmas[i]) * v.to(x.dtype)
-    return x.to(noise.dtype)
+    """Integrate the probability-flow ODE from ``noise`` (σ = t₀/1000) down to σ = 0
+    (:class:`EulerScheduler`); pure noise when ``timesteps[0] == 1000``."""
+    return sample(denoise, noise, EulerScheduler(timesteps))
 
 
 def few_step_sample(
@@ -62,28 +133,6 @@ def few_step_sample(
     *,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Consistency / DMD-style sampling (Self-Forcing inference).
-
-    At each ``t_i`` predict ``x0`` from the velocity, then re-noise it to ``t_{i+1}`` with *fresh*
-    Gaussian noise; the last step returns the ``x0`` prediction. Unlike :func:`euler_sample`, the
-    student was trained to jump straight to ``x0`` from each of these timesteps.
-
-    Args:
-        denoise: velocity predictor.
-        noise: ``(B, C, F, H, W)`` latent at ``timesteps[0]``.
-        timesteps: strictly decreasing, in (0, 1000], e.g. from :func:`few_step_timesteps`.
-        generator: source of the re-noising noise (on ``noise``'s device).
-
-    Returns:
-        ``(B, C, F, H, W)`` clean latent, in ``noise``'s dtype.
-    """
-    ts = _check_timesteps(timesteps)
-    x = noise
-    x0 = noise
-    for i, t in enumerate(ts):
-        t_batch = _batch_timestep(t, x)
-        x0 = x0_from_velocity(x, denoise(x, t_batch), timesteps_to_sigmas(t_batch))
-        if i + 1 < len(ts):
-            fresh = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-            x = add_noise(x0, fresh, timesteps_to_sigmas(_batch_timestep(ts[i + 1], x0)))
-    return x0
+    """Few-step re-noising sampling (:class:`FewStepScheduler`): unlike :func:`euler_sample`, the
+    student was trained to jump straight to ``x0`` from each of these timesteps."""
+    return sample(denoise, noise, FewStepScheduler(timesteps), generator=generator)

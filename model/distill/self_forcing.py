@@ -1,6 +1,7 @@
 """Self-Forcing rollout: the causal student generates a clip block by block from its own outputs, with
 the same KV cache (sink + window) and few-step expert-aligned schedule the serving ``Rollout`` uses.
 
+Each block is denoised by :func:`~worldloop.model.block_sampler.denoise_block`, the sampler serving runs.
 Training only differs in where gradients flow (Self-Forcing, Huang et al. 2025): for each block a
 random *exit step* ``s`` is drawn; steps before it run without gradient, step ``s`` runs with
 gradient and its x0 prediction is the block's output; the clean t = 0 pass that writes the block's
@@ -25,14 +26,15 @@ import torch
 from torch import Tensor
 
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
-from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
-from worldloop.model.diffusion.schedule import timesteps_to_sigmas
+from worldloop.model.block_sampler import BlockNoise, denoise_block
+from worldloop.model.diffusion.sampler import FewStepScheduler
 
 
 @dataclass(frozen=True)
 class SelfForcingRollout:
-    video_latents: Tensor  # (B, C, T, h, w): frame 0 = reference, then generated blocks (with grad)
-    exit_steps: list[int]  # the exit step drawn for each block
+    video_latents: Tensor  # (B, C, T, h, w): frame 0 = reference, then the blocks (with grad where trained)
+    exit_steps: list[int]  # the exit step of each generated block
+    forced: list[bool]  # per block 1 .. num_blocks: taken from the real context (teacher forcing)
 
 
 def self_forcing_rollout(
@@ -47,10 +49,11 @@ def self_forcing_rollout(
     height: int,
     width: int,
     context: Tensor | None = None,
-    first_generated: int = 1,
+    forced: Sequence[bool] | None = None,
     grad_from: int = 1,
     global_batch: int | None = None,
     first_row: int = 0,
+    exit_steps: Sequence[int] | None = None,
 ) -> SelfForcingRollout:
     """Generate ``num_blocks`` blocks after the reference latent frame.
 
@@ -58,24 +61,32 @@ def self_forcing_rollout(
         reference: (B, C, 1, h, w) clean latent of the first frame.
         camera: (B, T, 6·stride, H, W) grouped Plücker rays for all T = 1 + num_blocks·block_frames.
         timesteps: the student's few-step list, strictly decreasing from 1000.
-        context: (B, C, ≥ T', h, w) real latents; blocks ``1 .. first_generated - 1`` are taken from
-            it instead of generated (teacher forcing, stage 4).
+        context: (B, C, ≥ T, h, w) real latents, for the blocks ``forced`` marks.
+        forced: per block 1 .. num_blocks, whether it is taken from ``context`` instead of generated
+            (teacher forcing, stage 4: the cache then holds real footage for the blocks after it).
         grad_from: generated blocks before this one run entirely without gradient (long rollouts
             keep the graph only for the window being aligned).
         global_batch: rows of every noise draw (default: this batch's B); this batch takes rows
             ``first_row .. first_row + B`` of it (data-parallel rank r of W: ``W·B`` and ``r·B``).
+        exit_steps: each generated block's exit step (default: drawn from ``generator`` per block,
+            before its noise).
     """
     cfg = student.cfg
     f, stride = cfg.causal.block_frames, cfg.vae.temporal_stride
     b, c, _, h, w = reference.shape
     total = 1 + num_blocks * f
-    rows = b if global_batch is None else global_batch
-    if not 0 <= first_row <= rows - b:
-        raise ValueError(f"rows {first_row} .. {first_row + b - 1} are not in a global batch of {rows}")
-
-    def noise() -> Tensor:  # (B, C, f, h, w): this batch's rows of a global-batch draw
-        return torch.randn((rows, c, f, h, w), generator=generator)[first_row : first_row + b].to(reference)
-
+    block_noise = BlockNoise(generator, global_batch, first_row)
+    scheduler = FewStepScheduler(timesteps)
+    forced = [False] * num_blocks if forced is None else list(forced)
+    if len(forced) != num_blocks:
+        raise ValueError(f"forced has {len(forced)} entries for {num_blocks} blocks")
+    if any(forced) and (
+        context is None or context.shape[2] < 1 + (max(i for i, x in enumerate(forced) if x) + 1) * f
+    ):
+        raise ValueError("teacher forcing needs a real latent block in context for every forced block")
+    generated = forced.count(False)
+    if exit_steps is not None and len(exit_steps) != generated:
+        raise ValueError(f"exit_steps has {len(exit_steps)} entries for {generated} generated blocks")
     if camera.shape[1] != total:
         raise ValueError(f"camera has {camera.shape[1]} latent frames, the rollout needs {total}")
     cache = student.new_cache(batch=b, height=height, width=width, dtype=student.dtype)
@@ -84,44 +95,47 @@ def self_forcing_rollout(
     with torch.no_grad():
         cond0 = i2v_condition(reference, num_frames=1, temporal_stride=stride)
         student.commit_block(cache, block_index=0, latents=reference, cond=cond0, camera=camera[:, :1])
-    if first_generated > 1 and (context is None or context.shape[2] < 1 + (first_generated - 1) * f):
-        raise ValueError(
-            f"teacher forcing up to block {first_generated - 1} needs that many real latent blocks"
-        )
-    blocks, exits = [reference], []
+    blocks: list[Tensor] = [reference]
+    exits: list[int] = []
     for block in range(1, num_blocks + 1):
         start = cache.layout.frame_start(block)
         cond = i2v_condition(reference, num_frames=f, temporal_stride=stride, frame_start=start)
         cam = camera[:, start : start + f]
-        if block < first_generated:
+        if forced[block - 1]:
             assert context is not None
             real = context[:, :, start : start + f]
             with torch.no_grad():
                 student.commit_block(cache, block_index=block, latents=real, cond=cond, camera=cam)
             blocks.append(real)
             continue
-        exit_step = int(torch.randint(len(timesteps), (1,), generator=generator))
-        x = noise()
-        x0 = x
-        for i, t in enumerate(timesteps[: exit_step + 1]):
-            t_frames = torch.full((b, f), float(t), dtype=reference.dtype, device=reference.device)
-            last = i == exit_step
-            with torch.set_grad_enabled(last and block >= grad_from and torch.is_grad_enabled()):
-                v = student.forward_step(
-                    x,
-                    timesteps=t_frames,
-                    cond=cond,
-                    camera=cam,
-                    block_index=block,
-                    cache=cache,
-                    expert=student.expert_for(float(t)),
-                )
-                x0 = x0_from_velocity(x, v, timesteps_to_sigmas(t_frames))
-            if not last:
-                sigma = timesteps_to_sigmas(torch.full((b, f), float(timesteps[i + 1]), device=x.device))
-                x = add_noise(x0.detach(), noise(), sigma)
+        if exit_steps is None:
+            exit_step = int(torch.randint(len(scheduler), (1,), generator=generator))
+        else:
+            exit_step = int(exit_steps[len(exits)])
+        grad = block >= grad_from and torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad):
+            camera_tokens = student.encode_camera(cam)
+        x0 = denoise_block(
+            student,
+            scheduler=scheduler,
+            noise=lambda: block_noise((b, c, f, h, w), reference),
+            cond=cond,
+            camera=cam,
+            block_index=block,
+            cache=cache,
+            camera_tokens=camera_tokens,
+            exit_step=exit_step,
+            grad=grad,
+        )
         with torch.no_grad():
-            student.commit_block(cache, block_index=block, latents=x0.detach(), cond=cond, camera=cam)
+            student.commit_block(
+                cache,
+                block_index=block,
+                latents=x0.detach(),
+                cond=cond,
+                camera=cam,
+                camera_tokens=camera_tokens,
+            )
         blocks.append(x0)
         exits.append(exit_step)
-    return SelfForcingRollout(torch.cat(blocks, dim=2), exits)
+    return SelfForcingRollout(torch.cat(blocks, dim=2), exits, forced)

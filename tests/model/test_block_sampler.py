@@ -1,0 +1,152 @@
+"""One block sampler: serving's Rollout and the Self-Forcing training rollout denoise through the same
+``denoise_block``; with the same weights, noise and inputs they agree bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worldloop.model import Rollout, WorldModel, tiny
+from worldloop.model.arch.world_model import i2v_condition
+from worldloop.model.block_sampler import BlockNoise, denoise_block
+from worldloop.model.camera import parse_action
+from worldloop.model.camera.plucker import actions_to_camera
+from worldloop.model.diffusion.sampler import EulerScheduler, FewStepScheduler, sample
+from worldloop.model.distill import self_forcing_rollout
+from worldloop.model.text import HashingEncoder
+from worldloop.model.vae import CausalVideoVAE
+
+SIZE = 32
+
+
+def _rollout(seed: int) -> Rollout:
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = WorldModel(cfg).eval()
+    for expert in model.experts:
+        torch.nn.init.normal_(expert.head.head.weight, std=0.05)
+    return Rollout(
+        model,
+        vae=CausalVideoVAE(cfg.vae).eval(),
+        text_encoder=HashingEncoder(dim=cfg.text_dim),
+        height=SIZE,
+        width=SIZE,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit() -> None:
+    rollout, blocks = _rollout(seed=11), 3
+    model, cfg = rollout.model, rollout.model.cfg
+    image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    keys = ["w", "a", "w+d"]
+    state, _ = rollout.start(image, prompt="a torch-lit stone corridor")
+    reference = state.reference.clone()
+    served, cameras = [reference], []
+    track = actions_to_camera([parse_action("none")], width=SIZE, height=SIZE, fov_deg=cfg.fov_deg)
+    cameras.append(rollout._camera(track.c2w, track.intrinsics, 1))
+    for k in range(blocks):
+        actions = [parse_action(keys[k], mouse_dx=0.5)] * rollout.frames_per_block
+        track = actions_to_camera(
+            actions, width=SIZE, height=SIZE, fov_deg=cfg.fov_deg, motion=cfg.motion, start=state.camera
+        )
+        cameras.append(rollout._camera(track.c2w, track.intrinsics, 1))
+        served.append(rollout.denoise(state, actions))
+    with torch.no_grad():
+        trained = self_forcing_rollout(
+            model,
+            reference=reference,
+            camera=torch.cat(cameras, dim=1),
+            conditioning=rollout.conditioning("a torch-lit stone corridor", None, batch=1),
+            num_blocks=blocks,
+            timesteps=rollout.timesteps,
+            generator=torch.Generator().manual_seed(11),
+            height=SIZE,
+            width=SIZE,
+            exit_steps=[len(rollout.timesteps) - 1] * blocks,  # the serving policy: run every step
+        )
+    assert trained.video_latents.shape[2] == 1 + blocks * cfg.causal.block_frames
+    assert torch.equal(trained.video_latents, torch.cat(served, dim=2))
+    # and a different noise seed is not equal, so the comparison can fail
+    with torch.no_grad():
+        other = self_forcing_rollout(
+            model,
+            reference=reference,
+            camera=torch.cat(cameras, dim=1),
+            conditioning=rollout.conditioning("a torch-lit stone corridor", None, batch=1),
+            num_blocks=blocks,
+            timesteps=rollout.timesteps,
+            generator=torch.Generator().manual_seed(12),
+            height=SIZE,
+            width=SIZE,
+            exit_steps=[len(rollout.timesteps) - 1] * blocks,
+        )
+    assert not torch.equal(other.video_latents[:, :, 1:], trained.video_latents[:, :, 1:])
+
+
+def test_an_early_exit_returns_that_steps_estimate_with_a_graph_only_there() -> None:
+    rollout = _rollout(seed=0)
+    model = rollout.model.train()
+    state, _ = rollout.start(torch.zeros(1, 3, SIZE, SIZE), prompt="a field")
+    f = model.cfg.causal.block_frames
+    ref = state.reference
+    track = actions_to_camera([parse_action("w")] * 8, width=SIZE, height=SIZE, fov_deg=model.cfg.fov_deg)
+    camera = rollout._camera(track.c2w, track.intrinsics, 1)
+    cond = i2v_condition(ref, num_frames=f, temporal_stride=4, frame_start=1)
+    shape = (1, model.cfg.latent_channels, f, ref.shape[3], ref.shape[4])
+    calls: list[bool] = []
+    original = model.forward_step
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.forward_step = spy  # type: ignore[method-assign]
+    noise = BlockNoise(torch.Generator().manual_seed(4))
+    x0 = denoise_block(
+        model,
+        scheduler=FewStepScheduler([1000.0, 900.0, 600.0, 300.0]),
+        noise=lambda: noise(shape, ref),
+        cond=cond,
+        camera=camera,
+        block_index=1,
+        cache=state.cache,
+        exit_step=1,
+        grad=True,
+    )
+    assert calls == [False, True]  # steps 0 and 1 ran; only the exit step recorded a graph
+    assert x0.requires_grad and x0.shape == shape
+    with pytest.raises(ValueError, match="exit step"):
+        denoise_block(
+            model,
+            scheduler=FewStepScheduler([1000.0]),
+            noise=lambda: noise(shape, ref),
+            cond=cond,
+            camera=camera,
+            block_index=1,
+            cache=state.cache,
+            exit_step=1,
+        )
+
+
+def test_block_noise_rows_of_a_global_batch_split_across_ranks() -> None:
+    whole = BlockNoise(torch.Generator().manual_seed(2))((4, 2, 3), torch.zeros(()))
+    parts = [
+        BlockNoise(torch.Generator().manual_seed(2), 4, r * 2)((2, 2, 3), torch.zeros(())) for r in (0, 1)
+    ]
+    assert torch.equal(torch.cat(parts), whole)
+    with pytest.raises(ValueError, match="not in a batch"):
+        BlockNoise(None, 4, 3)((2, 2, 3), torch.zeros(()))
+
+
+def test_schedulers_step_the_straight_path_exactly() -> None:
+    x0 = torch.randn(2, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+
+    def oracle(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # velocity of the point mass at x0
+        s = (t / 1000).reshape(-1, 1, 1, 1, 1)
+        return (x - x0) / s.clamp_min(1e-6)
+
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    for scheduler in (EulerScheduler([1000.0, 700.0, 300.0]), FewStepScheduler([1000.0, 500.0])):
+        out = sample(oracle, noise, scheduler, generator=torch.Generator().manual_seed(2))
+        assert torch.allclose(out, x0, atol=1e-5), scheduler
