@@ -32,6 +32,7 @@ from worldloop.components.registry.tags import (
     MAX_TAG_CHARS,
     MODEL_PRESET,
     PIPELINE_RUN,
+    TEACHER_SHA256,
 )
 from worldloop.components.registry.versions import CANDIDATE, ModelVersionInfo, get_version
 from worldloop.data import LINEAGE_FILE, Lineage
@@ -109,6 +110,8 @@ def _data_tags(folder: Path) -> dict[str, str]:
         for stage in lineage.stages
     ]
     tags = {DATA_SHA256: hashlib.sha256(data).hexdigest()}
+    if lineage.teacher is not None:  # the real score stages 3-4 distilled against
+        tags[TEACHER_SHA256] = lineage.teacher.weights_sha256
     text = json.dumps(summary)
     if len(text) <= MAX_TAG_CHARS:  # always whole in the version's checkpoint/lineage.json
         tags[DATA] = text

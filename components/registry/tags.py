@@ -22,6 +22,7 @@ LINEAGE = "lineage."
 PIPELINE_RUN = "lineage.pipeline_run_id"
 DATA = "lineage.data"  # JSON: [{stage, sources: [{uri, weight, kind, shards_read}]}], training order
 DATA_SHA256 = "lineage.data_sha256"  # of the checkpoint's lineage.json
+TEACHER_SHA256 = "lineage.teacher_sha256"  # weights of the frozen real score of stages 3-4
 CHECKPOINT = "lineage.checkpoint"
 CHECKPOINT_STEP = "lineage.checkpoint_step"
 CONFIG = "lineage.config"

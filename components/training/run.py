@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -14,11 +15,16 @@ import torch
 from safetensors.torch import load_file
 
 from worldloop.components.training.sample import reconstruction_video, sample_video
-from worldloop.data import DataSource, Mixture, read_lineage
+from worldloop.data import DataSource, Lineage, Mixture, TeacherLineage, read_lineage
 from worldloop.model import WorldModel
 from worldloop.model.spec import ModelSpec, build_modules, preset_spec, preset_text_encoder, read_spec
 from worldloop.model.text.encoder import TextEncoder
-from worldloop.model.train.checkpoint import is_partitioned, latest_checkpoint, load_checkpoint
+from worldloop.model.train.checkpoint import (
+    is_partitioned,
+    latest_checkpoint,
+    load_checkpoint,
+    weights_sha256,
+)
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.loop import TrainResult, build_trainer
 from worldloop.model.vae import CausalVideoVAE
@@ -127,6 +133,62 @@ def training_stack(
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Stages 3-4: the frozen real score (teacher), the fake score (critic) to start from (None: a
+    copy of the teacher) and the lineage recording the teacher. Other stages: all None but the
+    inherited lineage."""
+
+    teacher: WorldModel | None
+    critic: WorldModel | None
+    lineage: Lineage | None
+
+
+def _module_from(spec: ModelSpec, file: Path) -> WorldModel:
+    module = WorldModel(spec.model)
+    module.load_state_dict(load_file(str(file)))
+    return module
+
+
+def distillation_scores(
+    spec: ModelSpec,
+    *,
+    model: WorldModel,
+    start: Path | None,
+    lineage: Lineage | None,
+    init: str | Path | None,
+) -> Scores:
+    """The scores a distillation stage (3 or 4) runs with, from ``start``, the checkpoint it begins
+    from (its ``--init`` or the one it resumes). A checkpoint of stage 3 or 4 carries its frozen
+    teacher (``teacher.safetensors``, the stage-2 model) and its critic: stage 4 continues with both. A
+    checkpoint without a teacher is the bidirectional base model itself (stage 3's ``--init``): it is
+    the teacher and the critic's start. The teacher's weights hash is checked against the one the
+    lineage recorded, or recorded there."""
+    teacher_file = start / "teacher.safetensors" if start is not None else None
+    if teacher_file is not None and teacher_file.is_file():
+        teacher = _module_from(spec, teacher_file)
+    else:
+        teacher = copy.deepcopy(model)
+    critic_file = start / "critic.safetensors" if start is not None else None
+    critic = _module_from(spec, critic_file) if critic_file is not None and critic_file.is_file() else None
+    digest = weights_sha256(teacher.state_dict())
+    lineage = lineage or Lineage()
+    if lineage.teacher is not None and lineage.teacher.weights_sha256 != digest:
+        raise ValueError(
+            f"{start}: its teacher's weights (sha256 {digest[:12]}) are not the teacher its lineage "
+            f"records ({lineage.teacher.weights_sha256[:12]}, from {lineage.teacher.source}): the "
+            "checkpoint was altered"
+        )
+    if lineage.teacher is None:
+        stage = lineage.stages[-1].stage if lineage.stages else "unknown"
+        record = TeacherLineage(
+            stage=stage, source=str(init if init is not None else start), weights_sha256=digest
+        )
+        lineage = lineage.model_copy(update={"teacher": record})
+    log.info("real score: %s model, sha256 %s", lineage.teacher.stage, digest[:12])  # type: ignore[union-attr]
+    return Scores(teacher, critic, lineage)
+
+
+@dataclass(frozen=True)
 class StageRun:
     result: TrainResult
     mlflow_run_id: str | None
@@ -165,6 +227,12 @@ def run_stage(
         fov_deg=mixture.fov_deg(),
     )
     inherited = read_lineage(source.path) if source is not None and not source.wan_vae else None
+    scores = Scores(None, None, inherited)
+    if cfg.stage in (Stage.distill, Stage.long):
+        start = source.path if source is not None else latest_checkpoint(checkpoint_dir)
+        if source is None and start is not None:
+            inherited = read_lineage(start)  # the trainer takes it from the resumed checkpoint, too
+        scores = distillation_scores(spec, model=model, start=start, lineage=inherited, init=init)
     tracker = None
     if track and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         tracker = StageTracker(
@@ -174,6 +242,11 @@ def run_stage(
                 "config": cfg.model_dump(mode="json"),
                 "data": [s.model_dump() for s in mixture.sources],
                 "clips": mixture.clips,
+                **(
+                    {"teacher_sha256": scores.lineage.teacher.weights_sha256}
+                    if scores.lineage and scores.lineage.teacher
+                    else {}
+                ),
             },
             parent_run_id=parent_run_id,
         )
@@ -185,10 +258,12 @@ def run_stage(
         data=mixture,
         checkpoint_dir=checkpoint_dir,
         spec=spec,
-        lineage=inherited,
+        lineage=scores.lineage,
         on_metrics=tracker.log_metrics if tracker else None,
         on_progress=on_progress,
         on_checkpoint=mirror.push if mirror else None,
+        teacher=scores.teacher,
+        critic=scores.critic,
     )
     # the end-of-stage sample (what the stage generates now, with its own schedule): rank 0 logs it
     sample = functools.partial(

@@ -99,16 +99,25 @@ def dmd_generator_loss(
     shift: float,
     min_sigma: float = 0.02,
     max_sigma: float = 0.98,
+    real_first: Tensor | None = None,
+    real_cond: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """DMD loss for student samples ``x`` (B, C, T, h, w) with gradient; teacher and critic frozen here."""
+    """DMD loss for student samples ``x`` (B, C, T, h, w) with gradient; teacher and critic frozen here.
+
+    Frame 0 of ``x`` is the clean image both scores condition on (``cond`` is built from it). With
+    ``real_first`` (B, C, 1, h, w) and its ``real_cond`` the real score conditions on that frame instead
+    — stage 4: the real video's frame where the critic sees the student's own previous frame."""
+    if (real_first is None) != (real_cond is None):
+        raise ValueError("real_first and real_cond go together")
     with torch.no_grad():
         x_t, sigma, _ = _noised(x.detach(), generators, shift=shift, min_sigma=min_sigma, max_sigma=max_sigma)
+        real_x_t = x_t if real_first is None else torch.cat([real_first.to(x_t), x_t[:, :, 1:]], dim=2)
     with frozen_scores(teacher, critic):
         real = guided_x0(
             teacher,
-            x_t,
+            real_x_t,
             sigma,
-            cond=cond,
+            cond=cond if real_cond is None else real_cond,
             camera=camera,
             conditioning=conditioning,
             unconditional=unconditional,

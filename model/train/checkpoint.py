@@ -31,6 +31,7 @@ from the loaded values; the rest follows once the engine exists (:func:`load_tra
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -188,6 +189,17 @@ def save_checkpoint(
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def weights_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and bytes, in name order: the same for a module
+    and for any safetensors file holding its weights, whatever the file's metadata."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -330,7 +330,7 @@ class Trainer:
         previous = read_lineage(found)
         if previous is not None:  # the checkpoint resumed from holds the earlier stages too
             this = self.cfg.stage.value
-            self.lineage = Lineage(stages=[s for s in previous.stages if s.stage != this])
+            self.lineage = previous.without_stage(this)
             resumed = previous.stage(this)
             self._read_before = resumed.sources if resumed else []
         log.info("resumed from %s (step %d)", found, state["step"])
@@ -432,19 +432,26 @@ def build_trainer(
     on_metrics: MetricsCallback | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    teacher: WorldModel | None = None,
+    critic: WorldModel | None = None,
 ) -> Trainer:
-    """The trainer of stage ``cfg.stage`` for ``model`` (stage 3/4: the student; teacher and critic
-    are copies of it), with the frozen ``vae`` and ``text_encoder`` preparing its inputs; stage 0
-    (``vae``) trains ``vae`` itself and leaves ``model`` untouched."""
+    """The trainer of stage ``cfg.stage`` for ``model`` (stage 3/4: the student; the frozen ``teacher``
+    and the ``critic`` default to copies of it in stage 3, stage 4 needs the stage-2 teacher), with
+    the frozen ``vae`` and ``text_encoder`` preparing its inputs; stage 0 (``vae``) trains ``vae``
+    itself and leaves ``model`` untouched."""
     objective: Objective
     if cfg.stage is Stage.vae:
         objective = VAEObjective(cfg, vae, data=data)
     elif cfg.stage in (Stage.action, Stage.instruction):
         objective = FlowMatchingObjective(cfg, model, vae=vae, text_encoder=text_encoder)
     elif cfg.stage is Stage.distill:
-        objective = DistillObjective(cfg, model, vae=vae, text_encoder=text_encoder)
+        objective = DistillObjective(
+            cfg, model, vae=vae, text_encoder=text_encoder, teacher=teacher, critic=critic
+        )
     else:
-        objective = LongExtensionObjective(cfg, model, vae=vae, text_encoder=text_encoder)
+        objective = LongExtensionObjective(
+            cfg, model, vae=vae, text_encoder=text_encoder, teacher=teacher, critic=critic
+        )
     return Trainer(
         cfg,
         objective,

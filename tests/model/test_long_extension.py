@@ -1,35 +1,69 @@
-"""Stage 4: rollouts past the training length with random actions, windowed DMD, teacher forcing."""
+"""Stage 4 as published: rollouts along long real clips to random lengths, windows sampled uniformly along
+them, self- and teacher-forcing alternating inside one rollout, the real score conditioned on the real
+frame and the critic on the student's, against a frozen teacher that is not the student."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.data import Mixture
 from worldloop.model import build_world_model, load_preset
+from worldloop.model.distill.dmd import dmd_generator_loss
 from worldloop.model.text import HashingEncoder
-from worldloop.model.train.config import CurriculumPhase, stage_preset
+from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, stage_preset
 from worldloop.model.train.loop import build_trainer
-from worldloop.model.train.objectives.long_extension import random_actions
+from worldloop.model.train.objectives.long_extension import plan_rollout
 from worldloop.model.vae import CausalVideoVAE
 
-
-def test_random_actions_are_seeded_runs_of_keys() -> None:
-    a = random_actions(np.random.default_rng(3), 50)
-    assert len(a) == 50 and a == random_actions(np.random.default_rng(3), 50)
-    assert len({f.label() for f in a}) > 1
+TINY = stage_preset("long").long
+assert TINY is not None
 
 
-def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) -> None:
-    write_dataset(tmp_path / "data", SynthConfig(size=64, frames=25), clips=2, seed=9)
+def test_window_starts_cover_the_rollout_uniformly() -> None:
+    rng = np.random.default_rng(0)
+    plans = [plan_rollout(rng, real_blocks=20, cfg=TINY) for _ in range(3000)]
+    starts = np.array([p.start for p in plans])
+    ends = np.array([p.end for p in plans])
+    assert set(starts) == set(range(1, 20 - TINY.window_blocks + 2))  # every start along 20 blocks
+    assert ends.min() == TINY.min_rollout_blocks and ends.max() == 20  # lengths vary over the clip
+    counts = np.bincount(starts)[1:]
+    assert counts.min() > 0.7 * counts.mean()  # uniform, not piled at the end as before
+    assert all(p.end - p.start + 1 == TINY.window_blocks for p in plans)
+    assert all(not any(p.forced[p.start - 1 :]) for p in plans)  # the window itself is generated
+    short = [plan_rollout(rng, real_blocks=5, cfg=TINY).end for _ in range(200)]
+    assert max(short) == 5  # capped by the clip's real blocks
+    with pytest.raises(ValueError, match="shorter than the shortest rollout"):
+        plan_rollout(rng, real_blocks=1, cfg=TINY)
+
+
+def test_teacher_forcing_switches_inside_one_rollout() -> None:
+    rng = np.random.default_rng(1)
+    plans = [plan_rollout(rng, real_blocks=20, cfg=TINY) for _ in range(500)]
+    long = [p for p in plans if p.start > 10]
+    switching = [p for p in long if p.switches > 0]
+    assert len(switching) > 0.5 * len(long)
+    p = switching[0]
+    before = p.forced[: p.start - 1]
+    assert True in before and False in before  # real and generated blocks in one rollout
+    share = np.mean([f for q in plans for f in q.forced[: q.start - 1]])
+    assert abs(share - TINY.teacher_forcing_prob) < 0.05
+    never = TINY.model_copy(update={"teacher_forcing_prob": 0.0})
+    assert not any(any(plan_rollout(rng, real_blocks=20, cfg=never).forced) for _ in range(50))
+
+
+def test_stage4_scores_the_window_against_the_real_frame_with_a_frozen_teacher(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data", SynthConfig(size=64, frames=41), clips=2, seed=9)  # 5 real blocks
     clips = Mixture.open(str(tmp_path / "data"))
     cfg = stage_preset("long")
     cfg = cfg.model_copy(
         update={
-            "curriculum": (CurriculumPhase(frames=25, steps=6),),  # 3 real blocks
+            "curriculum": (CurriculumPhase(frames=41, steps=4),),
             "height": 32,
             "width": 32,
             "log_every": 1,
@@ -37,27 +71,61 @@ def test_long_extension_mixes_long_rollouts_and_teacher_forcing(tmp_path: Path) 
         }
     )
     torch.manual_seed(0)
-    model = build_world_model(load_preset("tiny"))
+    student = build_world_model(load_preset("tiny"))
+    teacher = copy.deepcopy(student)
+    for i in range(teacher.cfg.num_experts):  # a teacher the student is not a copy of
+        torch.nn.init.normal_(teacher.expert(i).head.head.weight, std=0.02)
     seen: list[dict[str, float]] = []
-    trainer = build_trainer(
-        cfg,
-        model,
-        vae=CausalVideoVAE(model.cfg.vae),
-        text_encoder=HashingEncoder(dim=384),
-        data=clips,
-        checkpoint_dir=tmp_path / "ckpt",
-        on_metrics=lambda step, m: seen.append(m),
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = dmd_generator_loss
+
+    def spy(x: torch.Tensor, **kw: object) -> object:
+        real_first = kw["real_first"]
+        assert isinstance(real_first, torch.Tensor)
+        scored.append((x[:, :, :1].detach().clone(), real_first.clone()))
+        return original(x, **kw)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("worldloop.model.train.objectives.distill.dmd_generator_loss", spy)
+        trainer = build_trainer(
+            cfg,
+            student,
+            vae=CausalVideoVAE(student.cfg.vae),
+            text_encoder=HashingEncoder(dim=384),
+            data=clips,
+            checkpoint_dir=tmp_path / "ckpt",
+            on_metrics=lambda step, m: seen.append(m),
+            teacher=teacher,
+        )
+        frozen = {n: p.clone() for n, p in teacher.named_parameters()}
+        before = {n: p.detach().clone() for n, p in student.named_parameters()}
+        result = trainer.run()
+    assert result.steps == 4 and len(seen) == 4 and len(scored) == 4
+    assert trainer.modules["teacher"] is teacher
+    assert all(torch.equal(p, frozen[n]) for n, p in teacher.named_parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in student.named_parameters())
+    assert all(2 <= m["rollout_blocks"] <= 5 and m["window_frames"] == 1 + 2 * 2 for m in seen)
+    assert all(m["window_start"] == m["rollout_blocks"] - 1 for m in seen)
+    # the critic's image is the student's previous frame, the real score's the clip's: they differ
+    # wherever that frame was generated (always, unless the block before the window was teacher-forced)
+    generated_before = [not torch.equal(student_first, real) for student_first, real in scored]
+    assert any(generated_before)
+    assert (tmp_path / "ckpt" / "step-00000004" / "teacher.safetensors").exists()
+
+
+def test_stage4_needs_a_teacher_and_long_enough_clips(tmp_path: Path) -> None:
+    cfg = stage_preset("long")
+    model = build_world_model(load_preset("tiny"))
+    kw = {"vae": CausalVideoVAE(model.cfg.vae), "text_encoder": HashingEncoder(dim=384)}
+    write_dataset(tmp_path / "data", SynthConfig(size=64, frames=17), clips=1, seed=1)
+    clips = Mixture.open(str(tmp_path / "data"))
+    with pytest.raises(ValueError, match="frozen stage-2 model"):
+        build_trainer(cfg, model, data=clips, checkpoint_dir=tmp_path / "a", **kw)  # type: ignore[arg-type]
+    short = cfg.model_copy(
+        update={
+            "curriculum": (CurriculumPhase(frames=9, steps=1),),
+            "long": LongExtensionConfig(min_rollout_blocks=2, max_rollout_blocks=4, window_blocks=1),
+        }
     )
-    teacher = {n: p.clone() for n, p in trainer.modules["teacher"].named_parameters()}
-    student = {n: p.detach().clone() for n, p in trainer.modules["student"].named_parameters()}
-    result = trainer.run()
-    assert result.steps == 6 and len(seen) == 6
-    forced = [m for m in seen if m["teacher_forcing"] == 1.0]
-    free = [m for m in seen if m["teacher_forcing"] == 0.0]
-    assert forced and free
-    assert all(m["rollout_blocks"] == 3 for m in forced)
-    assert all(4 <= m["rollout_blocks"] <= 8 for m in free)  # past the 3 blocks of any training clip
-    assert all(m["window_frames"] == 1 + 2 * 2 for m in seen)  # the frame before + 2 window blocks
-    assert all(torch.equal(p, teacher[n]) for n, p in trainer.modules["teacher"].named_parameters())
-    assert any(not torch.equal(p, student[n]) for n, p in trainer.modules["student"].named_parameters())
-    assert (tmp_path / "ckpt" / "step-00000006" / "critic.safetensors").exists()
+    with pytest.raises(ValueError, match="shorter than the shortest rollout"):
+        build_trainer(short, model, data=clips, checkpoint_dir=tmp_path / "b", teacher=model, **kw)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from worldloop.data.lineage import (
     Lineage,
     SourceLineage,
     StageLineage,
+    TeacherLineage,
     merge_sources,
     read_lineage,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "Lineage",
     "SourceLineage",
     "StageLineage",
+    "TeacherLineage",
     "merge_sources",
     "read_lineage",
     "INDEX_FILE",

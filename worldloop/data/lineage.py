@@ -1,6 +1,7 @@
-"""Data lineage: per training stage, the datasets of its mixture with their weights, and the shards it
-actually read (name, sha256, how many clip loads) — written as ``lineage.json`` into every checkpoint
-and carried from stage to stage, so a registered version says exactly what data made it."""
+"""Lineage: per training stage, the datasets of its mixture with their weights, and the shards it
+actually read (name, sha256, how many clip loads), and the frozen teacher distillation scores against —
+written as ``lineage.json`` into every checkpoint and carried from stage to stage, so a registered
+version says exactly what data and which real score made it."""
 
 from __future__ import annotations
 
@@ -38,15 +39,31 @@ class StageLineage(BaseModel):
     sources: list[SourceLineage]
 
 
+class TeacherLineage(BaseModel):
+    """The real score of stages 3–4: the frozen bidirectional model distillation started from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="The stage that trained it (instruction: the stage-2 model).")
+    source: str = Field(description="The checkpoint it was first loaded from, as given.")
+    weights_sha256: str = Field(description="sha256 of its tensors (names, dtypes, shapes, bytes).")
+
+
 class Lineage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["worldloop-lineage/1"] = "worldloop-lineage/1"
     stages: list[StageLineage] = Field(default_factory=list)
+    teacher: TeacherLineage | None = None
 
     def with_stage(self, stage: StageLineage) -> Lineage:
         """These stages with ``stage`` appended (replacing an entry of the same stage: a resume)."""
-        return Lineage(stages=[s for s in self.stages if s.stage != stage.stage] + [stage])
+        return self.model_copy(
+            update={"stages": [s for s in self.stages if s.stage != stage.stage] + [stage]}
+        )
+
+    def without_stage(self, name: str) -> Lineage:
+        return self.model_copy(update={"stages": [s for s in self.stages if s.stage != name]})
 
     def stage(self, name: str) -> StageLineage | None:
         return next((s for s in self.stages if s.stage == name), None)

@@ -60,23 +60,36 @@ class StudentSample:
     cond: Tensor  # (B, stride + C, T, h, w): the I2V condition on frame 0
     camera: Tensor  # (B, T, 6·stride, H, W): rays relative to frame 0
     info: Metrics  # how the sample was made (reported with the generator update)
+    real_first: Tensor | None = None  # (B, C, 1, h, w): the real frame the real score conditions on
+    real_cond: Tensor | None = None  # its I2V condition (stage 4; stage 3's frame 0 is real already)
 
 
 class DistillObjective(Objective):
     """Stage ``distill`` of ``cfg``, starting from the stage-2 weights already in ``model`` (which
-    becomes the student; teacher and critic are copies of it)."""
+    becomes the student). The teacher (real score) and the critic (fake score) are copies of it unless
+    given: a stage after this one passes the frozen stage-2 model its lineage carries, and the critic
+    it continues."""
 
     stage = Stage.distill
 
     def __init__(
-        self, cfg: TrainConfig, model: WorldModel, *, vae: CausalVideoVAE, text_encoder: TextEncoder
+        self,
+        cfg: TrainConfig,
+        model: WorldModel,
+        *,
+        vae: CausalVideoVAE,
+        text_encoder: TextEncoder,
+        teacher: WorldModel | None = None,
+        critic: WorldModel | None = None,
     ) -> None:
         if cfg.stage is not self.stage or cfg.distill is None:
             raise ValueError(f"{type(self).__name__} runs stage {self.stage.value} (see stage_preset)")
         self.cfg, self.dcfg = cfg, cfg.distill
         self.student, self.vae, self.text_encoder = model, vae.eval(), text_encoder
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        self.critic = copy.deepcopy(model)
+        if critic is None:  # the fake score starts as the real one (DMD)
+            critic = copy.deepcopy(model if teacher is None else teacher).train().requires_grad_(True)
+        self.teacher = (teacher or copy.deepcopy(model)).eval().requires_grad_(False)
+        self.critic = critic
         for trained in (self.student, self.critic):  # the teacher runs without grad
             set_gradient_checkpointing(trained, cfg.gradient_checkpointing)
         mcfg = model.cfg
@@ -193,6 +206,8 @@ class DistillObjective(Objective):
             guidance=self.dcfg.guidance_scale,
             generators=gens,
             shift=self.cfg.shift,
+            real_first=sample.real_first,
+            real_cond=sample.real_cond,
         )
         return loss, {**info, **sample.info}
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.config_io import save_yaml
-from worldloop.model.train.config import CurriculumPhase, stage_preset
+from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, stage_preset
 from worldloop.video import decode_video
 
 
@@ -198,6 +198,7 @@ def test_distill_starts_from_the_previous_stage_and_logs_per_expert_rates(setup:
             "height": 32,
             "width": 32,
             "distill": long.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
+            "long": LongExtensionConfig(min_rollout_blocks=1, max_rollout_blocks=1, window_blocks=1),
         }
     )
     save_yaml(long, root / "long.yaml")

@@ -5,6 +5,7 @@ the VAE alone and checkpoints it, with latent statistics measured from data."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -19,7 +20,13 @@ from worldloop.data import Mixture
 from worldloop.model import WorldModel, build_world_model, load_preset
 from worldloop.model.spec import ModelSpec, preset_spec, read_spec
 from worldloop.model.text import HashingEncoder, TextEncoderConfig
-from worldloop.model.train.config import CurriculumPhase, LongExtensionConfig, TrainConfig, stage_preset
+from worldloop.model.train.config import (
+    CurriculumPhase,
+    LongExtensionConfig,
+    Stage,
+    TrainConfig,
+    stage_preset,
+)
 from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.train.objectives import base
 from worldloop.model.train.objectives.batch import prepare_batch
@@ -65,8 +72,16 @@ def _spec() -> ModelSpec:
 def _trainer(cfg: TrainConfig, clips: Mixture, ckpt: Path, model: WorldModel) -> Trainer:
     vae = CausalVideoVAE(model.cfg.vae)
     encoder = HashingEncoder(dim=model.cfg.text_dim)
+    teacher = copy.deepcopy(model) if cfg.stage is Stage.long else None  # as run_stage from stage 2
     return build_trainer(
-        cfg, model, vae=vae, text_encoder=encoder, data=clips, checkpoint_dir=ckpt, spec=_spec()
+        cfg,
+        model,
+        vae=vae,
+        text_encoder=encoder,
+        data=clips,
+        checkpoint_dir=ckpt,
+        spec=_spec(),
+        teacher=teacher,
     )
 
 
@@ -188,3 +203,26 @@ def test_objectives_that_do_not_fit_the_checkpoint_layout_are_refused(clips: Mix
     uneven.trained = (base.TrainedModule("vae", vae, uneven.trained[0].groups, width=64, accumulation=2),)
     with pytest.raises(ValueError, match="accumulation"):
         Trainer(_config("action"), uneven, vae=vae, data=clips, checkpoint_dir=tmp_path)
+
+
+def test_stage2_trains_each_expert_at_its_own_rate(clips: Mixture, tmp_path: Path) -> None:
+    """Adam's first step moves every parameter with a gradient by its group's rate exactly (bias-corrected
+    m/√v = ±1), so each expert's largest move is the rate its optimizer group was given."""
+    cfg = _config("instruction", batch_size=4, curriculum=(CurriculumPhase(frames=9, steps=1),))
+    assert cfg.expert_lr is not None and cfg.expert_lr[0] < cfg.expert_lr[1]  # the preset's own rates
+    model = _model("instruction")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = _trainer(cfg, clips, tmp_path, model)
+    assert trainer.lr_table == {
+        "model/expert0": cfg.expert_lr[0],
+        "model/expert1": cfg.expert_lr[1],
+        "model/interaction": cfg.lr,
+    }
+    trainer.run()
+    for i, lr in enumerate(cfg.expert_lr):
+        moved = max(
+            float((p.detach() - before[n]).abs().max())
+            for n, p in model.named_parameters()
+            if n.startswith(f"experts.{i}.")
+        )
+        assert moved == pytest.approx(lr, rel=0.01), f"expert {i}"
