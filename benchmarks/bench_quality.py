@@ -7,11 +7,17 @@ of every part. Numbers are printed, never asserted.
     python -m benchmarks.bench_quality --steps 8              # shorter curricula (steps per stage)
     python -m benchmarks.bench_quality --rungs a=DIR b=models:/worldloop@champion   # no training
     python -m benchmarks.bench_quality --cameras              # stage 1 on true vs estimated cameras
+    python -m benchmarks.bench_quality --long                 # stage 4 vs stage 3 over 20-block rollouts
 
 ``--cameras`` trains stage 1 twice from the same stage-0 VAE, the same steps and the same worlds: once
 on SynthWorld's labelled clips (rendered, exact cameras) and once on the same worlds' raw pairs after
 curation (cameras estimated from the pixels), and puts both in the ladder: what the camera estimator
 costs in camera error.
+
+``--long`` trains the chain as the default mode does, then measures only the stage-3 and stage-4 students
+on rollouts of ``--blocks`` (default 20) blocks — 10 s at tiny, past any stage-3 clip — and prints PSNR
+and camera rotation error per block beside the frozen frame and random weights: the drift stage 4 is
+there to remove.
 
 Training goes through :func:`run_chain`, so a stage added to the chain (the VAE stage) is trained here
 without a change; to also *evaluate* it, add its name to :data:`RUNGS` (as ``vae`` is).
@@ -21,15 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
-from worldloop.components.evaluation.quality.report import ladder_table
+from worldloop.components.evaluation.quality.report import fmt, ladder_table
 from worldloop.components.evaluation.quality.run import BaselineCache, QualityResult, run_quality
 from worldloop.components.synthworld import SynthConfig, write_dataset
 from worldloop.model.train.config import LONG_CLIP_FRAMES, CurriculumPhase, Stage, TrainConfig, stage_preset
@@ -37,6 +45,7 @@ from worldloop.model.train.config import LONG_CLIP_FRAMES, CurriculumPhase, Stag
 # The checkpoints measured after training, by stage name: stage 0 (the VAE alone, random DiT), the
 # stage 2 teacher, the stage 3 and 4 students.
 RUNGS: tuple[str, ...] = ("vae", "instruction", "distill", "long")
+LONG_BLOCKS = 20  # --long: 1 + 20·8 = 161 frames, 10 s at tiny
 TRAIN_SEED = 1  # SynthWorld seed of the training clips (as bench_training's chain)
 TRAIN_CLIPS, TRAIN_FRAMES, SIZE = 4, 33, 64
 assert TRAIN_SEED != HELD_OUT_SEED
@@ -141,6 +150,41 @@ def evaluate_rungs(
     return results
 
 
+def drift_table(results: Mapping[str, QualityResult], blocks: int) -> Table:
+    """Per generated block: PSNR and camera rotation error of each rung, random weights and the frozen
+    frame (the drift of a long rollout), with the first-two vs last-two block change at the bottom."""
+    columns = ladder_columns(results)
+    table = Table(title=f"long rollouts: PSNR (dB) and rotation error (deg) per block, {blocks} blocks")
+    table.add_column("block", justify="right")
+    for name in columns:
+        table.add_column(f"{name} PSNR", justify="right")
+    for name in columns:
+        table.add_column(f"{name} rot", justify="right")
+
+    def value(metrics: Mapping[str, float | None], key: str) -> float | None:
+        v = metrics.get(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    for b in range(1, blocks + 1):
+        psnrs = [fmt(value(c, f"rollout.psnr.block{b}"), "psnr") for c in columns.values()]
+        rots = [fmt(value(c, f"camera.rotation_deg.block{b}")) for c in columns.values()]
+        table.add_row(str(b), *psnrs, *rots)
+
+    def change(metrics: Mapping[str, float | None], kind: str) -> str:
+        head = [value(metrics, f"{kind}.block{b}") for b in (1, 2)]
+        tail = [value(metrics, f"{kind}.block{b}") for b in (blocks - 1, blocks)]
+        if None in head or None in tail:
+            return "n/a"
+        return f"{sum(tail) / 2 - sum(head) / 2:+.2f}"  # type: ignore[arg-type]
+
+    table.add_row(
+        "last2−first2",
+        *[change(c, "rollout.psnr") for c in columns.values()],
+        *[change(c, "camera.rotation_deg") for c in columns.values()],
+    )
+    return table
+
+
 def ladder_columns(results: Mapping[str, QualityResult]) -> dict[str, Mapping[str, float | None]]:
     """Baselines (random per sampler, frozen, truth) first, then one column per rung."""
     columns: dict[str, Mapping[str, float | None]] = {}
@@ -175,8 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--cameras", action="store_true", help="Stage 1 on true vs curated (estimated) cameras instead"
     )
+    parser.add_argument(
+        "--long", action="store_true", help="Stage 4 vs stage 3 on long rollouts (--blocks, default 20)"
+    )
     parser.add_argument("--clips", type=int, default=4, help="Held-out clips")
-    parser.add_argument("--blocks", type=int, default=2, help="Generated blocks per clip")
+    parser.add_argument("--blocks", type=int, help="Generated blocks per clip (default 2; --long: 20)")
     parser.add_argument("--cases", type=int, default=6, help="InterBench cases (0: skip)")
     parser.add_argument("--root", type=Path, help="Keep the training and quality outputs here")
     args = parser.parse_args(argv)
@@ -192,8 +239,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             console.print(f"training the tiny chain on {TRAIN_CLIPS} SynthWorld clips of seed {TRAIN_SEED}")
             rungs = train_ladder(root, steps=args.steps, times=times)
+        blocks = args.blocks or (LONG_BLOCKS if args.long else 2)
+        if args.long and not args.rungs:
+            rungs = {name: rungs[name] for name in ("distill", "long")}
         results = evaluate_rungs(
-            rungs, root, clips=args.clips, blocks=args.blocks, cases=args.cases, times=times
+            rungs, root, clips=args.clips, blocks=blocks, cases=0 if args.long else args.cases, times=times
         )
         first = next(iter(results.values())).payload
         held = first["held_out"]
@@ -201,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"quality ladder — held-out SynthWorld seed {held['seed']}: {held['clips']} clips × "
             f"{held['blocks']} blocks, {held['interbench_cases']} InterBench cases"
         )
-        console.print(ladder_table(title, ladder_columns(results), first["metric_keys"]))
+        if args.long:
+            console.print(drift_table(results, blocks))
+        else:
+            console.print(ladder_table(title, ladder_columns(results), first["metric_keys"]))
         for part, seconds in times.items():
             console.print(f"  {part:<34} {seconds:7.1f} s")
         console.print(f"  {'total':<34} {time.perf_counter() - started:7.1f} s")

@@ -46,6 +46,8 @@ DEFINITIONS: dict[str, str] = {
     "camera.translation_deg": "Angle between estimated and commanded relative translation directions, mean "
     "over the pairs where both moved, then over clips (deg; n/a when no pair qualified, e.g. frozen).",
     "camera.translation_missed": "Fraction of commanded translating pairs where the estimate did not move.",
+    "camera.rotation_deg.blockN": "The rotation RPE of the frame pairs ending in generated block N, mean "
+    "over clips: camera control along the rollout (with rollout.psnr.blockN, the drift of a long rollout).",
     "direction.<pair>": "From each clip's first frame, the first input held for the whole clip, then the "
     "second; passes when the estimator's end pose moves the right way under both: W +z / S -z (forward), "
     "A -x / D +x (lateral), mouse left -yaw / right +yaw. Fraction of clips that pass.",
@@ -73,6 +75,7 @@ def metric_keys(blocks: int) -> list[str]:
     for kind in ("psnr", "ssim"):
         keys += [f"rollout.{kind}.block{b}" for b in range(blocks + 1)] + [f"rollout.{kind}.blocks_1_2"]
     keys += ["camera.rotation_deg", "camera.translation_deg", "camera.translation_missed"]
+    keys += [f"camera.rotation_deg.block{b}" for b in range(1, blocks + 1)]
     keys += [f"direction.{p.name}" for p in DIRECTION_PAIRS] + ["direction.all"]
     return keys + [f"interbench.{d.value}" for d in DIMENSIONS]
 
@@ -104,19 +107,27 @@ def fidelity(video: np.ndarray, truth: np.ndarray, held: HeldOutSet) -> dict[str
 
 
 # -- camera --------------------------------------------------------------------------------------------
-def camera_error(video: np.ndarray, commanded: np.ndarray, fov_deg: float) -> dict[str, float | None]:
-    """Mean rotation and translation-direction RPE (deg) over the frame pairs, and the fraction of
-    commanded translating pairs whose estimate did not move.
+def camera_error(
+    video: np.ndarray, commanded: np.ndarray, fov_deg: float, *, frames_per_block: int
+) -> dict[str, Any]:
+    """Mean rotation and translation-direction RPE (deg) over the frame pairs, the fraction of
+    commanded translating pairs whose estimate did not move, and the rotation RPE per generated block
+    (the pairs ending in its frames: how camera control holds up along a long rollout).
 
     Means, not medians: SynthWorld's actions turn the camera in fewer than half of the frames, so a
     median would give a video that never turns (the frozen frame) the estimator's floor."""
     rpe = camera_rpe(video, commanded, camera=CameraEstimationConfig(fov_deg=fov_deg))
     rel = np.linalg.inv(commanded[:-1]) @ commanded[1:]
     moving = int((np.linalg.norm(rel[:, :3, 3], axis=1) >= MIN_TRANSLATION).sum())
+    p = frames_per_block
+    per_block = [
+        float(rpe.rotation_deg[b * p : (b + 1) * p].mean()) for b in range(len(rpe.rotation_deg) // p)
+    ]
     return {
         "rotation_deg": rpe.rotation_mean,
         "translation_deg": rpe.translation_mean if rpe.translation_deg.size else None,
         "translation_missed": rpe.num_missed_translations / moving if moving else None,
+        "rotation_deg_blocks": per_block,
     }
 
 
@@ -169,7 +180,7 @@ def measure(
             recon = contestant.reconstruct(clip.frames)
             if recon is not None:
                 row["vae"] = {"psnr": capped_psnr(recon, clip.frames), "ssim": ssim(recon, clip.frames)}
-        row["camera"] = camera_error(video, clip.c2w, fov_deg)
+        row["camera"] = camera_error(video, clip.c2w, fov_deg, frames_per_block=held.frames_per_block)
         if len(samples) < num_samples:
             samples.append(video)
         clips.append(row)
@@ -220,6 +231,10 @@ def summarize(
             out[f"vae.{kind}"] = mean([r["vae"][kind] for r in clips if "vae" in r])
     for key in ("rotation_deg", "translation_deg", "translation_missed"):
         out[f"camera.{key}"] = mean([r["camera"][key] for r in clips])
+    for b in range(1, blocks + 1):
+        out[f"camera.rotation_deg.block{b}"] = mean(
+            [r["camera"]["rotation_deg_blocks"][b - 1] for r in clips]
+        )
     for pair in DIRECTION_PAIRS:
         out[f"direction.{pair.name}"] = float(np.mean([r["direction"][pair.name]["passed"] for r in clips]))
     out["direction.all"] = mean([out[f"direction.{p.name}"] for p in DIRECTION_PAIRS])
