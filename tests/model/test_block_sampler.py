@@ -52,36 +52,27 @@ def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit()
         )
         cameras.append(rollout._camera(track.c2w, track.intrinsics, 1))
         served.append(rollout.denoise(state, actions))
-    with torch.no_grad():
-        trained = self_forcing_rollout(
-            model,
-            reference=reference,
-            camera=torch.cat(cameras, dim=1),
-            conditioning=rollout.conditioning("a torch-lit stone corridor", None, batch=1),
-            num_blocks=blocks,
-            timesteps=rollout.timesteps,
-            generator=torch.Generator().manual_seed(11),
-            height=SIZE,
-            width=SIZE,
-            exit_steps=[len(rollout.timesteps) - 1] * blocks,  # the serving policy: run every step
-        )
-    assert trained.video_latents.shape[2] == 1 + blocks * cfg.causal.block_frames
-    assert torch.equal(trained.video_latents, torch.cat(served, dim=2))
-    # and a different noise seed is not equal, so the comparison can fail
-    with torch.no_grad():
-        other = self_forcing_rollout(
-            model,
-            reference=reference,
-            camera=torch.cat(cameras, dim=1),
-            conditioning=rollout.conditioning("a torch-lit stone corridor", None, batch=1),
-            num_blocks=blocks,
-            timesteps=rollout.timesteps,
-            generator=torch.Generator().manual_seed(12),
-            height=SIZE,
-            width=SIZE,
-            exit_steps=[len(rollout.timesteps) - 1] * blocks,
-        )
-    assert not torch.equal(other.video_latents[:, :, 1:], trained.video_latents[:, :, 1:])
+
+    def train_rollout(seed: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self_forcing_rollout(
+                model,
+                reference=reference,
+                camera=torch.cat(cameras, dim=1),
+                conditioning=rollout.conditioning("a torch-lit stone corridor", None, batch=1),
+                num_blocks=blocks,
+                timesteps=rollout.timesteps,
+                generator=torch.Generator().manual_seed(seed),
+                height=SIZE,
+                width=SIZE,
+                exit_steps=[len(rollout.timesteps) - 1] * blocks,  # the serving policy: every step
+            ).video_latents
+
+    trained = train_rollout(11)
+    assert trained.shape[2] == 1 + blocks * cfg.causal.block_frames
+    assert torch.equal(trained, torch.cat(served, dim=2))
+    other = train_rollout(12)  # a different noise seed is not equal, so the comparison can fail
+    assert not torch.equal(other[:, :, 1:], trained[:, :, 1:])
 
 
 def test_an_early_exit_returns_that_steps_estimate_with_a_graph_only_there() -> None:

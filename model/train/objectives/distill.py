@@ -71,6 +71,7 @@ class DistillObjective(Objective):
     it continues."""
 
     stage = Stage.distill
+    needs_teacher = False  # stage 3: the model it starts from is the teacher
 
     def __init__(
         self,
@@ -84,6 +85,11 @@ class DistillObjective(Objective):
     ) -> None:
         if cfg.stage is not self.stage or cfg.distill is None:
             raise ValueError(f"{type(self).__name__} runs stage {self.stage.value} (see stage_preset)")
+        if self.needs_teacher and teacher is None:
+            raise ValueError(
+                f"stage {self.stage.value}'s real score is the frozen stage-2 model: pass teacher= "
+                "(run_stage finds it in the stage-3 checkpoint and its lineage)"
+            )
         self.cfg, self.dcfg = cfg, cfg.distill
         self.student, self.vae, self.text_encoder = model, vae.eval(), text_encoder
         if critic is None:  # the fake score starts as the real one (DMD)

@@ -44,16 +44,14 @@ import torch
 from torch import Tensor
 
 from worldloop.model.arch.camera_encoder import group_plucker
-from worldloop.model.arch.world_model import WorldModel, i2v_condition
+from worldloop.model.arch.world_model import i2v_condition
 from worldloop.model.camera.plucker import plucker_embedding
 from worldloop.model.distill.self_forcing import self_forcing_rollout
-from worldloop.model.text.encoder import TextEncoder
-from worldloop.model.train.config import LongExtensionConfig, Stage, TrainConfig
+from worldloop.model.train.config import LongExtensionConfig, Stage
 from worldloop.model.train.objectives.base import RankBatch
 from worldloop.model.train.objectives.batch import PreparedBatch
 from worldloop.model.train.objectives.distill import DistillObjective, StudentSample
 from worldloop.model.train.windows import Window
-from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 
 @dataclass(frozen=True)
@@ -108,38 +106,23 @@ class LongExtensionObjective(DistillObjective):
     rollout's length, window start, teacher-forced share and forcing switches."""
 
     stage = Stage.long
+    needs_teacher = True
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        model: WorldModel,
-        *,
-        vae: CausalVideoVAE,
-        text_encoder: TextEncoder,
-        teacher: WorldModel | None = None,
-        critic: WorldModel | None = None,
-    ) -> None:
-        if cfg.long is None:
-            raise ValueError("stage long needs a 'long' section (see stage_preset('long'))")
-        if teacher is None:
-            raise ValueError(
-                "stage 4's real score is the frozen stage-2 model: pass teacher= (run_stage finds it in "
-                "the stage-3 checkpoint and its lineage)"
-            )
-        super().__init__(cfg, model, vae=vae, text_encoder=text_encoder, teacher=teacher, critic=critic)
-        self.lcfg = cfg.long
+    @property
+    def lcfg(self) -> LongExtensionConfig:
+        assert self.cfg.long is not None  # TrainConfig requires it for stage long
+        return self.cfg.long
 
     def _check_curriculum(self) -> None:
         super()._check_curriculum()
-        assert self.cfg.long is not None
         mcfg = self.student.cfg
         stride, f = mcfg.vae.temporal_stride, mcfg.causal.block_frames
-        shortest = 1 + stride * f * self.cfg.long.min_rollout_blocks
+        shortest = 1 + stride * f * self.lcfg.min_rollout_blocks
         for phase in self.cfg.curriculum:
             if phase.frames < shortest:
                 raise ValueError(
                     f"stage 4 rolls out along real clips: clips of {phase.frames} frames are shorter than "
-                    f"the shortest rollout ({self.cfg.long.min_rollout_blocks} blocks = {shortest} frames)"
+                    f"the shortest rollout ({self.lcfg.min_rollout_blocks} blocks = {shortest} frames)"
                 )
 
     def student_sample(
