@@ -285,9 +285,10 @@ def stage_preset(stage: Stage | str, *, scale: str = "tiny") -> TrainConfig:
             trainable=frozenset({ParamGroup.experts, ParamGroup.interaction}),
             distill=distill,
         )
-    # tiny: 10 s clips hold 20 blocks; windows end anywhere from block 2 to 20
+    # Rollouts run past any stage-3 clip (tiny: 2 blocks, a14b: 6) and along the long clips (tiny: 10 s
+    # = 20 blocks): the window ends anywhere from block 3 to 20.
     long = LongExtensionConfig(
-        min_rollout_blocks=8 if big else 2,
+        min_rollout_blocks=8 if big else 3,
         max_rollout_blocks=40 if big else 20,
         window_blocks=4 if big else 2,
     )

@@ -30,16 +30,18 @@ def test_window_starts_cover_the_rollout_uniformly() -> None:
     plans = [plan_rollout(rng, real_blocks=20, cfg=TINY) for _ in range(3000)]
     starts = np.array([p.start for p in plans])
     ends = np.array([p.end for p in plans])
-    assert set(starts) == set(range(1, 20 - TINY.window_blocks + 2))  # every start along 20 blocks
+    first_start = TINY.min_rollout_blocks - TINY.window_blocks + 1
+    assert set(starts) == set(range(first_start, 20 - TINY.window_blocks + 2))  # every start along 20 blocks
     assert ends.min() == TINY.min_rollout_blocks and ends.max() == 20  # lengths vary over the clip
-    counts = np.bincount(starts)[1:]
+    assert TINY.min_rollout_blocks > 2  # past the 2 blocks of any stage-3 clip (17 frames)
+    counts = np.bincount(starts)[first_start:]
     assert counts.min() > 0.7 * counts.mean()  # uniform, not piled at the end as before
     assert all(p.end - p.start + 1 == TINY.window_blocks for p in plans)
     assert all(not any(p.forced[p.start - 1 :]) for p in plans)  # the window itself is generated
     short = [plan_rollout(rng, real_blocks=5, cfg=TINY).end for _ in range(200)]
     assert max(short) == 5  # capped by the clip's real blocks
     with pytest.raises(ValueError, match="shorter than the shortest rollout"):
-        plan_rollout(rng, real_blocks=1, cfg=TINY)
+        plan_rollout(rng, real_blocks=2, cfg=TINY)
 
 
 def test_teacher_forcing_switches_inside_one_rollout() -> None:
@@ -104,7 +106,7 @@ def test_stage4_scores_the_window_against_the_real_frame_with_a_frozen_teacher(t
     assert trainer.modules["teacher"] is teacher
     assert all(torch.equal(p, frozen[n]) for n, p in teacher.named_parameters())
     assert any(not torch.equal(p, before[n]) for n, p in student.named_parameters())
-    assert all(2 <= m["rollout_blocks"] <= 5 and m["window_frames"] == 1 + 2 * 2 for m in seen)
+    assert all(3 <= m["rollout_blocks"] <= 5 and m["window_frames"] == 1 + 2 * 2 for m in seen)
     assert all(m["window_start"] == m["rollout_blocks"] - 1 for m in seen)
     # the critic's image is the student's previous frame, the real score's the clip's: they differ
     # wherever that frame was generated (always, unless the block before the window was teacher-forced)
