@@ -53,7 +53,7 @@ _MODEL = typer.Option(None, "--model", help="Model URI the service loads (models
 _FP8 = typer.Option(None, "--fp8/--no-fp8", help="FP8 weights in the generator (default: the overlay's).")
 
 
-@infra.command("render", help="Render an overlay (plus overrides) to one YAML file per object and all.yaml.")
+@infra.command("render", help="Render an overlay (plus overrides): one YAML file per object, or all.yaml.")
 def infra_render(
     overlay: str = typer.Option("dev", "--overlay", help=_OVERLAY_HELP),
     out: Path = typer.Option(..., "--out", help="Folder to write (its *.yaml files are replaced)."),
@@ -65,16 +65,22 @@ def infra_render(
     max_workers: int | None = _MAX,
     model: str | None = _MODEL,
     fp8: bool | None = _FP8,
+    single_file: bool = typer.Option(
+        False, "--single-file", help="Write one all.yaml instead of one file per object (never both)."
+    ),
 ) -> None:
     options = _options(image_tag, registry, sp, gpus_per_worker, min_workers, max_workers, model, fp8)
     objects = render(overlay, options)
-    write_rendered(objects, out)
-    typer.echo(f"rendered {len(objects)} objects of overlay {overlay} to {out}/ (all.yaml + one file each)")
+    written = write_rendered(objects, out, single_file=single_file)
+    layout = written[0].name if single_file else "one file each"
+    typer.echo(f"rendered {len(objects)} objects of overlay {overlay} to {out}/ ({layout})")
 
 
 @infra.command("validate", help="Validate manifests offline (K8s schemas, KubeRay CRDs, project rules).")
 def infra_validate(
-    path: Path = typer.Argument(..., help="A rendered folder (worldloop infra render --out) or a YAML file."),
+    path: Path = typer.Argument(
+        ..., help="A rendered folder (worldloop infra render --out) or a YAML file; every YAML is checked."
+    ),
 ) -> None:
     problems = validate_dir(path)
     for problem in problems:

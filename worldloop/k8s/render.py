@@ -501,8 +501,12 @@ def object_file_name(index: int, obj: Obj) -> str:
     return f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
 
 
-def write_rendered(objects: list[Obj], out_dir: str | Path) -> list[Path]:
-    """One YAML file per object (``NN-kind-name.yaml``) plus ``all.yaml``; returns the per-object files.
+SINGLE_FILE = "all.yaml"
+
+
+def write_rendered(objects: list[Obj], out_dir: str | Path, *, single_file: bool = False) -> list[Path]:
+    """One YAML file per object (``NN-kind-name.yaml``), or with ``single_file`` one ``all.yaml`` —
+    never both, so ``kubectl apply -f out_dir`` applies each object once. Returns the files written.
 
     Earlier ``*.yaml`` files in ``out_dir`` are removed so the folder holds exactly this render.
     """
@@ -510,10 +514,13 @@ def write_rendered(objects: list[Obj], out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):
         old.unlink()
+    if single_file:
+        path = out / SINGLE_FILE
+        path.write_text(to_yaml(objects), encoding="utf-8")
+        return [path]
     paths = []
     for i, obj in enumerate(objects):
         path = out / object_file_name(i, obj)
         path.write_text(to_yaml([obj]), encoding="utf-8")
         paths.append(path)
-    (out / "all.yaml").write_text(to_yaml(objects), encoding="utf-8")
     return paths

@@ -271,15 +271,13 @@ def validate_objects(objects: list[Any], *, file: str = "<objects>") -> list[Pro
 
 
 def manifest_files(path: str | Path) -> list[Path]:
-    """The YAML files under ``path`` (a file or a folder); ``all.yaml`` is skipped beside per-object files."""
+    """Every YAML file under ``path`` (a file or a folder), as ``kubectl apply -f`` would read them."""
     root = Path(path)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
     files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-    if len(files) > 1:
-        files = [p for p in files if p.name != "all.yaml"]
     if not files:
         raise FileNotFoundError(f"{root}: no YAML files (render first: worldloop infra render --out {root})")
     return files
@@ -289,9 +287,20 @@ def _documents(file: Path) -> list[Any]:
     return [d for d in yaml.safe_load_all(file.read_text(encoding="utf-8")) if d is not None]
 
 
+def _identity(doc: Any) -> tuple[str, str, str, str] | None:
+    """(apiVersion group, kind, namespace, name) of an object, as the API server keys it."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("metadata"), dict):
+        return None
+    meta = doc["metadata"]
+    group = str(doc.get("apiVersion", "")).rpartition("/")[0]
+    return group, str(doc.get("kind")), str(meta.get("namespace", "")), str(meta.get("name"))
+
+
 def validate_dir(path: str | Path) -> list[Problem]:
-    """Validate every document of every manifest file under ``path`` (see :func:`manifest_files`)."""
+    """Validate every document of every manifest file under ``path`` (see :func:`manifest_files`), and
+    that no object is defined twice (``kubectl apply -f`` would apply it twice, the last one winning)."""
     problems: list[Problem] = []
+    first: dict[tuple[str, str, str, str], str] = {}
     for file in manifest_files(path):
         try:
             docs = _documents(file)
@@ -300,6 +309,18 @@ def validate_dir(path: str | Path) -> list[Problem]:
             problems.append(Problem(file=str(file), index=0, kind="?", name="?", field="", message=message))
             continue
         problems.extend(validate_objects(docs, file=str(file)))
+        for index, doc in enumerate(docs):
+            key = _identity(doc)
+            if key is None:
+                continue
+            where = f"{file}#{index}"
+            if key in first:
+                message = f"defined again (first in {first[key]}): kubectl apply -f would apply it twice"
+                problems.append(
+                    Problem(file=str(file), index=index, kind=key[1], name=key[3], field="", message=message)
+                )
+            else:
+                first[key] = where
     return problems
 
 

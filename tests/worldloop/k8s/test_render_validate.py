@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from worldloop.k8s.render import REPO_ROOT, RenderOptions, iter_containers, render, write_rendered
+from worldloop.k8s.render import REPO_ROOT, RenderOptions, iter_containers, render, to_yaml, write_rendered
 from worldloop.k8s.validate import Problem, validate_dir, validate_objects
 
 INFRA = REPO_ROOT / "infra"
@@ -292,8 +292,8 @@ def test_project_rules(rendered: dict[str, list[dict[str, Any]]]) -> None:
 
 def test_validate_dir_names_the_file(tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]) -> None:
     files = write_rendered(rendered["dev"], tmp_path)
-    assert len(files) == len(rendered["dev"]) and (tmp_path / "all.yaml").is_file()
-    assert validate_dir(tmp_path) == [] and validate_dir(tmp_path / "all.yaml") == []
+    assert sorted(tmp_path.glob("*.yaml")) == sorted(files) and len(files) == len(rendered["dev"])
+    assert validate_dir(tmp_path) == []
     target = next(f for f in files if f.name.endswith("-deployment-mlflow.yaml"))
     doc = yaml.safe_load(target.read_text())
     doc["spec"]["replicas"] = "two"
@@ -302,6 +302,25 @@ def test_validate_dir_names_the_file(tmp_path: Path, rendered: dict[str, list[di
     assert (p.file, p.index, p.field) == (str(target), 0, "spec.replicas")
     (tmp_path / "zz-broken.yaml").write_text("a: [\n")
     assert any(p.message.startswith("not valid YAML") for p in validate_dir(tmp_path))
+
+
+def test_one_source_of_truth_in_a_rendered_folder(tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """``--single-file`` writes only all.yaml (and replaces per-object files); validate reads every YAML
+    file, so a broken all.yaml fails, and an object defined in two files is named as applied twice."""
+    objects = rendered["dev"]
+    write_rendered(objects, tmp_path)
+    (single,) = write_rendered(objects, tmp_path, single_file=True)
+    assert [p.name for p in tmp_path.glob("*.yaml")] == ["all.yaml"] and single.name == "all.yaml"
+    assert validate_dir(tmp_path) == []
+    doc_count = len(objects)
+    single.write_text(single.read_text().replace("replicas: 1", "replicas: one", 1))
+    (p,) = validate_dir(tmp_path)
+    assert p.file == str(single) and p.field == "spec.replicas"
+    write_rendered(objects, tmp_path / "again")
+    (tmp_path / "again" / "all.yaml").write_text(to_yaml(objects))  # both layouts in one folder
+    twice = validate_dir(tmp_path / "again")
+    assert len(twice) == doc_count and all("kubectl apply -f would apply it twice" in p.message for p in twice)
+    assert {p.file for p in twice} == {str(tmp_path / "again" / "all.yaml")}
 
 
 def test_no_secret_values_committed() -> None:
@@ -346,7 +365,8 @@ def test_cli_render_then_validate(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "rendered 27 objects of overlay prod" in done.stdout
-    assert "sp: 4" in (out / "all.yaml").read_text()
+    assert not (out / "all.yaml").exists()
+    assert "sp: 4" in "".join(p.read_text() for p in out.glob("*.yaml"))
     ok = subprocess.run(
         [str(WORLDLOOP), "infra", "validate", str(out)], capture_output=True, text=True, timeout=120
     )
