@@ -13,13 +13,16 @@ export PYTHONUNBUFFERED := 1
 install: $(STAMP)
 
 # torch first (the CPU wheel on disk; any other build pulls GBs of CUDA), then the project
-# with its dev extra, then DeepSpeed without prebuilt ops. Re-runs only when pyproject changes.
+# with its dev extra, then DeepSpeed without prebuilt ops, whose one JIT op a run needs (shared-memory
+# communication) is built here, under the guard of model/train/ds_ops.py. Re-runs only when pyproject
+# changes.
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation 'deepspeed>=0.14'
+	$(PY) -c "from worldloop.model.train.ds_ops import load_shm_op; load_shm_op()"
 	touch $(STAMP)
 
 # The play page's end-to-end test drives Debian's Chromium through Playwright (no browser download).

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from worldloop.model.train.config import TrainConfig
+from worldloop.model.train.ds_ops import load_shm_op
 from worldloop.model.train.objectives.base import LrGroup
 
 
@@ -38,6 +39,7 @@ def ensure_distributed(backend: str | None = None) -> tuple[int, int]:
             os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; WORLD_SIZE stays unset
         import deepspeed
 
+        load_shm_op()  # its JIT build, guarded: a build killed earlier cannot hang this run (ds_ops)
         deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
