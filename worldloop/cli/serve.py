@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import webbrowser
+from typing import Any
 
 import typer
 
@@ -49,20 +50,60 @@ def serve_run(
     opts = ServeOptions.parse({k: v for k, v in args.items() if v is not None})  # before Ray starts
     app = build_app(opts)
     settings = get_settings()
-    ray.init(address=settings.ray_address, include_dashboard=False)
-    ray_serve.start(http_options={"host": host, "port": port})
     url = f"http://{host}:{port}/"
-    typer.echo(f"worldloop: starting {opts.model} on {opts.sp} device(s) per replica ...", err=True)
-    ray_serve.run(app, name="worldloop", route_prefix="/", blocking=False)
-    typer.echo(f"worldloop: serving at {url}  (play page {url} · API docs {url}docs · KServe v2 {url}v2)")
-    typer.echo(f"worldloop: play with `worldloop play {url}`; Ctrl-C stops", err=True)
-    try:
-        import time
-
-        while True:
-            time.sleep(3600)
+    try:  # Ctrl-C while starting stops too (KeyboardInterrupt), and cleans up what started
+        ray.init(address=settings.ray_address, include_dashboard=False)
+        ray_serve.start(http_options={"host": host, "port": port})
+        typer.echo(f"worldloop: starting {opts.model} on {opts.sp} device(s) per replica ...", err=True)
+        ray_serve.run(app, name="worldloop", route_prefix="/", blocking=False)
+        typer.echo(f"worldloop: serving at {url}  (play page {url} · API docs {url}docs · KServe v2 {url}v2)")
+        typer.echo(f"worldloop: play with `worldloop play {url}`; Ctrl-C stops", err=True)
+        signalled = wait_for_stop_signal()
+        typer.echo(f"worldloop: {signalled}: stopping Serve and Ray ...", err=True)
     except KeyboardInterrupt:
-        ray_serve.shutdown()
+        typer.echo("worldloop: interrupted while starting: stopping Serve and Ray ...", err=True)
+    finally:
+        stop_serving(ray, ray_serve)
+    typer.echo("worldloop: stopped", err=True)
+
+
+SHUTDOWN_TIMEOUT_S = 6.0  # Serve's own shutdown gets this long; then the local Ray goes down regardless
+
+
+def wait_for_stop_signal() -> str:
+    """Block until SIGINT or SIGTERM (a Ctrl-C, ``kill``, the kubelet) and return its name; the previous
+    handlers come back afterwards. Ray's own handlers in this driver are replaced meanwhile, so
+    neither signal is swallowed."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    received: list[str] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return received[0]
+
+
+def stop_serving(ray: Any, ray_serve: Any) -> None:
+    """Serve's shutdown (its proxy frees the port) within :data:`SHUTDOWN_TIMEOUT_S`, then the local Ray
+    this command started (its processes end; a cluster given by address is only disconnected)."""
+    import threading
+
+    if ray.is_initialized():
+        done = threading.Thread(target=ray_serve.shutdown, daemon=True)
+        done.start()
+        done.join(SHUTDOWN_TIMEOUT_S)
+        ray.shutdown()
 
 
 def play(
