@@ -171,7 +171,10 @@ class Client:
         instruction_frame: int = 1,
         seed: int = 0,
     ) -> np.ndarray:
-        """One whole rollout through ``/v2/models/worldloop/infer`` (tritonclient, binary tensors)."""
+        """One whole rollout through ``/v2/models/worldloop/infer`` (tritonclient, binary tensors).
+
+        ``actions`` holds one action per generated frame ("w", "w+a", "none"), ``mouse`` (F, 2) one
+        (dx, dy) per frame; both may change on any frame, and the camera follows each."""
         import tritonclient.http as triton
 
         netloc = urlsplit(self.url).netloc

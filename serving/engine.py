@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -107,6 +107,32 @@ def block_actions(keys: Sequence[Key | str], mouse: tuple[float, float], frames:
     held = frozenset(Key(k) for k in keys)
     dx, dy = mouse[0] / frames, mouse[1] / frames
     return [ActionFrame(keys=held, mouse_dx=dx, mouse_dy=dy) for _ in range(frames)]
+
+
+def block_steps(
+    *,
+    keys: Sequence[Key | str],
+    mouse: tuple[float, float],
+    text: str | None,
+    blocks: int,
+    actions: Sequence[ActionFrame] | None,
+) -> list[dict[str, Any]]:
+    """The ``Streams.step`` arguments of each of ``blocks`` blocks: held ``keys`` with the ``mouse``
+    motion shared out, or ``actions`` (per frame, ``blocks`` whole blocks of them) cut block by block;
+    ``text`` goes with the first."""
+    if actions is not None:
+        if keys or mouse != (0.0, 0.0):
+            raise ValueError("give per-frame actions or keys and mouse, not both")
+        if not actions or len(actions) % blocks:
+            raise ValueError(f"{len(actions)} per-frame actions do not split into {blocks} whole blocks")
+        per = len(actions) // blocks
+        spans: list[dict[str, Any]] = [
+            {"actions": list(actions[i * per : (i + 1) * per])} for i in range(blocks)
+        ]
+    else:
+        share = (mouse[0] / blocks, mouse[1] / blocks)
+        spans = [{"keys": [Key(k).value for k in keys], "mouse": share} for _ in range(blocks)]
+    return [{**span, "text": text if i == 0 else None} for i, span in enumerate(spans)]
 
 
 def resolve_device(cfg: EngineConfig) -> torch.device:
@@ -234,8 +260,11 @@ class Streams:
         keys: Sequence[Key | str] = (),
         mouse: tuple[float, float] = (0.0, 0.0),
         text: str | None = None,
+        actions: Sequence[ActionFrame] | None = None,
     ) -> Block:
-        """Generate ``session``'s next block with ``keys`` held; a new ``text`` instruction recaches once."""
+        """Generate ``session``'s next block with ``keys`` held and ``mouse`` moved over it, or with
+        ``actions``, one per video frame (a recorded trajectory: the camera follows them frame by frame,
+        as the model conditions on per-frame poses); a new ``text`` instruction recaches once."""
         stream = self._streams.get(session)
         if stream is None:
             raise SessionNotFound(session)
@@ -243,8 +272,13 @@ class Streams:
         rollout.generator = stream.generator
         recaches = stream.state.recaches
         t0 = time.perf_counter()
-        actions = block_actions(keys, mouse, rollout.frames_per_block)
-        latents = rollout.denoise(stream.state, actions, instruction=text)
+        if actions is None:
+            actions = block_actions(keys, mouse, rollout.frames_per_block)
+        elif len(actions) != rollout.frames_per_block:
+            raise ValueError(
+                f"a block takes {rollout.frames_per_block} per-frame actions, got {len(actions)}"
+            )
+        latents = rollout.denoise(stream.state, list(actions), instruction=text)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t1 = time.perf_counter()
@@ -304,6 +338,7 @@ class VideoEngine(Protocol):
         mouse: tuple[float, float] = (0.0, 0.0),
         text: str | None = None,
         blocks: int = 1,
+        actions: Sequence[ActionFrame] | None = None,
     ) -> AsyncIterator[Block]: ...
 
     async def close(self, session: str) -> bool: ...
@@ -366,17 +401,10 @@ class LocalEngine:
         mouse: tuple[float, float] = (0.0, 0.0),
         text: str | None = None,
         blocks: int = 1,
+        actions: Sequence[ActionFrame] | None = None,
     ) -> AsyncIterator[Block]:
-        share = (mouse[0] / blocks, mouse[1] / blocks)
-        for i in range(blocks):
-            yield await asyncio.to_thread(
-                self._run,
-                self.streams.step,
-                session,
-                keys=keys,
-                mouse=share,
-                text=text if i == 0 else None,
-            )
+        for step in block_steps(keys=keys, mouse=mouse, text=text, blocks=blocks, actions=actions):
+            yield await asyncio.to_thread(self._run, self.streams.step, session, **step)
 
     async def close(self, session: str) -> bool:
         return await asyncio.to_thread(self._run, self.streams.close, session)

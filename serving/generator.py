@@ -23,6 +23,7 @@ import time
 import numpy as np
 from ray import serve
 
+from worldloop.model.camera.actions import ActionFrame
 from worldloop.platform.registry import PinnedVersion, pin_version
 from worldloop.platform.uri import ModelKind, ModelURI
 from worldloop.serving.config import EngineConfig
@@ -171,10 +172,13 @@ class Generator:
         text: str | None,
         fmt: str = "jpeg",
         quality: int = 85,
+        actions: list[ActionFrame] | None = None,
     ) -> EncodedBlock:
-        """One block of ``session`` (raises SessionNotFound when this replica does not hold it)."""
+        """One block of ``session`` with ``keys`` and ``mouse``, or ``actions`` per frame (raises
+        SessionNotFound when this replica does not hold it)."""
         await self._claim(session)
-        blocks = [b async for b in self.engine.generate(session, keys=keys, mouse=mouse, text=text)]
+        stream = self.engine.generate(session, keys=keys, mouse=mouse, text=text, actions=actions)
+        blocks = [b async for b in stream]
         version = self.engine.info.version
         return await asyncio.to_thread(encode_block, blocks[0], fmt, quality, version=version)
 

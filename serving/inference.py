@@ -5,7 +5,8 @@ It runs on the same generator replicas as the interactive sessions (a short-live
 ``tritonclient.http`` callers and players share capacity and the model version::
 
     inputs   prompt        BYTES  [1]          scene description (required)
-             actions       BYTES  [F]          one action per generated frame: "w", "w+a", "space", "none"
+             actions       BYTES  [F]          one action per generated frame: "w", "w+a", "space", "none";
+                                               any frame may change them (the camera follows each frame)
              image         UINT8  [H, W, 3]    reference frame (optional: the sample scene); fitted
              mouse         FP32   [F, 2]       per-frame mouse (dx, dy) (optional: zeros)
              instruction   BYTES  [1]          an instruction (optional) ...
@@ -179,14 +180,8 @@ class WorldloopModel:
                 issue = (
                     instruction if instruction is not None and made + per_block >= instruction_frame else None
                 )
-                keys = sorted(k.value for k in span[0].keys)
-                mouse = (sum(a.mouse_dx for a in span), sum(a.mouse_dy for a in span))
-                if any(
-                    a.keys != span[0].keys for a in span
-                ):  # per-frame keys within a block: not expressible
-                    raise OipError(400, f"actions must change only at block boundaries ({per_block} frames)")
-                block: EncodedBlock = await gen.step.remote(
-                    session, keys=keys, mouse=mouse, text=issue, fmt="raw"
+                block: EncodedBlock = await gen.step.remote(  # the camera follows every frame's action
+                    session, keys=[], mouse=(0.0, 0.0), text=issue, fmt="raw", actions=span
                 )
                 assert block.pixels is not None
                 video.append(block.pixels)

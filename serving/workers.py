@@ -24,9 +24,10 @@ from ray.util.placement_group import PlacementGroup, get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from worldloop.controls import Key
+from worldloop.model.camera.actions import ActionFrame
 from worldloop.platform.uri import ModelURI
 from worldloop.serving.config import EngineConfig
-from worldloop.serving.engine import Block, EngineInfo, Streams, resolve_device
+from worldloop.serving.engine import Block, EngineInfo, Streams, block_steps, resolve_device
 
 
 def _free_port() -> int:
@@ -164,11 +165,10 @@ class ShardedEngine:
         mouse: tuple[float, float] = (0.0, 0.0),
         text: str | None = None,
         blocks: int = 1,
+        actions: Sequence[ActionFrame] | None = None,
     ) -> AsyncIterator[Block]:
-        share = (mouse[0] / blocks, mouse[1] / blocks)
-        for i in range(blocks):
-            kwargs = dict(keys=[Key(k).value for k in keys], mouse=share, text=text if i == 0 else None)
-            block: Block = await self._all("step", session, kwargs)
+        for step in block_steps(keys=keys, mouse=mouse, text=text, blocks=blocks, actions=actions):
+            block: Block = await self._all("step", session, step)
             yield block
 
     async def close(self, session: str) -> bool:
