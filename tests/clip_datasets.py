@@ -8,7 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from worldloop.data import CameraTrack, Captions, ClipMeta, ClipPayload, shard_path, write_index, write_shard
+from worldloop.data import (
+    CameraTrack,
+    Captions,
+    ClipMeta,
+    ClipPayload,
+    InteractionCaption,
+    shard_path,
+    write_index,
+    write_shard,
+)
 from worldloop.settings import Settings
 from worldloop.video import encode_mp4
 
@@ -25,7 +34,17 @@ def _frames(seed: int, frames: int, size: int) -> np.ndarray:
     return np.clip(np.stack(out), 0, 255).astype(np.uint8)
 
 
-def _meta(key: str, frames: int, size: int) -> ClipMeta:
+DOOR = InteractionCaption(
+    agent="the player",
+    action="opens",
+    object="the door",
+    state_change="closed to open",
+    text="the player opens the door",
+    instruction="open the door",
+)
+
+
+def _meta(key: str, frames: int, size: int, onset: int | None = None) -> ClipMeta:
     c2w = []
     for t in range(frames):
         pose = np.eye(4)
@@ -41,6 +60,8 @@ def _meta(key: str, frames: int, size: int) -> ClipMeta:
         height=size,
         camera=CameraTrack(source="estimated", confidence=0.8, intrinsics=k, c2w=c2w),
         captions=Captions(long=f"long {key}", short=f"short {key}"),
+        interaction=DOOR if onset is not None else None,
+        interaction_onset=onset,
     )
 
 
@@ -53,7 +74,9 @@ def make_dataset(
     size: int = 48,
     prefix: str = "c",
     settings: Settings | None = None,
+    interaction_onset: int | None = None,
 ) -> None:
+    """``interaction_onset``: every clip gets the door interaction, issued at that frame."""
     with tempfile.TemporaryDirectory() as tmp:
         shards = []
         for s, start in enumerate(range(0, clips, per_shard)):
@@ -61,6 +84,7 @@ def make_dataset(
             for i in range(start, min(clips, start + per_shard)):
                 path = Path(tmp) / f"{i}.mp4"
                 encode_mp4(_frames(i, frames, size), path, fps=16)
-                payloads.append(ClipPayload(_meta(f"{prefix}{i:04d}", frames, size), path.read_bytes()))
+                meta = _meta(f"{prefix}{i:04d}", frames, size, interaction_onset)
+                payloads.append(ClipPayload(meta, path.read_bytes()))
             shards.append(write_shard(root, shard_path(s), payloads, settings=settings))
         write_index(root, "test", shards, settings=settings)

@@ -274,13 +274,18 @@ class WorldModel(nn.Module):
         """New instruction: replace cross-attention K/V and recompute the window's self-attention K/V.
 
         Sink blocks keep the K/V they were written with. Returns the number of blocks recomputed.
+        The cross-attention context follows grad mode (training trains it, as :meth:`set_context`); the
+        recomputed window is detached, as every committed block is.
         """
         self.set_context(cache, conditioning)
         cache.invalidate_window()
         blocks = sorted(cache.history)
-        for b in blocks:
-            item = cache.history[b]
-            self.commit_block(cache, block_index=b, latents=item.latents, cond=item.cond, camera=item.camera)
+        with torch.no_grad():
+            for b in blocks:
+                item = cache.history[b]
+                self.commit_block(
+                    cache, block_index=b, latents=item.latents, cond=item.cond, camera=item.camera
+                )
         return len(blocks)
 
 

@@ -19,7 +19,7 @@ processes with batch B draw exactly what one process with batch W·B draws.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ class SelfForcingRollout:
     video_latents: Tensor  # (B, C, T, h, w): frame 0 = reference, then the blocks (with grad where trained)
     exit_steps: list[int]  # the exit step of each generated block
     forced: list[bool]  # per block 1 .. num_blocks: taken from the real context (teacher forcing)
+    recaches: int = 0  # instruction changes applied (one KV recache each)
 
 
 def self_forcing_rollout(
@@ -54,6 +55,7 @@ def self_forcing_rollout(
     global_batch: int | None = None,
     first_row: int = 0,
     exit_steps: Sequence[int] | None = None,
+    turns: Mapping[int, Conditioning] | None = None,
 ) -> SelfForcingRollout:
     """Generate ``num_blocks`` blocks after the reference latent frame.
 
@@ -70,6 +72,9 @@ def self_forcing_rollout(
             ``first_row .. first_row + B`` of it (data-parallel rank r of W: ``W·B`` and ``r·B``).
         exit_steps: each generated block's exit step (default: drawn from ``generator`` per block,
             before its noise).
+        turns: instruction changes, block → the conditioning from that block on; before the block the
+            cache is recached with it (:meth:`WorldModel.recache`), exactly as serving's ``Rollout``
+            does when a player types a new instruction. ``conditioning`` holds until the first turn.
     """
     cfg = student.cfg
     f, stride = cfg.causal.block_frames, cfg.vae.temporal_stride
@@ -89,8 +94,12 @@ def self_forcing_rollout(
         raise ValueError(f"exit_steps has {len(exit_steps)} entries for {generated} generated blocks")
     if camera.shape[1] != total:
         raise ValueError(f"camera has {camera.shape[1]} latent frames, the rollout needs {total}")
+    turns = dict(turns or {})
+    if any(not 1 <= block <= num_blocks for block in turns):
+        raise ValueError(f"instruction turns at blocks {sorted(turns)} are not all in 1 .. {num_blocks}")
+    context_grad = torch.is_grad_enabled() and grad_from <= num_blocks
     cache = student.new_cache(batch=b, height=height, width=width, dtype=student.dtype)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and grad_from <= num_blocks):
+    with torch.set_grad_enabled(context_grad):
         student.set_context(cache, conditioning)
     with torch.no_grad():
         cond0 = i2v_condition(reference, num_frames=1, temporal_stride=stride)
@@ -98,6 +107,9 @@ def self_forcing_rollout(
     blocks: list[Tensor] = [reference]
     exits: list[int] = []
     for block in range(1, num_blocks + 1):
+        if block in turns:
+            with torch.set_grad_enabled(context_grad):
+                student.recache(cache, turns[block])
         start = cache.layout.frame_start(block)
         cond = i2v_condition(reference, num_frames=f, temporal_stride=stride, frame_start=start)
         cam = camera[:, start : start + f]
@@ -138,4 +150,4 @@ def self_forcing_rollout(
             )
         blocks.append(x0)
         exits.append(exit_step)
-    return SelfForcingRollout(torch.cat(blocks, dim=2), exits, forced)
+    return SelfForcingRollout(torch.cat(blocks, dim=2), exits, forced, len(turns))

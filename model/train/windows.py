@@ -27,7 +27,8 @@ class Window:
     intrinsics: Tensor  # (F, 3, 3), scaled to the resized frames
     c2w: Tensor  # (F, 4, 4), c2w[0] = identity
     caption: str  # long or short scene caption, with the interaction caption appended when present
-    instruction: str | None
+    instruction: str | None  # imperative ("open the door") or descriptive, drawn per sample
+    instruction_frame: int | None = None  # window frame where it is issued (0: before the window)
 
 
 class WindowSampler:
@@ -82,6 +83,11 @@ def cut_window(
     c2w = torch.from_numpy(np.linalg.inv(clip.c2w[start]) @ clip.c2w[start:end]).float()
     captions = clip.meta.captions
     caption = captions.long if rng.random() < long_prob else captions.short
-    if clip.interaction:
-        caption = f"{caption} {clip.interaction}"
-    return Window(video.permute(1, 0, 2, 3).clamp(-1, 1), K, c2w, caption, clip.interaction)
+    interaction, onset = clip.meta.interaction, clip.meta.interaction_onset
+    imperative = rng.random() < 0.5  # players type imperatives; captions describe: train on both
+    if interaction is None or (onset is not None and onset >= end):  # not issued within the window
+        return Window(video.permute(1, 0, 2, 3).clamp(-1, 1), K, c2w, caption, None)
+    caption = f"{caption} {interaction.text}"
+    instruction = interaction.instruction if imperative else interaction.text
+    frame = 0 if onset is None else max(0, onset - start)
+    return Window(video.permute(1, 0, 2, 3).clamp(-1, 1), K, c2w, caption, instruction, frame)

@@ -36,6 +36,7 @@ def _rollout(seed: int) -> Rollout:
 
 
 def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit() -> None:
+    """Three blocks with a new instruction at the second: one recache in each, the same video."""
     rollout, blocks = _rollout(seed=11), 3
     model, cfg = rollout.model, rollout.model.cfg
     image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -51,11 +52,13 @@ def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit()
             actions, width=SIZE, height=SIZE, fov_deg=cfg.fov_deg, motion=cfg.motion, start=state.camera
         )
         cameras.append(rollout._camera(track.c2w, track.intrinsics, 1))
-        served.append(rollout.denoise(state, actions))
+        served.append(rollout.denoise(state, actions, instruction="open the door" if k >= 1 else None))
+    assert state.recaches == 1
+    turn = {2: rollout.conditioning("a torch-lit stone corridor", "open the door", batch=1)}
 
-    def train_rollout(seed: int) -> torch.Tensor:
+    def train_rollout(seed: int, turns: dict | None = turn) -> torch.Tensor:
         with torch.no_grad():
-            return self_forcing_rollout(
+            out = self_forcing_rollout(
                 model,
                 reference=reference,
                 camera=torch.cat(cameras, dim=1),
@@ -66,12 +69,18 @@ def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit()
                 height=SIZE,
                 width=SIZE,
                 exit_steps=[len(rollout.timesteps) - 1] * blocks,  # the serving policy: every step
-            ).video_latents
+                turns=turns,
+            )
+        assert out.recaches == len(turns or {})
+        return out.video_latents
 
     trained = train_rollout(11)
     assert trained.shape[2] == 1 + blocks * cfg.causal.block_frames
     assert torch.equal(trained, torch.cat(served, dim=2))
     other = train_rollout(12)  # a different noise seed is not equal, so the comparison can fail
+    unturned = train_rollout(11, turns=None)  # nor is the rollout that never hears the instruction
+    assert torch.equal(unturned[:, :, :3], trained[:, :, :3])  # the same until the turn
+    assert not torch.equal(unturned[:, :, 3:], trained[:, :, 3:])
     assert not torch.equal(other[:, :, 1:], trained[:, :, 1:])
 
 

@@ -62,6 +62,7 @@ class StudentSample:
     info: Metrics  # how the sample was made (reported with the generator update)
     real_first: Tensor | None = None  # (B, C, 1, h, w): the real frame the real score conditions on
     real_cond: Tensor | None = None  # its I2V condition (stage 4; stage 3's frame 0 is real already)
+    conditioning: Conditioning | None = None  # the text the scores judge it by (None: the clip's)
 
 
 class DistillObjective(Objective):
@@ -146,18 +147,21 @@ class DistillObjective(Objective):
             text_encoder=self.text_encoder,
             with_instruction=True,
             device=batch.device,
+            block_frames=self.student.cfg.causal.block_frames,
         )
 
     def rollout(self, inputs: PreparedBatch, batch: RankBatch, *, salt: int) -> Tensor:
         """Self-Forcing rollout of the whole clip, seeded by the global batch: (B, C, T, h, w)."""
         mcfg = self.student.cfg
         g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + batch.first * 7 + salt)
+        blocks = (inputs.latents.shape[2] - 1) // mcfg.causal.block_frames
         return self_forcing_rollout(
             self.student,
             reference=inputs.latents[:, :, :1],
             camera=inputs.camera,
-            conditioning=inputs.conditioning,
-            num_blocks=(inputs.latents.shape[2] - 1) // mcfg.causal.block_frames,
+            conditioning=inputs.conditioning_at(1),
+            turns=inputs.instruction_turns(last_block=blocks),  # recached where issued, as in serving
+            num_blocks=blocks,
             timesteps=self.timesteps,
             generator=g,
             height=self.cfg.height,
@@ -186,7 +190,7 @@ class DistillObjective(Objective):
             sample.x,
             cond=sample.cond,
             camera=sample.camera,
-            conditioning=inputs.conditioning,
+            conditioning=sample.conditioning or inputs.conditioning,
             generators=gens,
             shift=self.cfg.shift,
             forward=forward,
@@ -207,7 +211,7 @@ class DistillObjective(Objective):
             critic=self.critic,
             cond=sample.cond,
             camera=sample.camera,
-            conditioning=inputs.conditioning,
+            conditioning=sample.conditioning or inputs.conditioning,
             unconditional=uncond,
             guidance=self.dcfg.guidance_scale,
             generators=gens,

@@ -144,7 +144,8 @@ class LongExtensionObjective(DistillObjective):
                 self.student,
                 reference=inputs.latents[:, :, :1],
                 camera=inputs.camera[:, :length],
-                conditioning=inputs.conditioning,
+                conditioning=inputs.conditioning_at(1),
+                turns=inputs.instruction_turns(last_block=plan.end),  # recached where issued
                 num_blocks=plan.end,
                 timesteps=self.timesteps,
                 generator=g,
@@ -175,4 +176,12 @@ class LongExtensionObjective(DistillObjective):
             "teacher_forced_share": float(sum(before) / len(before)) if before else 0.0,
             "forcing_switches": float(plan.switches),
         }
-        return StudentSample(clip, cond, camera, info, real_first=real_first, real_cond=real_cond)
+        return StudentSample(
+            clip,
+            cond,
+            camera,
+            info,
+            real_first=real_first,
+            real_cond=real_cond,
+            conditioning=inputs.conditioning_at(plan.end),  # the instructions issued by the window's end
+        )

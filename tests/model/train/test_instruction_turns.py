@@ -1,0 +1,99 @@
+"""Instructions are issued at a block, in training as in serving: a window knows the frame its
+instruction was issued at (and in which form: imperative or descriptive); the causal student's rollout
+holds the instruction back until that block and recaches there, exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clip_datasets import DOOR, make_dataset
+
+from worldloop.data import Mixture
+from worldloop.model import build_world_model, load_preset
+from worldloop.model.text import HashingEncoder
+from worldloop.model.train.config import CurriculumPhase, stage_preset
+from worldloop.model.train.loop import build_trainer
+from worldloop.model.train.objectives.batch import issue_block, prepare_batch
+from worldloop.model.train.windows import WindowSampler, cut_window
+from worldloop.model.vae import CausalVideoVAE
+
+
+@pytest.fixture(scope="module")
+def door_clips(tmp_path_factory: pytest.TempPathFactory) -> Mixture:
+    root = tmp_path_factory.mktemp("door")
+    make_dataset(str(root), clips=2, per_shard=2, frames=17, size=32, interaction_onset=10)
+    return Mixture.open(str(root))
+
+
+def test_a_window_knows_when_and_how_its_instruction_was_issued(door_clips: Mixture) -> None:
+    clip = door_clips.load(door_clips.order(frames=17, seed=0).locate(0))
+    forms = set()
+    for seed in range(40):
+        w = cut_window(clip, np.random.default_rng(seed), frames=17, height=32, width=32, long_prob=0.5)
+        assert w.instruction_frame == 10 and DOOR.text in w.caption
+        forms.add(w.instruction)
+    assert forms == {DOOR.instruction, DOOR.text}  # imperative and descriptive
+    before = cut_window(clip, np.random.default_rng(0), frames=9, height=32, width=32, long_prob=0.5)
+    if before.instruction is None:  # a window that ends before the onset: nothing issued yet
+        assert DOOR.text not in before.caption
+    later = [
+        cut_window(clip, np.random.default_rng(s), frames=5, height=32, width=32, long_prob=0.5)
+        for s in range(30)
+    ]
+    assert {w.instruction_frame for w in later if w.instruction} <= {0, 1, 2, 3, 4}  # relative to the start
+    assert any(w.instruction is None for w in later) and any(w.instruction for w in later)
+
+
+def test_issue_block_maps_video_frames_to_causal_blocks() -> None:
+    # stride 4, blocks of 2 latent frames: frame 0 and frames 1-8 are block 1, frames 9-16 block 2
+    assert [issue_block(v, temporal_stride=4, block_frames=2) for v in (0, 1, 8, 9, 16, 17)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        3,
+    ]
+
+
+def test_stage3_rollouts_recache_exactly_once_where_the_instruction_is_issued(
+    door_clips: Mixture, tmp_path: Path
+) -> None:
+    cfg = stage_preset("distill")
+    cfg = cfg.model_copy(
+        update={
+            "curriculum": (CurriculumPhase(frames=17, steps=1),),
+            "height": 32,
+            "width": 32,
+            "distill": cfg.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
+        }
+    )
+    torch.manual_seed(0)
+    model = build_world_model(load_preset("tiny"))
+    vae, encoder = CausalVideoVAE(model.cfg.vae), HashingEncoder(dim=384)
+    trainer = build_trainer(
+        cfg, model, vae=vae, text_encoder=encoder, data=door_clips, checkpoint_dir=tmp_path
+    )
+    batch = prepare_batch(
+        WindowSampler(door_clips, frames=17, height=32, width=32, seed=0).batch([0]),
+        vae=vae,
+        text_encoder=encoder,
+        with_instruction=True,
+        block_frames=2,
+    )
+    assert batch.instruction_blocks == (2,)  # frame 10: block 2
+    assert batch.conditioning_at(1).instruction_mask.sum() == 0  # type: ignore[union-attr]
+    assert torch.equal(batch.conditioning_at(2).instruction_mask, batch.conditioning.instruction_mask)  # type: ignore[arg-type]
+    calls: list[int] = []
+    original = model.recache
+
+    def spy(cache, conditioning):  # type: ignore[no-untyped-def]
+        calls.append(int(conditioning.instruction_mask.sum()))
+        return original(cache, conditioning)
+
+    model.recache = spy  # type: ignore[method-assign]
+    trainer.run()
+    assert len(calls) == 2 and all(n > 0 for n in calls)  # one per rollout (critic's, generator's)
