@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+import time
 import webbrowser
+from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -51,17 +56,22 @@ def serve_run(
     app = build_app(opts)
     settings = get_settings()
     url = f"http://{host}:{port}/"
-    try:  # Ctrl-C while starting stops too (KeyboardInterrupt), and cleans up what started
+    try:
         ray.init(address=settings.ray_address, include_dashboard=False)
-        ray_serve.start(http_options={"host": host, "port": port})
-        typer.echo(f"worldloop: starting {opts.model} on {opts.sp} device(s) per replica ...", err=True)
-        ray_serve.run(app, name="worldloop", route_prefix="/", blocking=False)
-        typer.echo(f"worldloop: serving at {url}  (play page {url} · API docs {url}docs · KServe v2 {url}v2)")
-        typer.echo(f"worldloop: play with `worldloop play {url}`; Ctrl-C stops", err=True)
-        signalled = wait_for_stop_signal()
-        typer.echo(f"worldloop: {signalled}: stopping Serve and Ray ...", err=True)
-    except KeyboardInterrupt:
-        typer.echo("worldloop: interrupted while starting: stopping Serve and Ray ...", err=True)
+        with stop_signals():  # from here on SIGINT and SIGTERM end the command, even while starting
+            ray_serve.start(http_options={"host": host, "port": port})
+            typer.echo(f"worldloop: starting {opts.model} on {opts.sp} device(s) per replica ...", err=True)
+            ray_serve.run(app, name="worldloop", route_prefix="/", blocking=False)
+            typer.echo(
+                f"worldloop: serving at {url}  (play page {url} · API docs {url}docs · KServe v2 {url}v2)"
+            )
+            typer.echo(f"worldloop: play with `worldloop play {url}`; Ctrl-C stops", err=True)
+            while True:
+                time.sleep(3600)
+    except StopSignal as stop:
+        typer.echo(f"worldloop: {stop}: stopping Serve and Ray ...", err=True)
+    except KeyboardInterrupt:  # before the handlers were in place
+        typer.echo("worldloop: interrupted: stopping Serve and Ray ...", err=True)
     finally:
         stop_serving(ray, ray_serve)
     typer.echo("worldloop: stopped", err=True)
@@ -70,35 +80,31 @@ def serve_run(
 SHUTDOWN_TIMEOUT_S = 6.0  # Serve's own shutdown gets this long; then the local Ray goes down regardless
 
 
-def wait_for_stop_signal() -> str:
-    """Block until SIGINT or SIGTERM (a Ctrl-C, ``kill``, the kubelet) and return its name; the previous
-    handlers come back afterwards. Ray's own handlers in this driver are replaced meanwhile, so
-    neither signal is swallowed."""
-    import signal
-    import threading
+class StopSignal(Exception):
+    """SIGINT or SIGTERM arrived (a Ctrl-C, ``kill``, the kubelet)."""
 
-    stop = threading.Event()
-    received: list[str] = []
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`StopSignal` in the main thread — also while
+    Serve is still starting — instead of reaching the handlers Ray installed in this driver (whose
+    SIGTERM handler ends the process without shutting anything down). The previous handlers return
+    afterwards."""
 
     def handler(signum: int, _frame: object) -> None:
-        received.append(signal.Signals(signum).name)
-        stop.set()
+        raise StopSignal(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.5):
-            pass
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    return received[0]
 
 
 def stop_serving(ray: Any, ray_serve: Any) -> None:
     """Serve's shutdown (its proxy frees the port) within :data:`SHUTDOWN_TIMEOUT_S`, then the local Ray
     this command started (its processes end; a cluster given by address is only disconnected)."""
-    import threading
-
     if ray.is_initialized():
         done = threading.Thread(target=ray_serve.shutdown, daemon=True)
         done.start()
