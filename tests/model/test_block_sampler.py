@@ -103,30 +103,25 @@ def test_an_early_exit_returns_that_steps_estimate_with_a_graph_only_there() -> 
 
     model.forward_step = spy  # type: ignore[method-assign]
     noise = BlockNoise(torch.Generator().manual_seed(4))
-    x0 = denoise_block(
-        model,
-        scheduler=FewStepScheduler([1000.0, 900.0, 600.0, 300.0]),
-        noise=lambda: noise(shape, ref),
-        cond=cond,
-        camera=camera,
-        block_index=1,
-        cache=state.cache,
-        exit_step=1,
-        grad=True,
-    )
-    assert calls == [False, True]  # steps 0 and 1 ran; only the exit step recorded a graph
-    assert x0.requires_grad and x0.shape == shape
-    with pytest.raises(ValueError, match="exit step"):
-        denoise_block(
+
+    def block(timesteps: list[float], **kw: object) -> torch.Tensor:
+        return denoise_block(
             model,
-            scheduler=FewStepScheduler([1000.0]),
+            scheduler=FewStepScheduler(timesteps),
             noise=lambda: noise(shape, ref),
             cond=cond,
             camera=camera,
             block_index=1,
             cache=state.cache,
             exit_step=1,
+            **kw,  # type: ignore[arg-type]
         )
+
+    x0 = block([1000.0, 900.0, 600.0, 300.0], grad=True)
+    assert calls == [False, True]  # steps 0 and 1 ran; only the exit step recorded a graph
+    assert x0.requires_grad and x0.shape == shape
+    with pytest.raises(ValueError, match="exit step"):
+        block([1000.0])
 
 
 def test_block_noise_rows_of_a_global_batch_split_across_ranks() -> None:
