@@ -304,7 +304,9 @@ def test_validate_dir_names_the_file(tmp_path: Path, rendered: dict[str, list[di
     assert any(p.message.startswith("not valid YAML") for p in validate_dir(tmp_path))
 
 
-def test_one_source_of_truth_in_a_rendered_folder(tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_one_source_of_truth_in_a_rendered_folder(
+    tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     """``--single-file`` writes only all.yaml (and replaces per-object files); validate reads every YAML
     file, so a broken all.yaml fails, and an object defined in two files is named as applied twice."""
     objects = rendered["dev"]
@@ -319,7 +321,8 @@ def test_one_source_of_truth_in_a_rendered_folder(tmp_path: Path, rendered: dict
     write_rendered(objects, tmp_path / "again")
     (tmp_path / "again" / "all.yaml").write_text(to_yaml(objects))  # both layouts in one folder
     twice = validate_dir(tmp_path / "again")
-    assert len(twice) == doc_count and all("kubectl apply -f would apply it twice" in p.message for p in twice)
+    assert len(twice) == doc_count
+    assert all("kubectl apply -f would apply it twice" in p.message for p in twice)
     assert {p.file for p in twice} == {str(tmp_path / "again" / "all.yaml")}
 
 
