@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from worldloop.serving import protocol as p
+from worldloop.serving.contract import ContractApp, api_errors
 from worldloop.serving.engine import EngineInfo
 from worldloop.serving.frames import ImageError, decode_base64_image, encode_frame, sample_image
 from worldloop.serving.inference import WorldloopModel
@@ -37,9 +38,22 @@ log = logging.getLogger(__name__)
 
 WEB = Path(__file__).parent / "web"
 MEDIA = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+# What a created session leads to (OpenAPI links: clients and fuzzers follow them).
+SESSION_LINKS = {
+    name: {"operationId": operation, "parameters": {"session_id": "$response.body#/id"}}
+    for name, operation in (
+        ("GetSession", "get_session"),
+        ("GetLastFrame", "last_frame"),
+        ("DeleteSession", "delete_session"),
+    )
+}
+FRAME_RESPONSE = {
+    "description": "The session's last frame, in the session's frame format.",
+    "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA.values()},
+}
 _client_message: TypeAdapter[p.StepMessage | p.PingMessage] = TypeAdapter(p.ClientMessage)
 
-api = FastAPI(
+api = ContractApp(
     title="worldloop",
     summary="Interactive game world model: real-time sessions, KServe v2 inference, a play page.",
     version="0.1.0",
@@ -119,7 +133,13 @@ class Ingress:
                     await self.relay.close(record.id)
 
     # -- REST ---------------------------------------------------------------------------------------
-    @api.post("/v1/sessions", status_code=201, response_model=p.SessionInfo)
+    @api.post(
+        "/v1/sessions",
+        operation_id="create_session",
+        status_code=201,
+        response_model=p.SessionInfo,
+        responses={201: {"links": SESSION_LINKS}, **api_errors(400, 413, 429, 503)},
+    )
     async def create_session(self, body: p.CreateSession, request: Request) -> p.SessionInfo:
         owner = self.owner(request)
         info = await self.engine_info()
@@ -136,7 +156,7 @@ class Ingress:
             owner=owner,
             prompt=body.prompt,
             instruction=body.instruction,
-            seed=body.seed if body.seed is not None else uuid.uuid4().int % 2**63,
+            seed=body.seed if body.seed is not None else uuid.uuid4().int % (p.MAX_SEED + 1),
             frames=body.frames,
             model=p.ModelInfo(uri=info.uri, version=info.version, preset=info.preset),
             width=info.width,
@@ -155,21 +175,37 @@ class Ingress:
             raise
         return record.info(self.store.idle_s)
 
-    @api.get("/v1/sessions", response_model=p.SessionList)
+    @api.get("/v1/sessions", operation_id="list_sessions", response_model=p.SessionList)
     async def list_sessions(self, request: Request) -> p.SessionList:
         owner = self.owner(request)
         return p.SessionList(sessions=[r.info(self.store.idle_s) for r in self.store.owned(owner)])
 
-    @api.get("/v1/sessions/{session_id}", response_model=p.SessionInfo)
+    @api.get(
+        "/v1/sessions/{session_id}",
+        operation_id="get_session",
+        response_model=p.SessionInfo,
+        responses=api_errors(404),
+    )
     async def get_session(self, session_id: str, request: Request) -> p.SessionInfo:
         return self.store.get(session_id, self.owner(request)).info(self.store.idle_s)
 
-    @api.get("/v1/sessions/{session_id}/frame", response_class=Response)
+    @api.get(
+        "/v1/sessions/{session_id}/frame",
+        operation_id="last_frame",
+        response_class=Response,
+        responses={200: FRAME_RESPONSE, **api_errors(404)},
+    )
     async def last_frame(self, session_id: str, request: Request) -> Response:
         record = self.store.get(session_id, self.owner(request))
         return Response(record.last_frame, media_type=MEDIA[record.frames.format])
 
-    @api.delete("/v1/sessions/{session_id}", status_code=204, response_class=Response)
+    @api.delete(
+        "/v1/sessions/{session_id}",
+        operation_id="delete_session",
+        status_code=204,
+        response_class=Response,
+        responses=api_errors(404),
+    )
     async def delete_session(self, session_id: str, request: Request) -> Response:
         record = self.store.get(session_id, self.owner(request))
         self.store.remove(record.id)

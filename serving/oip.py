@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from worldloop.serving.oip_codec import (
     DATATYPES,
@@ -96,6 +97,76 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(ErrorBody(error=message).model_dump(), status_code=status)
 
 
+OIP_STATUS = {
+    400: "Malformed request, or tensors that do not match the model's metadata.",
+    404: "Unknown model or version.",
+    413: "Request body (after decompression) over the limit.",
+    415: "Unsupported Content-Encoding (gzip, deflate or identity).",
+    500: "The model failed on the request.",
+    503: "The model is not ready.",
+}
+
+
+def oip_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=`` for these statuses, each with the OIP error object."""
+    return {status: {"model": ErrorBody, "description": OIP_STATUS[status]} for status in statuses}
+
+
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined (for an ``openapi_extra`` request body)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return dict(resolve(schema))
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# From a model's metadata to its versioned routes (the first version it lists).
+_VERSION_LINKS = {
+    f"{name}Version": {
+        "operationId": f"{operation}_version",
+        "parameters": {"name": "$response.body#/name", "model_version": "$response.body#/versions/0"},
+    }
+    for name, operation in (
+        ("Metadata", "model_metadata"),
+        ("Ready", "model_ready"),
+        ("Config", "model_config"),
+    )
+}
+
+
+def _infer_openapi() -> dict[str, Any]:
+    """The request side of ``infer`` in OpenAPI: the JSON request, or Triton's binary extension (the
+    JSON header, ``Inference-Header-Content-Length`` bytes long, then the tensors' raw bytes)."""
+    request = _inline(InferRequestBody)
+    request["properties"]["inputs"]["items"]["properties"]["datatype"]["enum"] = list(DATATYPES)
+    return {
+        "parameters": [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "description": "Length of the JSON header of a binary request (Triton binary extension).",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": request}, "application/octet-stream": _BINARY},
+        },
+    }
+
+
 def check_inputs(model: OipModel, inputs: Mapping[str, np.ndarray]) -> None:
     """Reject (``OipError`` 400) inputs the model does not declare, or whose datatype or shape disagrees
     with its metadata (``-1`` matches any size). Missing inputs are left to the model."""
@@ -159,16 +230,29 @@ def oip_router(
     def health(ok: bool) -> Response:
         return Response(status_code=200 if ok else 400)
 
-    @router.get("/v2")
+    @router.get("/v2", operation_id="server_metadata", response_model=ServerMetadataResponse)
     async def server_metadata() -> Response:
         body = ServerMetadataResponse(name=server_name, version=version, extensions=["binary_tensor_data"])
         return JSONResponse(body.model_dump())
 
-    @router.get("/v2/health/live")
+    @router.get(
+        "/v2/health/live",
+        operation_id="server_live",
+        response_class=Response,
+        responses={200: {"description": "The server is live (empty body)."}},
+    )
     async def server_live() -> Response:
         return health(True)
 
-    @router.get("/v2/health/ready")
+    @router.get(
+        "/v2/health/ready",
+        operation_id="server_ready",
+        response_class=Response,
+        responses={
+            200: {"description": "Every model is ready (empty body)."},
+            400: {"description": "Some model is not ready (empty body)."},
+        },
+    )
     async def server_ready() -> Response:
         return health(all(is_ready(model) for model in registry().values()))
 
@@ -274,13 +358,78 @@ def oip_router(
         media_type = headers.pop("Content-Type")
         return Response(content=content, headers=headers, media_type=media_type)
 
+    documented: dict[str, dict[str, Any]] = {
+        "model_metadata": {
+            "response_model": ModelMetadataResponse,
+            "responses": {200: {"links": _VERSION_LINKS}, **oip_errors(404)},
+        },
+        "model_ready": {
+            "response_class": Response,
+            "responses": {
+                200: {"description": "The model is ready (empty body)."},
+                400: {"description": "The model is not ready (empty body)."},
+                **oip_errors(404),
+            },
+        },
+        "model_config": {"responses": {200: {"model": TritonModelConfig}, **oip_errors(404)}},
+    }
     base, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{model_version}"
     for suffix, handler in (("", model_metadata), ("/ready", model_ready), ("/config", model_config)):
-        router.add_api_route(base + suffix, _unversioned(handler), methods=["GET"])
-        router.add_api_route(versioned + suffix, _versioned(handler), methods=["GET"])
-    router.add_api_route(f"{base}/infer", _unversioned_infer(infer), methods=["POST"])
-    router.add_api_route(f"{versioned}/infer", _versioned_infer(infer), methods=["POST"])
+        docs = documented[handler.__name__]
+        router.add_api_route(
+            base + suffix, _unversioned(handler), methods=["GET"], operation_id=handler.__name__, **docs
+        )
+        router.add_api_route(
+            versioned + suffix,
+            _versioned(handler),
+            methods=["GET"],
+            operation_id=f"{handler.__name__}_version",
+            **docs,
+        )
+    infer_docs: dict[str, Any] = {
+        "openapi_extra": _infer_openapi(),
+        "responses": {
+            200: {
+                "model": InferResponseBody,
+                "description": "The outputs: JSON, or with binary outputs the JSON header then their bytes.",
+                "content": {"application/octet-stream": _BINARY},
+                "headers": {
+                    HEADER_LENGTH: {
+                        "description": "Length of the JSON header when binary outputs follow it.",
+                        "schema": {"type": "integer"},
+                    }
+                },
+            },
+            **oip_errors(400, 404, 413, 415, 500, 503),
+        },
+    }
+    router.add_api_route(
+        f"{base}/infer", _unversioned_infer(infer), methods=["POST"], operation_id="infer", **infer_docs
+    )
+    router.add_api_route(
+        f"{versioned}/infer",
+        _versioned_infer(infer),
+        methods=["POST"],
+        operation_id="infer_version",
+        **infer_docs,
+    )
     return router
+
+
+class TritonTensorConfig(BaseModel):
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+class TritonModelConfig(BaseModel):
+    """``GET .../config``: the model as Triton's model configuration describes it (its extension)."""
+
+    name: str
+    platform: str
+    max_batch_size: int
+    input: list[TritonTensorConfig]
+    output: list[TritonTensorConfig]
 
 
 # FastAPI reads path parameters from the endpoint's signature, so each route shape gets its own wrapper.

@@ -36,12 +36,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from worldloop.controls import Key
 
 MAX_PROMPT_CHARS = 2000
 MAX_BLOCKS_PER_STEP = 8
+MAX_SEED = 2**53 - 1  # the largest integer a JSON number (an IEEE double) holds exactly
+NOT_BLANK = r"\S"  # at least one character that is not white space
+IMAGE_FORMAT = "image-base64"  # the OpenAPI format of a base64 PNG/JPEG/WebP image
+
+
+def _json_integer(value: object) -> object:
+    """An integer as JSON Schema has it: a number with no fraction (``3`` or ``3.0``), never a boolean
+    or a string (pydantic's lax mode takes both, strict mode refuses ``3.0``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be an integer")
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class Strict(BaseModel):
@@ -52,32 +70,39 @@ class FrameFormat(Strict):
     """How frames are encoded on the wire."""
 
     format: Literal["jpeg", "webp", "png"] = Field("jpeg", description="Image codec of each frame.")
-    quality: int = Field(85, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
+    quality: JsonInt = Field(85, ge=1, le=100, description="JPEG/WebP quality (ignored for PNG).")
+
+
+Base64Image = Annotated[str, Field(json_schema_extra={"format": IMAGE_FORMAT, "contentEncoding": "base64"})]
 
 
 class CreateSession(Strict):
     """``POST /v1/sessions``: a reference image and the scene prompt start a stream."""
 
-    image: str | None = Field(
+    image: Base64Image | None = Field(
         None,
         description=(
             "Reference image (PNG/JPEG/WebP), base64 (a data: URL is accepted). It is resized and centre-"
-            "cropped to the served resolution. Omitted: the server's sample scene."
+            "cropped to the served resolution; 8x8 pixels to 40 megapixels. Omitted: the "
+            "server's sample scene."
         ),
     )
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="Scene description.")
-    instruction: str | None = Field(
-        None, max_length=MAX_PROMPT_CHARS, description="An instruction active from the start."
+    # "Not blank" as a pattern, so that the schema says it (a validator would be invisible to clients).
+    prompt: str = Field(
+        ..., min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK, description="Scene description."
     )
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Noise seed (None: random).")
+    instruction: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        pattern=NOT_BLANK,
+        description="An instruction active from the start.",
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_json_integer)] | None = Field(
+        None,
+        description="Noise seed (None: random); at most 2^53 - 1, which every JSON client holds exactly.",
+    )
     frames: FrameFormat = Field(default_factory=FrameFormat)
-
-    @field_validator("prompt", "instruction")
-    @classmethod
-    def _not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
-        return value
 
 
 class ModelInfo(BaseModel):

@@ -72,7 +72,7 @@ class GeneratorRelay:
     # -- sessions' streams ---------------------------------------------------------------------------
     async def start_stream(self, record: SessionRecord, image: bytes, *, resume: bool) -> EncodedBlock:
         """Start ``record``'s stream from ``image`` (its last frame when ``resume``)."""
-        seed = (record.seed + record.blocks) % 2**63  # a rebuilt stream draws fresh noise
+        seed = (record.seed + record.blocks) % 2**63  # a rebuilt stream draws fresh noise (int64)
         out: EncodedBlock = await self.replica(record.id).start.remote(
             record.id,
             image=image,
