@@ -11,6 +11,11 @@ Serving ``models:/NAME@ALIAS`` the replica pins the version the alias names (onc
 registry; when the alias moves (a promotion or a rollback) it loads the new version next to the old one,
 switches, and frees the old: new sessions get the new model at once, running ones are rebuilt on it
 from their last frames — no downtime.
+
+``champion`` is followed only along a signed promotion chain (:mod:`worldloop.platform.signing`,
+checked by :func:`~worldloop.platform.registry.pin_version`): a replica does not start on a champion that
+does not verify, and a running one refuses a move that does not — it keeps serving the version it has,
+logs the refusal once and reports it in :meth:`Generator.follow_state`.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
 
 from worldloop.model.camera.actions import ActionFrame
-from worldloop.platform.registry import PinnedVersion, pin_version
+from worldloop.platform.registry import PinnedVersion, UnverifiedChampion, pin_version
 from worldloop.platform.uri import ModelKind, ModelURI
 from worldloop.serving.config import EngineConfig
 from worldloop.serving.engine import Block, EncodedBlock, EngineInfo, SessionNotFound, VideoEngine
@@ -57,8 +63,18 @@ def encode_block(block: Block, fmt: str, quality: int, *, version: str | None) -
 
 
 def pin(uri: ModelURI) -> PinnedVersion | None:
-    """The registry version ``uri`` names now (one lookup), or None for a preset or a checkpoint."""
+    """The registry version ``uri`` names now (one lookup), or None for a preset or a checkpoint; raises
+    :class:`UnverifiedChampion` for a ``champion`` whose signed promotion chain does not verify."""
     return pin_version(uri, settings=get_settings()) if uri.kind is ModelKind.registry else None
+
+
+@dataclass(frozen=True)
+class FollowState:
+    """What a replica following an alias serves, and what it refused to switch to."""
+
+    version: str | None  # the version served
+    refusals: int  # moves of the alias refused since the replica started (each counted once)
+    last_refusal: str | None  # why the latest was refused
 
 
 class _Slot:
@@ -83,6 +99,9 @@ class Generator:
         self._poll: asyncio.Task[None] | None = None
         self.poll_s = poll_s
         self.follows = cfg.model.kind is ModelKind.registry and cfg.model.alias is not None
+        self.refusals = 0  # see follow_state
+        self.last_refusal: str | None = None
+        self._refusing: str | None = None  # the refusal in force (repeated polls count it once)
         log.info("generator ready: %s", self.engine.info)
 
     # -- model following ----------------------------------------------------------------------------
@@ -95,12 +114,31 @@ class Generator:
                 log.exception("checking %s for a new version failed; keeping the current one", self.cfg.model)
 
     async def check_for_update(self) -> bool:
-        """Swap to the version ``cfg.model`` names now if it moved (promotion, rollback); True if swapped."""
-        pinned = await asyncio.to_thread(pin, self.cfg.model)
+        """Swap to the version ``cfg.model`` names now if it moved (promotion, rollback); True if swapped.
+        A ``champion`` that does not verify is refused: the current version keeps serving."""
+        try:
+            pinned = await asyncio.to_thread(pin, self.cfg.model)
+        except UnverifiedChampion as refusal:
+            self._refuse(str(refusal))
+            return False
+        self._refusing = None
         if pinned is None or str(pinned.version) == self.engine.info.version:
             return False
         await self.swap(pinned.uri)
         return True
+
+    def _refuse(self, why: str) -> None:
+        if why == self._refusing:  # the same refusal on every poll: logged and counted once
+            return
+        self._refusing, self.last_refusal = why, why
+        self.refusals += 1
+        log.error(
+            "not following %s (still serving version %s): %s", self.cfg.model, self.engine.info.version, why
+        )
+
+    async def follow_state(self) -> FollowState:
+        """The version served and the alias moves refused (for operators, through the deployment handle)."""
+        return FollowState(self.engine.info.version, self.refusals, self.last_refusal)
 
     async def swap(self, model: ModelURI) -> str | None:
         """Load ``model`` (a pinned version), switch to it, free the old engine; returns the version.
@@ -199,4 +237,4 @@ class Generator:
             self._poll.cancel()
 
 
-__all__ = ["Generator", "SessionNotFound", "encode_block"]
+__all__ = ["FollowState", "Generator", "SessionNotFound", "encode_block"]

@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 # so that metric cannot tell a model that follows the camera from one that stands still.
 DEFAULT_BASELINE_METRICS = ("rollout.psnr.blocks_1_2", "direction.all")
 DEMO_APPROVER = "demo@local"  # the local profile's approver, so the demo can approve its own candidate
+MIN_SIGNING_KEY_BYTES = 32  # HMAC-SHA256: a key shorter than the hash weakens it (RFC 2104 §3)
 
 
 class Profile(str, Enum):
@@ -82,15 +83,46 @@ class Settings(BaseSettings):
     approvers: Annotated[list[str] | None, NoDecode] = Field(
         None,
         description=(
-            "Identities allowed to approve, promote and roll back model versions: comma-separated or a "
-            f"JSON list. Default: ['{DEMO_APPROVER}'] in the local profile, nobody in the cluster profile."
+            "Local profile: identities allowed to approve, promote and roll back model versions, "
+            f"comma-separated or a JSON list. Default: ['{DEMO_APPROVER}']. On a cluster approvers are the "
+            "Kubernetes group worldloop-approvers and this must stay unset."
         ),
     )
     identity: str | None = Field(
         None,
         description=(
-            "Who is acting in registry decisions (recorded in the audit tags; asserted, not authenticated). "
-            "Default: USER@HOST of this process."
+            "Local profile: who is acting in registry decisions (recorded in the audit tags; asserted, not "
+            "authenticated). Default: USER@HOST of this process. On a cluster the acting identity is the "
+            "caller's Kubernetes user and this must stay unset."
+        ),
+    )
+    signing_key: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC-SHA256 key (at least 32 bytes) that signs approvals and promotions and that serving "
+            "verifies the champion with; on a cluster from the Secret worldloop-signing-key. Default: the "
+            "key in signing_key_file."
+        ),
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description=(
+            "File holding the signing key (a mounted Secret). Default: locally HOME/signing.key, generated "
+            "on first use; on a cluster none — the CLI reads the Secret signing_secret as its caller."
+        ),
+    )
+    signing_secret: str = Field(
+        "worldloop/worldloop-signing-key",
+        description=(
+            "NAMESPACE/NAME of the Secret (data key 'key') that holds the signing key on a cluster; the "
+            "CLI reads it with the caller's Kubernetes credentials when no key is set otherwise."
+        ),
+    )
+    kubeconfig: Path | None = Field(
+        None,
+        description=(
+            "Cluster profile: the kubeconfig registry decisions authenticate with (its current context). "
+            "Default: ~/.kube/config, else the pod's service account."
         ),
     )
     gate_tolerance: float = Field(
@@ -169,6 +201,25 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip().encode()) < MIN_SIGNING_KEY_BYTES:
+            raise ValueError(
+                f"a signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes (e.g. openssl rand -hex 32)"
+            )
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret_ref(cls, value: str) -> str:
+        namespace, sep, name = value.partition("/")
+        if not sep or not namespace or not name or "/" in name or value != value.strip():
+            raise ValueError(
+                f"{value!r}: expected NAMESPACE/NAME of a Secret (e.g. worldloop/worldloop-signing-key)"
+            )
+        return value
+
     @field_validator("gate_floors", mode="before")
     @classmethod
     def _floors(cls, value: object) -> object:
@@ -218,6 +269,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _one_signing_key(self) -> Settings:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError("set WORLDLOOP_SIGNING_KEY or WORLDLOOP_SIGNING_KEY_FILE, not both")
+        return self
+
+    @model_validator(mode="after")
     def _cluster_needs_services(self) -> Settings:
         if self.profile is Profile.cluster:
             required = {"mlflow_uri": self.mlflow_uri, "storage_root": self.storage_root}
@@ -241,7 +298,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_approvers(self) -> tuple[str, ...]:
-        """Who may approve: explicit, else the demo approver locally and nobody on a cluster."""
+        """Who may approve by name: explicit, else the demo approver locally and nobody on a cluster
+        (where approvers are the Kubernetes group ``worldloop-approvers``, not names)."""
         if self.approvers is not None:
             return tuple(self.approvers)
         return (DEMO_APPROVER,) if self.profile is Profile.local else ()

@@ -6,7 +6,10 @@ the promotion gate, roll back (DESIGN.md §8). Serving loads ``models:/worldloop
   (loading a version's checkpoint is the platform's: :mod:`worldloop.platform.registry`);
 * ``gate.py`` — the promotion gate (pure): measured, beats both baselines, floors, no regression on a
   comparable InterBench; ``evidence.py`` — what a version was measured with, as tags and back;
-* ``promotion.py`` — :func:`approve`, :func:`promote`, :func:`rollback` and their audit records;
+* ``promotion.py`` — :func:`approve`, :func:`promote`, :func:`rollback`, their audit records and their
+  signed records (:mod:`worldloop.platform.signing`, which serving verifies);
+* ``identity.py`` — who decides: the authenticated Kubernetes user on a cluster (approvers: the group
+  ``worldloop-approvers``), an asserted name locally; and the key decisions are signed with;
 * ``tags.py`` — every tag name written.
 """
 

@@ -2,18 +2,26 @@
 
 The rules:
 
-* **approve** — only an identity in ``settings.approvers`` may approve, with a reason; the approval is
-  recorded as ``approval.identity`` / ``approval.reason`` / ``approval.time`` tags on the version.
+* **approve** — only an approver may approve, with a reason; the approval is recorded as
+  ``approval.identity`` / ``approval.reason`` / ``approval.time`` tags on the version and, signed, as
+  ``approval.record``.
 * **promote** — moves ``champion`` to the version only if the one promoting is an approver, the
-  version carries an approval by an identity that is still an approver, and it passes the InterBench
-  gate against the current champion (:mod:`worldloop.components.registry.gate`). A refusal names every
-  reason at once.
+  version carries a signed approval of the version as it is now, by an approver, and it passes the
+  InterBench gate against the current champion (:mod:`worldloop.components.registry.gate`). A refusal
+  names every reason at once.
 * **rollback** — an approver moves ``champion`` back to the champion before it (``champion.history``
   on the registered model is a stack: repeated rollbacks walk back through earlier champions).
 
+Who acts (:mod:`worldloop.components.registry.identity`): on the cluster profile the caller's
+Kubernetes user, authenticated by the API server, and approvers are the group ``worldloop-approvers``
+(``--as`` is refused); locally a name asserted with ``--as`` / ``WORLDLOOP_IDENTITY``, checked against
+``WORLDLOOP_APPROVERS``. Every allowed approval and promotion, and each move of ``champion``, is signed
+with HMAC-SHA256 under the key of a Kubernetes Secret (locally a key under ``HOME``;
+:mod:`worldloop.platform.signing`), and serving follows ``champion`` only along a chain that verifies —
+moving the alias with plain MLflow write access does not get a version served.
+
 Every decision, allowed or refused, is appended to the audit trail (``audit.NNNN``) of the versions it
-concerns. Identities are asserted (``--as`` / ``WORLDLOOP_IDENTITY``), not authenticated: the audit
-trail records who claimed to act; authentication belongs to whatever fronts the MLflow server.
+concerns.
 """
 
 from __future__ import annotations
@@ -25,14 +33,18 @@ from typing import TYPE_CHECKING, Literal
 
 from worldloop.components.registry.audit import AuditRecord, write_audit
 from worldloop.components.registry.gate import GatePolicy, GateResult, gate
+from worldloop.components.registry.identity import Caller, resolve_caller, signing_key, unauthorised
 from worldloop.components.registry.tags import (
     APPROVAL_IDENTITY,
     APPROVAL_REASON,
+    APPROVAL_RECORD,
     APPROVAL_TIME,
     CHAMPION_HISTORY,
+    CHAMPION_RECORD,
     PREVIOUS_CHAMPION,
     PROMOTED_AT,
     PROMOTED_BY,
+    PROMOTION_RECORD,
 )
 from worldloop.components.registry.versions import (
     CHAMPION,
@@ -41,15 +53,26 @@ from worldloop.components.registry.versions import (
     get_version,
     now_iso,
 )
-from worldloop.platform.registry import model_exists, registry_client
-from worldloop.settings import Settings, get_settings
+from worldloop.platform.registry import lookup_version, model_exists, registry_client
+from worldloop.platform.signing import (
+    ApprovalRecord,
+    ChampionRecord,
+    PromotionRecord,
+    UnverifiedChampion,
+    read_record,
+    subject_of,
+    verified_promotion,
+)
+from worldloop.settings import Profile, Settings, get_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
 MAX_HISTORY = 100  # champions remembered for rollback (keeps the tag small)
+MAX_REASON_CHARS = 1000  # the signed promotion carries its approval whole, in one tag of at most 5000
 
 
 class Refused(RuntimeError):
@@ -69,15 +92,6 @@ class Decision:
     champion_after: int
     gate: GateResult | None  # None for a rollback
     record: AuditRecord
-
-
-def _unauthorised(identity: str, settings: Settings) -> str | None:
-    """None when ``identity`` is an approver, else why not."""
-    approvers = settings.resolved_approvers
-    if identity in approvers:
-        return None
-    listed = ", ".join(approvers) if approvers else "none configured: set WORLDLOOP_APPROVERS"
-    return f"{identity} is not an authorised approver (approvers: {listed})"
 
 
 def _record(
@@ -107,28 +121,39 @@ def _record(
 def approve(
     version: int | str, *, reason: str, identity: str | None = None, settings: Settings | None = None
 ) -> ModelVersionInfo:
-    """Record an approval of ``version`` (a number or an alias) by ``identity`` (default: settings')."""
+    """Record an approval of ``version`` (a number or an alias) by the caller: ``identity`` (``--as``;
+    default: the settings') locally, the authenticated Kubernetes user on a cluster."""
     settings = settings or get_settings()
-    identity = identity or settings.resolved_identity
-    if not reason.strip():
+    reason = reason.strip()
+    if not reason:
         raise ValueError("an approval needs a reason (--reason '...')")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValueError(f"the reason is {len(reason)} characters; keep it to {MAX_REASON_CHARS}")
+    caller = resolve_caller(identity, settings)
     mlflow, name = registry_client(settings), settings.registered_model
     info = get_version(mlflow, name, version, settings)
-    refusal = _unauthorised(identity, settings)
+    refusal = unauthorised(caller, settings)
     if refusal is not None:
-        write_audit(
-            mlflow, name, [info.version], _record("approve", info.version, identity, [refusal], allowed=False)
-        )
+        record = _record("approve", info.version, caller.identity, [refusal], allowed=False)
+        write_audit(mlflow, name, [info.version], record)
         raise Refused(f"approval of {name} v{info.version}", [refusal])
-    record = _record("approve", info.version, identity, [f"approved: {reason.strip()}"], allowed=True)
+    record = _record("approve", info.version, caller.identity, [f"approved: {reason}"], allowed=True)
+    signed = ApprovalRecord(
+        subject=subject_of(lookup_version(mlflow, name, info.version, settings)),
+        identity=caller.identity,
+        authenticated=caller.authenticated,
+        reason=reason,
+        time=record.time,
+    ).signed(signing_key(settings))
     for key, value in (
-        (APPROVAL_IDENTITY, identity),
-        (APPROVAL_REASON, reason.strip()),
+        (APPROVAL_IDENTITY, caller.identity),
+        (APPROVAL_REASON, reason),
         (APPROVAL_TIME, record.time),
+        (APPROVAL_RECORD, signed.model_dump_json()),
     ):
         mlflow.set_model_version_tag(name, str(info.version), key, value)
     write_audit(mlflow, name, [info.version], record)
-    log.info("%s approved %s v%d: %s", identity, name, info.version, reason.strip())
+    log.info("%s approved %s v%d: %s", caller.identity, name, info.version, reason)
     return get_version(mlflow, name, info.version, settings)
 
 
@@ -157,40 +182,59 @@ def _history(mlflow: MlflowClient, name: str) -> list[int]:
     return [int(v) for v in json.loads(raw)] if raw else []
 
 
+def _approval_refusals(
+    mv: ModelVersion, approval: ApprovalRecord | None, key: bytes | None, settings: Settings
+) -> list[str]:
+    """Why the approval on ``mv`` does not count; its signature is checked when ``key`` is given (only
+    for a caller allowed to promote, who may read the key)."""
+    version = int(mv.version)
+    again = f"(worldloop models approve {version} --reason ...)"
+    if approval is None and APPROVAL_IDENTITY in mv.tags:
+        return [f"v{version}'s approval is not signed: approve it again {again}"]
+    if approval is None:
+        return [f"v{version} is not approved {again}"]
+    if key is not None and not approval.verifies(key):
+        return ["approval does not count: its signature does not verify under the signing key"]
+    if key is not None and approval.subject != subject_of(mv):
+        return [f"approval does not count: v{version} changed since it was approved (approve it again)"]
+    if settings.profile is Profile.cluster and not approval.authenticated:
+        return [f"approval does not count: {approval.identity} was not authenticated by Kubernetes"]
+    if settings.profile is Profile.local and (who := unauthorised(Caller(approval.identity), settings)):
+        return [f"approval does not count: {who}"]
+    return []
+
+
 def _promotion_refusals(
-    info: ModelVersionInfo, identity: str, before: int | None, result: GateResult, settings: Settings
+    info: ModelVersionInfo, caller: Caller, before: int | None, settings: Settings
 ) -> list[str]:
     reasons = []
     if before == info.version:
         reasons.append(f"v{info.version} is already the champion")
-    if (who := _unauthorised(identity, settings)) is not None:
+    if (who := unauthorised(caller, settings)) is not None:
         reasons.append(f"may not promote: {who}")
-    if info.approval is None:
-        reasons.append(
-            f"v{info.version} is not approved (worldloop models approve {info.version} --reason ...)"
-        )
-    elif (who := _unauthorised(info.approval.identity, settings)) is not None:
-        reasons.append(f"approval does not count: {who}")
-    if not result.passed:
-        reasons += [f"InterBench gate failed: {why}" for why in result.reasons]
     return reasons
 
 
 def promote(version: int | str, *, identity: str | None = None, settings: Settings | None = None) -> Decision:
     """Move ``champion`` to ``version`` (a number or an alias), or raise :class:`Refused` naming every
-    reason."""
+    reason. The caller is resolved as for :func:`approve`."""
     settings = settings or get_settings()
-    identity = identity or settings.resolved_identity
+    caller = resolve_caller(identity, settings)
     mlflow, name = registry_client(settings), settings.registered_model
     info = get_version(mlflow, name, version, settings)
+    mv = lookup_version(mlflow, name, info.version, settings)
     before = alias_version(mlflow, name, CHAMPION)
     result = check_gate(info, settings=settings)
-    reasons = _promotion_refusals(info, identity, before, result, settings)
+    reasons = _promotion_refusals(info, caller, before, settings)
+    key = signing_key(settings) if unauthorised(caller, settings) is None else None
+    approval = read_record(ApprovalRecord, mv.tags.get(APPROVAL_RECORD))
+    reasons += _approval_refusals(mv, approval, key, settings)
+    reasons += [f"InterBench gate failed: {why}" for why in result.reasons if not result.passed]
     if reasons:
         record = _record(
             "promote",
             info.version,
-            identity,
+            caller.identity,
             reasons,
             allowed=False,
             before=before,
@@ -200,43 +244,76 @@ def promote(version: int | str, *, identity: str | None = None, settings: Settin
         write_audit(mlflow, name, [info.version], record)
         raise Refused(f"promotion of {name} v{info.version}", reasons)
 
-    assert info.approval is not None  # checked by _promotion_refusals
+    assert approval is not None and key is not None  # checked above
     history = _history(mlflow, name)
     if before is not None and (not history or history[-1] != before):
         history.append(before)  # champion set outside worldloop: still restorable
     history = [*history, info.version][-MAX_HISTORY:]
-    mlflow.set_registered_model_alias(name, CHAMPION, str(info.version))
-    mlflow.set_registered_model_tag(name, CHAMPION_HISTORY, json.dumps(history))
-    why = [
-        f"approved by {info.approval.identity} at {info.approval.time}: {info.approval.reason}",
-        *result.reasons,
-    ]
+    why = [f"approved by {approval.identity} at {approval.time}: {approval.reason}", *result.reasons]
     record = _record(
         "promote",
         info.version,
-        identity,
+        caller.identity,
         why,
         allowed=True,
         before=before,
         after=info.version,
         gate_result=result,
     )
+    promotion = PromotionRecord(
+        subject=subject_of(mv),
+        identity=caller.identity,
+        authenticated=caller.authenticated,
+        time=record.time,
+        previous_champion=before,
+        approval=approval,
+    ).signed(key)
     tags = {
-        PROMOTED_BY: identity,
+        PROMOTED_BY: caller.identity,
         PROMOTED_AT: record.time,
         PREVIOUS_CHAMPION: "none" if before is None else str(before),
+        PROMOTION_RECORD: promotion.model_dump_json(),
     }
-    for key, value in tags.items():
-        mlflow.set_model_version_tag(name, str(info.version), key, value)
+    for tag, value in tags.items():
+        mlflow.set_model_version_tag(name, str(info.version), tag, value)
+    _move_champion(mlflow, name, "promote", caller, promotion, key)
+    mlflow.set_registered_model_tag(name, CHAMPION_HISTORY, json.dumps(history))
     write_audit(mlflow, name, [info.version] + ([before] if before is not None else []), record)
-    log.info("%s promoted %s v%d to %s (was %s)", identity, name, info.version, CHAMPION, before)
+    log.info("%s promoted %s v%d to %s (was %s)", caller.identity, name, info.version, CHAMPION, before)
     return Decision(get_version(mlflow, name, info.version, settings), before, info.version, result, record)
 
 
+def _move_champion(
+    mlflow: MlflowClient,
+    name: str,
+    action: Literal["promote", "rollback"],
+    caller: Caller,
+    promotion: PromotionRecord,
+    key: bytes,
+) -> None:
+    """Point ``champion`` at the version of ``promotion``: the signed champion record first, the alias
+    last, so that serving never sees the alias on a version the record does not name for longer than
+    the two writes take."""
+    version = promotion.subject.version
+    champion = ChampionRecord(
+        name=name,
+        version=version,
+        action=action,
+        identity=caller.identity,
+        authenticated=caller.authenticated,
+        time=promotion.time if action == "promote" else now_iso(),
+        promotion=promotion.signature,
+    ).signed(key)
+    mlflow.set_registered_model_tag(name, CHAMPION_RECORD, champion.model_dump_json())
+    mlflow.set_registered_model_alias(name, CHAMPION, str(version))
+
+
 def rollback(*, identity: str | None = None, settings: Settings | None = None) -> Decision:
-    """Move ``champion`` back to the champion before the current one, or raise :class:`Refused`."""
+    """Move ``champion`` back to the champion before the current one, or raise :class:`Refused`. The
+    caller is resolved as for :func:`approve`; the version restored must still carry a promotion that
+    verifies, as serving would refuse it otherwise."""
     settings = settings or get_settings()
-    identity = identity or settings.resolved_identity
+    caller = resolve_caller(identity, settings)
     mlflow, name = registry_client(settings), settings.registered_model
     if not model_exists(mlflow, name):
         raise ValueError(
@@ -246,26 +323,38 @@ def rollback(*, identity: str | None = None, settings: Settings | None = None) -
     history = _history(mlflow, name)
     earlier = history[:-1] if history and history[-1] == current else history
     target = earlier[-1] if earlier else None
-    reasons = [] if (who := _unauthorised(identity, settings)) is None else [f"may not roll back: {who}"]
+    who = unauthorised(caller, settings)
+    reasons = [] if who is None else [f"may not roll back: {who}"]
+    promotion: PromotionRecord | None = None
+    key = None
     if current is None:
         reasons.append(f"{name} has no champion to roll back")
     elif target is None:
         reasons.append(f"champion v{current} has no previous champion to restore")
     else:
         try:
-            get_version(mlflow, name, target, settings)
+            restored = lookup_version(mlflow, name, target, settings)
         except ValueError:
             reasons.append(f"the previous champion v{target} no longer exists")
+        else:
+            if who is None:
+                key = signing_key(settings)
+                try:
+                    promotion = verified_promotion(restored, key)
+                except UnverifiedChampion as err:
+                    reasons.append(f"serving would refuse the previous champion: {err}")
     if reasons:
-        record = _record("rollback", current, identity, reasons, allowed=False, before=current, after=current)
+        record = _record(
+            "rollback", current, caller.identity, reasons, allowed=False, before=current, after=current
+        )
         write_audit(mlflow, name, [] if current is None else [current], record)
         raise Refused(f"rollback of {name} {CHAMPION}", reasons)
 
-    assert current is not None and target is not None
-    mlflow.set_registered_model_alias(name, CHAMPION, str(target))
+    assert current is not None and target is not None and promotion is not None and key is not None
+    _move_champion(mlflow, name, "rollback", caller, promotion, key)
     mlflow.set_registered_model_tag(name, CHAMPION_HISTORY, json.dumps(earlier))
     why = [f"restored the previous champion v{target} in place of v{current}"]
-    record = _record("rollback", target, identity, why, allowed=True, before=current, after=target)
+    record = _record("rollback", target, caller.identity, why, allowed=True, before=current, after=target)
     write_audit(mlflow, name, [current, target], record)
-    log.info("%s rolled %s %s back from v%d to v%d", identity, name, CHAMPION, current, target)
+    log.info("%s rolled %s %s back from v%d to v%d", caller.identity, name, CHAMPION, current, target)
     return Decision(get_version(mlflow, name, target, settings), current, target, None, record)

@@ -9,14 +9,22 @@ On each model version:
 * ``interbench.*`` — its InterBench scores (JSON of the six dimensions), suite, judge and case count;
 * ``quality.*`` — the quality ladder's headline metrics for the model and its two baselines, and the
   held-out set they were measured on;
-* ``approval.*`` — the latest approval: identity, reason, UTC time;
-* ``promotion.*`` — set when it becomes champion: who, when, and the champion it replaced;
+* ``approval.*`` — the latest approval: identity, reason, UTC time, and ``approval.record``, the same
+  signed (:mod:`worldloop.platform.signing`);
+* ``promotion.*`` — set when it becomes champion: who, when, the champion it replaced, and
+  ``promotion.record``, the signed promotion with the approval it rested on;
 * ``audit.NNNN`` — one JSON record per decision about it (approve, promote, rollback; allowed or
   refused): who, what, when, the result and every reason.
 
 On the registered model: ``champion.history`` (JSON list of versions, the current champion last) for
-rollback, and ``audit.NNNN`` for decisions that concern no version (a rollback with no champion).
+rollback, ``champion.record`` (the signed pointer serving checks the alias against), and ``audit.NNNN``
+for decisions that concern no version (a rollback with no champion).
 """
+
+# The signed records are named where serving reads them (the platform layer), and re-exported here.
+from worldloop.platform.signing import APPROVAL_RECORD as APPROVAL_RECORD
+from worldloop.platform.signing import CHAMPION_RECORD as CHAMPION_RECORD
+from worldloop.platform.signing import PROMOTION_RECORD as PROMOTION_RECORD
 
 LINEAGE = "lineage."
 PIPELINE_RUN = "lineage.pipeline_run_id"

@@ -24,6 +24,7 @@ from worldloop.components.registry.tags import (
     LINEAGE,
     SCORES,
 )
+from worldloop.platform.registry import CHAMPION as CHAMPION  # the platform's: serving verifies it
 from worldloop.platform.registry import lookup_version, model_exists, registry_client
 from worldloop.settings import Settings, get_settings
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
-CANDIDATE, CHAMPION = "candidate", "champion"
+CANDIDATE = "candidate"
 
 
 @dataclass(frozen=True)

@@ -81,11 +81,23 @@ def test_registry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         ("registered_model", "a@b"),
         ("gate_tolerance", "-0.1"),
         ("gate_tolerance", "2"),
+        ("signing_key", "too short for HMAC-SHA256"),
+        ("signing_secret", "worldloop-signing-key"),
+        ("signing_secret", "worldloop/a/b"),
     ],
 )
 def test_bad_registry_settings_fail(monkeypatch: pytest.MonkeyPatch, field: str, value: str) -> None:
     monkeypatch.setenv(f"WORLDLOOP_{field.upper()}", value)
     with pytest.raises(ValidationError, match=field):
+        Settings()
+
+
+def test_signing_key_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert Settings().signing_secret == "worldloop/worldloop-signing-key"
+    monkeypatch.setenv("WORLDLOOP_SIGNING_KEY", "k" * 32)
+    assert Settings().signing_key is not None and "k" * 32 not in repr(Settings())  # a secret
+    monkeypatch.setenv("WORLDLOOP_SIGNING_KEY_FILE", str(tmp_path / "key"))
+    with pytest.raises(ValidationError, match="not both"):
         Settings()
 
 

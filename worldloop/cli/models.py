@@ -1,7 +1,8 @@
 """``worldloop models``: the registry — list and show versions, approve, promote, roll back (DESIGN.md §8).
 
 Exit codes: 0 done; 1 the rules refused the decision (one line ``worldloop: error: ... refused: <every
-reason>`` on stderr, after the gate table for a promotion); 2 bad input (no such version, blank reason).
+reason>`` on stderr, after the gate table for a promotion); 2 bad input (no such version, blank reason,
+``--as`` on the cluster profile) or no identity (the Kubernetes API could not authenticate the caller).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
 
 console = Console()
 models = typer.Typer(help="MLflow registry: list, show, approve, promote, rollback.", no_args_is_help=True)
-_AS = typer.Option(None, "--as", help="Acting identity (default: WORLDLOOP_IDENTITY, else USER@HOST).")
+_AS = typer.Option(
+    None,
+    "--as",
+    help=(
+        "Local profile: the acting identity (default: WORLDLOOP_IDENTITY, else USER@HOST). Refused on the "
+        "cluster profile, where you act as your Kubernetes user."
+    ),
+)
 _T = TypeVar("_T")
 
 

@@ -1,6 +1,10 @@
 """Reading registered model versions (ARCHITECTURE.md, platform layer): the MLflow client of the
 settings, a ``models:/`` URI → the version it names now, and that version's checkpoint on local disk.
 
+``models:/NAME@champion`` resolves only to a version whose signed promotion chain verifies
+(:mod:`worldloop.platform.signing`): an alias moved outside the promotion gate is refused here, for
+every loader at once.
+
 Writing the registry (registration, approvals, promotion, rollback) is a pipeline step:
 :mod:`worldloop.components.registry`. Loaders — evaluation, serving, ``load_model_stack`` — read here.
 """
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worldloop.platform.checkpoints import CHECKPOINT_FILES
+from worldloop.platform.signing import UnverifiedChampion, verification_key, verify_champion
 from worldloop.platform.uri import ModelKind, ModelURI
 from worldloop.settings import Settings
 
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 CHECKPOINT_ARTIFACTS = "checkpoint"  # the registration run's artifact folder holding the weights
+CHAMPION = "champion"  # the alias serving follows; only the promotion gate may move it
 
 
 def registry_client(settings: Settings) -> MlflowClient:
@@ -79,10 +85,15 @@ class PinnedVersion:
 
 
 def pin_version(uri: ModelURI, *, settings: Settings) -> PinnedVersion:
-    """The version ``uri`` (``models:/NAME@ALIAS`` or ``/VERSION``) names now."""
+    """The version ``uri`` (``models:/NAME@ALIAS`` or ``/VERSION``) names now; for ``@champion`` only
+    when its signed promotion chain verifies (else :class:`UnverifiedChampion`)."""
     if uri.kind is not ModelKind.registry or uri.name is None:
         raise ValueError(f"{uri}: not a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION)")
-    mv = lookup_version(registry_client(settings), uri.name, uri.ref, settings)
+    mlflow = registry_client(settings)
+    mv = lookup_version(mlflow, uri.name, uri.ref, settings)
+    if uri.alias == CHAMPION:
+        key = verification_key(settings)
+        verify_champion(mlflow.get_registered_model(uri.name).tags, mv, key)
     return PinnedVersion(uri.name, int(mv.version), mv.run_id or None)
 
 
@@ -108,9 +119,11 @@ def download_version(pinned: PinnedVersion, *, settings: Settings) -> Path:
 
 
 __all__ = [
+    "CHAMPION",
     "CHECKPOINT_ARTIFACTS",
     "CHECKPOINT_FILES",
     "PinnedVersion",
+    "UnverifiedChampion",
     "download_version",
     "lookup_version",
     "model_exists",

@@ -1,4 +1,4 @@
-"""``apply_objects`` and ``cluster_status`` against a fake Kubernetes API server (``fake_kube.py``),
+"""``apply_objects`` and ``cluster_status`` against a fake Kubernetes API server (``tests/fake_kube.py``),
 reached through a kubeconfig the test writes: discovery, server-side apply PATCHes, dry runs, diffs,
 API errors, and readiness of the platform's components."""
 

@@ -1,7 +1,11 @@
 """A Kubernetes API server for tests: discovery, GET and server-side-apply PATCH of objects, with real
 ``APIResourceList``/``APIGroupList``/``Status`` bodies, bearer-token auth, scripted failures, and a log
 of every request. Apply is simplified to one field manager: the body replaces the object, the server
-adds metadata and a few defaults and keeps ``status``, and ``dryRun=All`` stores nothing."""
+adds metadata and a few defaults and keeps ``status``, and ``dryRun=All`` stores nothing.
+
+Each bearer token is a user (``users``; ``token`` is the deployer service account), and POST of a
+``SelfSubjectReview`` answers who that user is, as ``kubectl auth whoami`` asks a real server (1.28+;
+``with_self_review=False`` is an older one)."""
 
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("roles", "Role", True),
     ],
     "networking.k8s.io/v1": [("ingresses", "Ingress", True), ("networkpolicies", "NetworkPolicy", True)],
+    "authentication.k8s.io/v1": [
+        ("selfsubjectreviews", "SelfSubjectReview", False),
+        ("tokenreviews", "TokenReview", False),
+    ],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
     "ray.io/v1": [
         ("rayclusters", "RayCluster", True),
@@ -59,6 +67,21 @@ _OBJECT_PATH = re.compile(
 )
 
 Key = tuple[str, str, str | None, str]  # group version, resource, namespace, name
+REVIEWS = "authentication.k8s.io/v1"  # create-only resources: reviews are answered, never stored
+SELF_SUBJECT_REVIEWS = f"/apis/{REVIEWS}/selfsubjectreviews"
+AUTHENTICATED = "system:authenticated"  # every authenticated user's group, as a real server adds it
+
+
+@dataclass(frozen=True)
+class User:
+    """Who a bearer token authenticates as (``status.userInfo`` of a SelfSubjectReview)."""
+
+    username: str
+    groups: tuple[str, ...] = ()
+    uid: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+DEPLOYER = User("system:serviceaccount:ci:deployer", ("system:serviceaccounts", "system:serviceaccounts:ci"))
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,10 @@ class Failure:
 
 @dataclass
 class FakeKube:
-    token: str = "fake-token"
+    token: str = "fake-token"  # the deployer's (DEPLOYER)
     with_ray: bool = True  # False: the KubeRay CRDs are not installed
+    with_self_review: bool = True  # False: a server before Kubernetes 1.28 (no SelfSubjectReview v1)
+    users: dict[str, User] = field(default_factory=dict)  # more bearer tokens -> who they are
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)  # kind -> failure of its PATCH
     requests: list[Request] = field(default_factory=list)
@@ -112,7 +137,7 @@ class FakeKube:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_PATCH = _handle  # noqa: N815
+            do_GET = do_PATCH = do_POST = _handle  # noqa: N815
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         # A short poll interval keeps ``server.shutdown()`` (which waits for the next poll) quick.
@@ -122,7 +147,17 @@ class FakeKube:
     # ----------------------------------------------------------------------------------------------
 
     def served(self) -> dict[str, list[tuple[str, str, bool]]]:
-        return {gv: r for gv, r in RESOURCES.items() if self.with_ray or not gv.startswith("ray.io/")}
+        served = {gv: r for gv, r in RESOURCES.items() if self.with_ray or not gv.startswith("ray.io/")}
+        if not self.with_self_review:  # before 1.28 the group served TokenReview only
+            served[REVIEWS] = [r for r in served[REVIEWS] if r[1] != "SelfSubjectReview"]
+        return served
+
+    def user(self, request: Request) -> User | None:
+        """Who the request's bearer token authenticates as; None: nobody (401)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme != "Bearer":
+            return None
+        return DEPLOYER if token == self.token else self.users.get(token)
 
     def put(self, obj: dict[str, Any]) -> None:
         """Store ``obj`` as if a controller had created it (status included)."""
@@ -140,9 +175,16 @@ class FakeKube:
         return next((r, ns) for r, k, ns in self.served()[gv] if k == kind and "/" not in r)
 
     def handle(self, request: Request) -> tuple[int, dict[str, Any]]:
-        if request.headers.get("authorization") != f"Bearer {self.token}":
+        user = self.user(request)
+        if user is None:
             return status(401, "Unauthorized", "Unauthorized")
         served = self.served()
+        if request.path == SELF_SUBJECT_REVIEWS and self.with_self_review:
+            return self_subject_review(request, user)
+        if request.method == "POST" and _OBJECT_PATH.fullmatch(request.path):  # creation is not simulated
+            return status(
+                405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+            )
         if request.method == "GET" and request.path == "/api":
             return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if request.method == "GET" and request.path == "/apis":
@@ -181,6 +223,29 @@ class FakeKube:
         if "dryRun" not in query:
             self.objects[key] = result
         return (200 if live else 201), result
+
+
+def self_subject_review(request: Request, user: User) -> tuple[int, dict[str, Any]]:
+    """A real server's answer to a SelfSubjectReview: create-only, the body checked, the caller's user
+    info (its groups plus ``system:authenticated``) in ``status``; nothing stored."""
+    if request.method != "POST":
+        return status(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+    body = request.body if isinstance(request.body, dict) else {}
+    if (body.get("apiVersion"), body.get("kind")) != (REVIEWS, "SelfSubjectReview"):
+        got = f"{body.get('apiVersion')}, Kind={body.get('kind')}"
+        return status(
+            400, "BadRequest", f"the API version in the data ({got}) does not match the expected one"
+        )
+    info = {"username": user.username, "uid": user.uid, "groups": [*user.groups, AUTHENTICATED]}
+    review = {
+        "kind": "SelfSubjectReview",
+        "apiVersion": REVIEWS,
+        "metadata": {"creationTimestamp": None},
+        "status": {"userInfo": info},
+    }
+    return 201, review
 
 
 def _discovery_path(path: str) -> str | None:
@@ -239,6 +304,8 @@ def resource_list(gv: str, resources: list[tuple[str, str, bool]]) -> dict[str, 
     for resource, kind, namespaced in resources:
         sub = "/" in resource
         verbs = ["get", "patch", "update"] if sub else ["create", "delete", "get", "list", "patch", "update"]
+        if gv == REVIEWS:
+            verbs = ["create"]
         singular = "" if sub else kind.lower()
         entries.append(
             {
@@ -286,6 +353,20 @@ def scripted(failure: Failure, key: Key, kind: str) -> tuple[int, dict[str, Any]
     causes = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in failure.causes]
     details = {"name": name, "group": group, "kind": kind, "causes": causes}
     return status(422, "Invalid", f'{kind_group} "{name}" is invalid: {summary}', details)
+
+
+def write_user_kubeconfig(path: Path, server: str, token: str) -> Path:
+    """One context on ``server``, current, whose user presents ``token``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": token}}],
+        "contexts": [{"name": "me", "context": {"cluster": "fake", "user": "me"}}],
+        "current-context": "me",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def write_kubeconfig(path: Path, server: str, token: str) -> Path:
