@@ -212,6 +212,22 @@ class Ingress:
         await self.relay.close(record.id)
         return Response(status_code=204)
 
+    @api.get("/v1/model", operation_id="model_status", response_model=p.ModelStatus)
+    async def model_status(self, request: Request) -> p.ModelStatus:
+        self.owner(request)
+        info, state = await self.engine_info(), await self.relay.follow_state()
+        return p.ModelStatus(
+            uri=info.uri,
+            version=state.version,
+            preset=info.preset,
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            frames_per_block=info.frames_per_block,
+            refusals=state.refusals,
+            last_refusal=state.last_refusal,
+        )
+
     @api.get("/healthz", include_in_schema=False)
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "sessions": len(self.store)}

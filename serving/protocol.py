@@ -111,6 +111,21 @@ class ModelInfo(BaseModel):
     preset: str
 
 
+class ModelStatus(BaseModel):
+    """``GET /v1/model``: what the answering generator replica serves, and the moves of its alias it
+    refused (a ``champion`` whose signed promotion chain does not verify is never followed)."""
+
+    uri: str = Field(..., description="The model URI served (an alias stays an alias).")
+    version: str | None = Field(..., description="The registry version it names now (models:/ URIs).")
+    preset: str
+    width: int
+    height: int
+    fps: float
+    frames_per_block: int
+    refusals: int = Field(..., description="Moves of the alias this replica refused since it started.")
+    last_refusal: str | None = Field(..., description="Why the latest one was refused.")
+
+
 class SessionInfo(BaseModel):
     """A session as the API reports it."""
 

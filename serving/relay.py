@@ -46,6 +46,11 @@ class GeneratorRelay:
             self.known = await self.handle.info.remote()
         return self.known
 
+    async def follow_state(self) -> Any:
+        """The answering replica's :class:`~worldloop.serving.generator.FollowState` (not cached: the
+        alias it follows can move, or a move be refused, at any poll)."""
+        return await self.retrying("model status", lambda: self.handle.follow_state.remote())
+
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call()`` until it stops failing with a lost replica, up to the resume timeout (503)."""
         deadline = time.monotonic() + self.resume_timeout_s

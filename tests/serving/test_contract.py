@@ -97,6 +97,12 @@ def test_the_document_states_security_only_when_keys_are_on() -> None:
     assert "HTTPValidationError" not in keyed["components"]["schemas"]
 
 
+def test_the_model_status_reports_what_is_served_and_what_was_refused(live_server) -> None:
+    status = httpx.get(live_server.url + "v1/model").json()
+    assert status["preset"] == "tiny" and (status["width"], status["height"]) == (64, 64)
+    assert status["refusals"] == 0 and status["last_refusal"] is None  # a checkpoint follows no alias
+
+
 def test_a_405_names_every_method_of_the_path(live_server) -> None:
     answer = httpx.request("PUT", live_server.url + "v1/sessions")
     assert answer.status_code == 405
