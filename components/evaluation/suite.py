@@ -208,7 +208,7 @@ def build_synthworld_suite(
     for i in range(cases):
         kind = kinds[i % len(kinds)]
         clip_seed = seed * 1_000_003 + i
-        clip = generate_clip(cfg, clip_seed, kind=kind)
+        clip = generate_clip(cfg, clip_seed, kind=kind, followups=())
         event, masks = clip.event, clip.masks
         assert event is not None and masks is not None and clip.interaction is not None
         case = InterBenchCase(

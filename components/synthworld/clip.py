@@ -33,14 +33,21 @@ class Clip:
     intrinsics: np.ndarray  # (F, 3, 3)
     c2w: np.ndarray  # (F, 4, 4), OpenCV, frame 0 = identity
     shot: Shot
-    masks: np.ndarray | None  # (F, H, W) bool affected region, None without an event
+    masks: np.ndarray | None  # (F, H, W) bool region the first event affected, None without an event
     scene: SceneRecord
     captions: Captions
-    interaction: InteractionCaption | None
+    interaction: InteractionCaption | None  # the first event's
+    event_masks: tuple[np.ndarray, ...] = ()  # per event, in order: (F, H, W) bool (masks is the first)
+    interactions: tuple[InteractionCaption, ...] = ()  # per event, in order: one turn each
 
     @property
     def event(self) -> events.EventPlan | None:
         return self.shot.event
+
+    @property
+    def events(self) -> tuple[events.EventPlan, ...]:
+        """Every event in order: more than one makes a multi-turn clip (one instruction per event)."""
+        return self.shot.events
 
 
 def frame_states(world: WorldMap, shot: Shot, seed: int, frames: range) -> list[FrameState]:
@@ -54,36 +61,44 @@ def frame_states(world: WorldMap, shot: Shot, seed: int, frames: range) -> list[
             frame_index=i,
             particle_seed=seed,
         )
-        if shot.event is not None:
-            events.apply(shot.event, state, i)
+        for event in shot.events:  # later turns add to what earlier ones changed
+            events.apply(event, state, i)
         out.append(state)
     return out
 
 
 def render_shot(
     world: WorldMap, shot: Shot, cfg: SynthConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Frames (F, H, W, 3) uint8 and, with an event, its masks (F, H, W) bool."""
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Frames (F, H, W, 3) uint8 and, per event of the shot in order, its masks (F, H, W) bool."""
     renderer = Renderer(world, cfg)
     frames = np.empty((cfg.frames, cfg.size, cfg.size, 3), np.uint8)
-    masks = np.zeros((cfg.frames, cfg.size, cfg.size), bool) if shot.event else None
+    masks = [np.zeros((cfg.frames, cfg.size, cfg.size), bool) for _ in shot.events]
     for lo in range(0, cfg.frames, RENDER_BATCH):
         span = range(lo, min(lo + RENDER_BATCH, cfg.frames))
         out = renderer.render(frame_states(world, shot, seed, span))
         frames[span.start : span.stop] = out.rgb
-        if masks is not None and shot.event is not None:
-            masks[span.start : span.stop] = events.mask(shot.event, out, frame_offset=lo)
+        for event, mask in zip(shot.events, masks, strict=True):
+            mask[span.start : span.stop] = events.mask(event, out, frame_offset=lo)
     return frames, masks
 
 
-def render_without_event(clip: Clip, cfg: SynthConfig) -> np.ndarray:
-    """The same shot with the event never triggered (its onset moved past the end): the
-    counterfactual that InterBench's trigger test and the mask tests compare against."""
-    if clip.event is None:
+def render_turns(clip: Clip, cfg: SynthConfig, turns: int) -> np.ndarray:
+    """The same shot with only its first ``turns`` events triggered (the later ones' onsets moved past
+    the end): ``turns=0`` is the counterfactual InterBench's trigger test compares against; in a
+    multi-turn clip, ``turns=k`` is what the video would be had turn k+1 never been asked for."""
+    if turns >= len(clip.events):
         return clip.frames
-    never = replace(clip.event, onset=cfg.frames, full=cfg.frames)
-    frames, _ = render_shot(clip.world, replace(clip.shot, event=never), cfg, clip.seed)
+    never = [replace(e, onset=cfg.frames, full=cfg.frames) for e in clip.events[turns:]]
+    planned = (*clip.events[:turns], *never)
+    shot = replace(clip.shot, event=planned[0], followups=tuple(planned[1:]))
+    frames, _ = render_shot(clip.world, shot, cfg, clip.seed)
     return frames
+
+
+def render_without_event(clip: Clip, cfg: SynthConfig) -> np.ndarray:
+    """The same shot with no event triggered: the counterfactual of the trigger test and mask tests."""
+    return render_turns(clip, cfg, 0)
 
 
 def choose_kind(cfg: SynthConfig, rng: np.random.Generator) -> EventKind | None:
@@ -92,34 +107,69 @@ def choose_kind(cfg: SynthConfig, rng: np.random.Generator) -> EventKind | None:
     return cfg.event_kinds[int(rng.integers(len(cfg.event_kinds)))]
 
 
+def choose_followups(
+    cfg: SynthConfig, kind: EventKind | None, rng: np.random.Generator
+) -> tuple[EventKind, ...]:
+    """Later turns after ``kind`` (none with probability 1 − ``multi_turn_probability``): one or two
+    events from :data:`~.events.FOLLOW_UPS` that the config allows, each a new, compatible state."""
+    if kind is None or cfg.max_turns < 2 or rng.random() >= cfg.multi_turn_probability:
+        return ()
+    chosen: list[EventKind] = []
+    for _ in range(int(rng.integers(1, cfg.max_turns))):
+        options = [
+            k for k in events.FOLLOW_UPS if k in cfg.event_kinds and events.compatible((kind, *chosen), k)
+        ]
+        if not options:
+            break
+        chosen.append(options[int(rng.integers(len(options)))])
+    return tuple(chosen)
+
+
 def generate_clip(
-    cfg: SynthConfig, seed: int, *, kind: EventKind | None = None, any_event: bool = True
+    cfg: SynthConfig,
+    seed: int,
+    *,
+    kind: EventKind | None = None,
+    any_event: bool = True,
+    followups: tuple[EventKind, ...] | None = None,
 ) -> Clip:
     """Render clip ``seed``. ``kind`` forces the event; with ``any_event`` False and no kind, none.
+    ``followups`` forces the later turns of a multi-turn clip (``()``: none); by default they are drawn
+    (``cfg.multi_turn_probability``). They follow the first event once it completes, with their kinds
+    and onsets drawn from a generator of their own, so the shot and the first event are the ones the
+    clip has without them. A follow-up that does not fit in the clip is left out.
 
     Attempts are drawn from one generator, so the result depends on ``seed`` alone. An event kind
     drawn by chance (not forced) is redrawn every ``REDRAW_EVERY`` failed attempts, so a kind that
     is hard to stage at this size (a bullet hole at 32 px) does not sink the clip.
     """
     rng = np.random.default_rng(seed)
+    turn_rng = np.random.default_rng([seed, 2])
     drawn = kind is None and any_event
     if drawn:
         kind = choose_kind(cfg, rng)
     for attempt in range(MAX_ATTEMPTS):
         if drawn and attempt and attempt % REDRAW_EVERY == 0:
             kind = choose_kind(cfg, rng)
+        later = choose_followups(cfg, kind, turn_rng) if followups is None else followups
         try:
             world = generate_world(rng, cfg.map_cells)
             shot = plan_shot(world, cfg, kind, rng)
         except (WorldRejected, PlanRejected) as why:
             log.debug("seed %d attempt %d: %s", seed, attempt, why)
             continue
-        frames, masks = render_shot(world, shot, cfg, seed)
-        if shot.event is not None and masks is not None:
-            after = masks[shot.event.onset :].reshape(cfg.frames - shot.event.onset, -1).any(axis=1)
-            if not after.all():
-                log.debug("seed %d attempt %d: event left the view", seed, attempt)
-                continue
+        if shot.event is not None and later:
+            turns = events.schedule_followups(later, turn_rng, shot.event.full, cfg.frames, cfg.fps)
+            plans = (events.EventPlan(k, *t) for k, t in zip(later, turns, strict=False))  # those that fit
+            shot = replace(shot, followups=tuple(plans))
+        frames, event_masks = render_shot(world, shot, cfg, seed)
+        if any(
+            not mask[event.onset :].reshape(cfg.frames - event.onset, -1).any(axis=1).all()
+            for event, mask in zip(shot.events, event_masks, strict=True)
+        ):
+            log.debug("seed %d attempt %d: an event left the view", seed, attempt)
+            continue
+        masks = event_masks[0] if event_masks else None
         facts = scene_facts(world, shot)
         K = intrinsics_from_fov(cfg.size, cfg.size, cfg.fov_deg)
         return Clip(
@@ -133,5 +183,7 @@ def generate_clip(
             scene=facts,
             captions=scene_captions(facts, shot),
             interaction=interaction_caption(shot.event) if shot.event else None,
+            event_masks=tuple(event_masks),
+            interactions=tuple(interaction_caption(e) for e in shot.events),
         )
     raise RuntimeError(f"SynthWorld could not stage a {kind} clip for seed {seed} in {MAX_ATTEMPTS} attempts")

@@ -26,6 +26,13 @@ class SynthConfig(BaseModel):
         tuple(EventKind), min_length=1, description="Interaction kinds to draw from."
     )
     event_probability: float = Field(1.0, ge=0, le=1, description="Chance a clip has an interaction.")
+    multi_turn_probability: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Chance a clip with an interaction is multi-turn: later events follow, one turn each.",
+    )
+    max_turns: int = Field(3, ge=1, le=3, description="Most events (turns) in a multi-turn clip.")
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of written videos.")
 
     @model_validator(mode="after")

@@ -31,13 +31,20 @@ KEY_CHOICES: tuple[tuple[frozenset[Key], float], ...] = (
 
 @dataclass(frozen=True)
 class Shot:
-    """A planned clip: where the camera starts in the map, what it does, and the event."""
+    """A planned clip: where the camera starts in the map, what it does, and the event — with, in a
+    multi-turn clip, the events that follow it (each a later turn with its own instruction)."""
 
     start: np.ndarray  # (3,) map position of frame 0
     yaw0: float  # map heading of frame 0 (radians)
     actions: list[ActionFrame]
     c2w: np.ndarray  # (F, 4, 4) relative to frame 0
     event: EventPlan | None
+    followups: tuple[EventPlan, ...] = ()  # later turns, in order (kinds needing nothing in view)
+
+    @property
+    def events(self) -> tuple[EventPlan, ...]:
+        """Every event of the clip in order of onset (empty without an event)."""
+        return () if self.event is None else (self.event, *self.followups)
 
     def map_pose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, p) of frame ``i`` in the map frame."""
@@ -129,8 +136,15 @@ def _wall_point(
     return pos[0] + math.sin(yaw) * t, y, pos[2] + math.cos(yaw) * t
 
 
-def plan_shot(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np.random.Generator) -> Shot:
-    """A camera start, an action track and the event plan for one clip."""
+def plan_shot(
+    world: WorldMap,
+    cfg: SynthConfig,
+    kind: EventKind | None,
+    rng: np.random.Generator,
+    followups: tuple[EventPlan, ...] = (),
+) -> Shot:
+    """A camera start, an action track and the event plan for one clip; ``followups`` are its later
+    turns, already scheduled (kinds needing nothing in view: they do not change the plan)."""
     start, yaw0, door, (tx, tz) = _place(world, cfg, kind, rng)
     base = rotation_yaw_pitch(yaw0, 0.0)
     K = intrinsics_from_fov(cfg.size, cfg.size, cfg.fov_deg)
@@ -188,7 +202,7 @@ def plan_shot(world: WorldMap, cfg: SynthConfig, kind: EventKind | None, rng: np
         anchor = wall if wall is not None else (float(point[0]), float(point[1]), float(point[2]))
         material = DOOR_MATERIALS[world.doors[door].material] if door >= 0 else ""
         event = EventPlan(kind, onset, full, door=door, point=anchor, door_material=material)
-    return Shot(start=start, yaw0=yaw0, actions=track, c2w=c2w, event=event)
+    return Shot(start=start, yaw0=yaw0, actions=track, c2w=c2w, event=event, followups=followups)
 
 
 class PlanRejected(Exception):

@@ -218,6 +218,39 @@ def schedule(kind: EventKind, rng: np.random.Generator, frames: int, fps: int) -
     return onset, min(frames - 1, onset + duration)
 
 
+# Events that need nothing placed in view, so they can follow another event in the same shot (a second
+# or third turn of a multi-turn clip); snow and rain exclude each other (one weather at a time).
+FOLLOW_UPS: tuple[EventKind, ...] = (EventKind.snow, EventKind.rain, EventKind.night, EventKind.draw_torch)
+_EXCLUSIVE = (frozenset({EventKind.snow, EventKind.rain}),)
+
+
+def compatible(kinds: tuple[EventKind, ...], kind: EventKind) -> bool:
+    """Whether ``kind`` can follow ``kinds`` in one clip (a new state, not a repeat or a contradiction)."""
+    if kind in kinds:
+        return False
+    return not any(kind in group and group & set(kinds) for group in _EXCLUSIVE)
+
+
+def schedule_followups(
+    kinds: tuple[EventKind, ...], rng: np.random.Generator, after: int, frames: int, fps: int
+) -> list[tuple[int, int]]:
+    """(onset, full) of the later turns of a multi-turn clip, whose first event completes at frame
+    ``after``: the rest of the clip is split into one span per turn and each starts in the first half
+    of its span, after the previous one has completed. A turn that no longer fits is left out (the list
+    may be shorter than ``kinds``)."""
+    span = (frames - 1 - after) / max(1, len(kinds))
+    out: list[tuple[int, int]] = []
+    for i, kind in enumerate(kinds):
+        lo = max(after + 1 + int(i * span), out[-1][1] + 1 if out else after + 1)
+        top = min(max(lo, after + 1 + int(i * span + span / 2)), frames - 2)
+        if lo > top:
+            break
+        onset = int(rng.integers(lo, top + 1))
+        duration = max(1, round(SPECS[kind].seconds * fps))
+        out.append((onset, min(frames - 1, onset + duration)))
+    return out
+
+
 def apply(plan: EventPlan, state: FrameState, frame: int) -> None:
     """Write the event's visible state for ``frame`` into ``state``."""
     p = plan.progress(frame)
@@ -287,4 +320,16 @@ def mask(plan: EventPlan, out: RenderOutput, frame_offset: int = 0) -> np.ndarra
     return m & (frames >= plan.onset)[:, None, None]
 
 
-__all__ = ["Category", "EventKind", "EventPlan", "SPECS", "Target", "apply", "mask", "schedule"]
+__all__ = [
+    "FOLLOW_UPS",
+    "Category",
+    "EventKind",
+    "EventPlan",
+    "SPECS",
+    "Target",
+    "apply",
+    "compatible",
+    "mask",
+    "schedule",
+    "schedule_followups",
+]

@@ -1,11 +1,11 @@
-"""Writes labelled clips: ``NAME.mp4``, ``NAME.json`` (ClipRecord), ``NAME.masks.npz`` and
-``index.jsonl``. A clip's JSON is written last, so a present JSON means a complete clip and a
-re-run skips it (resume after a kill).
+"""Writes labelled clips: ``NAME.mp4``, ``NAME.json`` (ClipRecord), ``NAME.masks.npz`` (the first
+event's; a multi-turn clip's later events have ``NAME.masks-K.npz``) and ``index.jsonl``. A clip's JSON
+is written last, so a present JSON means a complete clip and a re-run skips it (resume after a kill).
 
 The same clips are then packed in the training-data format (:mod:`worldloop.data`): ``shards/*.tar``
-with each clip's MP4, masks and :class:`~worldloop.data.ClipMeta` (exact camera, the keys held, the
-event), and ``dataset.json`` — what training reads. The loose files stay for evaluation, which looks
-clips up by name."""
+with each clip's MP4, its first event's masks and :class:`~worldloop.data.ClipMeta` (exact camera, the
+keys held, every event with its caption and instruction), and ``dataset.json`` — what training reads.
+The loose files stay for evaluation, which looks clips up by name."""
 
 from __future__ import annotations
 
@@ -53,22 +53,27 @@ def atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def mask_file(name: str, event: int) -> str:
+    """The loose masks file of event ``event`` (0: the first, also packed in the shards)."""
+    return f"{name}.masks.npz" if event == 0 else f"{name}.masks-{event}.npz"
+
+
 def clip_record(clip: Clip, name: str, cfg: SynthConfig) -> ClipRecord:
-    events = []
-    if clip.event is not None and clip.interaction is not None and clip.masks is not None:
-        ev = clip.event
-        events.append(
-            EventRecord(
-                kind=ev.kind.value,
-                category=ev.spec.category.value,
-                onset_frame=ev.onset,
-                full_frame=ev.full,
-                end_state=ev.spec.end_state,
-                caption=clip.interaction,
-                mask_file=f"{name}.masks.npz",
-                mask_pixels=[int(n) for n in clip.masks.reshape(len(clip.masks), -1).sum(1)],
-            )
+    events = [
+        EventRecord(
+            kind=ev.kind.value,
+            category=ev.spec.category.value,
+            onset_frame=ev.onset,
+            full_frame=ev.full,
+            end_state=ev.spec.end_state,
+            caption=caption,
+            mask_file=mask_file(name, i),
+            mask_pixels=[int(n) for n in masks.reshape(len(masks), -1).sum(1)],
         )
+        for i, (ev, caption, masks) in enumerate(
+            zip(clip.events, clip.interactions, clip.event_masks, strict=True)
+        )
+    ]
     return ClipRecord(
         name=name,
         seed=clip.seed,
@@ -96,10 +101,10 @@ def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> ClipRecord
         return ClipRecord.model_validate_json(meta.read_text(encoding="utf-8"))
     clip = generate_clip(cfg, clip_seed(seed, index))
     encode_mp4(clip.frames, out / f"{name}.mp4", fps=cfg.fps, crf=cfg.crf)
-    if clip.masks is not None:
-        tmp = out / f".{name}.masks.tmp.npz"
-        tmp.write_bytes(pack_masks(clip.masks))
-        os.replace(tmp, out / f"{name}.masks.npz")
+    for i, masks in enumerate(clip.event_masks):
+        tmp = out / f".{name}.masks-{i}.tmp.npz"
+        tmp.write_bytes(pack_masks(masks))
+        os.replace(tmp, out / mask_file(name, i))
     record = clip_record(clip, name, cfg)
     atomic_text(meta, record.model_dump_json(indent=1))
     return record
@@ -182,6 +187,7 @@ def clip_meta(record: ClipRecord) -> ClipMeta:
                 onset_frame=e.onset_frame,
                 full_frame=e.full_frame,
                 end_state=e.end_state,
+                interaction=e.caption,
             )
             for e in record.events
         ],

@@ -16,19 +16,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from worldloop.data import LoadedClip, Mixture
+from worldloop.data import InteractionCaption, LoadedClip, Mixture
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One instruction of a window, as a player would issue it."""
+
+    instruction: str  # imperative ("open the door") or descriptive, drawn per turn
+    frame: int  # window frame where it is issued (0: at or before the window's start)
 
 
 @dataclass(frozen=True)
 class Window:
-    """A training sample: ``frames`` video frames resized to (height, width), camera re-based."""
+    """A training sample: ``frames`` video frames resized to (height, width), camera re-based.
+
+    ``turns`` are the instructions in force over the window, in order: the one issued last before the
+    window (frame 0), then each issued inside it. A new turn replaces the previous instruction, as in
+    serving. Models that see the whole window at once (stages 1–2) take :attr:`instruction`, the
+    turns joined in order; the causal student takes each at its block (:mod:`.objectives.batch`)."""
 
     video: Tensor  # (3, F, H, W) float32 in [-1, 1]
     intrinsics: Tensor  # (F, 3, 3), scaled to the resized frames
     c2w: Tensor  # (F, 4, 4), c2w[0] = identity
-    caption: str  # long or short scene caption, with the interaction caption appended when present
-    instruction: str | None  # imperative ("open the door") or descriptive, drawn per sample
-    instruction_frame: int | None = None  # window frame where it is issued (0: before the window)
+    caption: str  # long or short scene caption, with the turns' interaction captions appended
+    turns: tuple[Turn, ...] = ()
+
+    @property
+    def instruction(self) -> str | None:
+        """The window's instructions as one text (None without any)."""
+        return ", then ".join(t.instruction for t in self.turns) if self.turns else None
+
+    @property
+    def instruction_frame(self) -> int | None:
+        """Where the first instruction is issued (None without any)."""
+        return self.turns[0].frame if self.turns else None
 
 
 class WindowSampler:
@@ -83,11 +105,25 @@ def cut_window(
     c2w = torch.from_numpy(np.linalg.inv(clip.c2w[start]) @ clip.c2w[start:end]).float()
     captions = clip.meta.captions
     caption = captions.long if rng.random() < long_prob else captions.short
-    interaction, onset = clip.meta.interaction, clip.meta.interaction_onset
-    imperative = rng.random() < 0.5  # players type imperatives; captions describe: train on both
-    if interaction is None or (onset is not None and onset >= end):  # not issued within the window
-        return Window(video.permute(1, 0, 2, 3).clamp(-1, 1), K, c2w, caption, None)
-    caption = f"{caption} {interaction.text}"
-    instruction = interaction.instruction if imperative else interaction.text
-    frame = 0 if onset is None else max(0, onset - start)
-    return Window(video.permute(1, 0, 2, 3).clamp(-1, 1), K, c2w, caption, instruction, frame)
+    video = video.permute(1, 0, 2, 3).clamp(-1, 1)
+    issued = [(i, f) for i, f in clip_turns(clip) if f < end]  # turns issued before the window's end
+    earlier = [n for n, (_, f) in enumerate(issued) if f <= start]
+    in_force = issued[earlier[-1] :] if earlier else issued  # the last one before the start replaces the rest
+    turns = []
+    for interaction, onset in in_force:
+        caption = f"{caption} {interaction.text}"
+        imperative = rng.random() < 0.5  # players type imperatives; captions describe: train on both
+        text = interaction.instruction if imperative else interaction.text
+        turns.append(Turn(text, max(0, onset - start)))
+    return Window(video, K, c2w, caption, tuple(turns))
+
+
+def clip_turns(clip: LoadedClip) -> list[tuple[InteractionCaption, int]]:
+    """The clip's instructions in order, with the frame each is issued at: one per event that has a
+    caption (a multi-turn SynthWorld clip has several), else the clip's interaction (curated clips; at
+    frame 0 when its onset is unknown)."""
+    meta = clip.meta
+    turns = [(e.interaction, e.onset_frame) for e in meta.events if e.interaction is not None]
+    if not turns and meta.interaction is not None:
+        turns = [(meta.interaction, meta.interaction_onset or 0)]
+    return sorted(turns, key=lambda turn: turn[1])

@@ -68,6 +68,9 @@ class ClipEvent(BaseModel):
     onset_frame: int = Field(ge=0)
     full_frame: int = Field(ge=0, description="First frame at which the end state is fully reached.")
     end_state: str
+    interaction: InteractionCaption | None = Field(
+        None, description="The event's caption and instruction: one turn of a multi-turn clip."
+    )
 
 
 class ClipMeta(BaseModel):
@@ -85,9 +88,11 @@ class ClipMeta(BaseModel):
     camera: CameraTrack
     captions: Captions
     actions: list[ActionRecord] | None = Field(None, description="Per frame, when known.")
-    interaction: InteractionCaption | None = None
+    interaction: InteractionCaption | None = Field(None, description="The (first) interaction.")
     interaction_onset: int | None = Field(None, description="Frame where the state transition starts.")
-    events: list[ClipEvent] = Field(default_factory=list)
+    events: list[ClipEvent] = Field(
+        default_factory=list, description="Every event in order of onset; each with a caption is one turn."
+    )
     masks: bool = Field(False, description="Whether KEY.masks.npz (affected regions per frame) is present.")
 
     @model_validator(mode="after")

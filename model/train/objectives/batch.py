@@ -18,28 +18,51 @@ from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 
 @dataclass(frozen=True)
+class TurnTokens:
+    """Every row's turns, encoded: row r's turn k is ``tokens[r, k]`` (``mask`` False past its turns)."""
+
+    tokens: Tensor  # (B, K, L, D)
+    mask: Tensor  # (B, K, L) bool
+    blocks: tuple[tuple[int, ...], ...]  # per row, the causal block each turn is issued in (ascending)
+
+
+@dataclass(frozen=True)
 class PreparedBatch:
     """Model inputs of a batch, computed without gradients (frozen VAE and text encoder)."""
 
     latents: Tensor  # (B, C, T, h, w)
     cond: Tensor  # (B, stride + C, T, h, w)
     camera: Tensor  # (B, T, 6·stride, H, W)
-    conditioning: Conditioning  # the instruction (when fed) active over the whole clip
-    instruction_blocks: tuple[int | None, ...] = ()  # per row, the block it is issued in (1: from the start)
+    conditioning: Conditioning  # the instructions (when fed) joined, over the whole clip
+    turns: TurnTokens | None = None  # with a causal block size: each instruction at its block
+
+    @property
+    def instruction_blocks(self) -> tuple[int | None, ...]:
+        """Per row, the block its first instruction is issued in (None without any)."""
+        return () if self.turns is None else tuple(b[0] if b else None for b in self.turns.blocks)
 
     def conditioning_at(self, block: int) -> Conditioning:
-        """The conditioning in force at ``block`` of a causal rollout: each row's instruction only from
-        the block it was issued in (a player types it there; serving recaches then)."""
-        c = self.conditioning
-        if c.instruction_mask is None or not self.instruction_blocks:
+        """The conditioning in force at ``block`` of a causal rollout: for each row, the instruction it
+        issued last at or before that block (a player types it there; serving recaches then), none
+        before its first."""
+        c, turns = self.conditioning, self.turns
+        if turns is None or c.instruction_tokens is None:
             return c
-        issued = [b is not None and b <= block for b in self.instruction_blocks]
-        active = torch.tensor(issued, device=c.instruction_mask.device)[:, None]
-        return replace(c, instruction_mask=c.instruction_mask & active)
+        rows = range(len(turns.blocks))
+        latest = [sum(1 for b in turns.blocks[r] if b <= block) - 1 for r in rows]
+        pick = torch.tensor([max(k, 0) for k in latest], device=turns.tokens.device)
+        index = torch.arange(len(pick), device=pick.device)
+        active = torch.tensor([k >= 0 for k in latest], device=turns.mask.device)[:, None]
+        return replace(
+            c, instruction_tokens=turns.tokens[index, pick], instruction_mask=turns.mask[index, pick] & active
+        )
 
     def instruction_turns(self, *, last_block: int) -> dict[int, Conditioning]:
-        """The rollout's instruction changes up to ``last_block``: block → conditioning from then on."""
-        blocks = sorted({b for b in self.instruction_blocks if b is not None and 1 < b <= last_block})
+        """The rollout's instruction changes up to ``last_block``: block → conditioning from then on
+        (one entry per block where some row issues a new instruction)."""
+        if self.turns is None:
+            return {}
+        blocks = sorted({b for row in self.turns.blocks for b in row if 1 < b <= last_block})
         return {b: self.conditioning_at(b) for b in blocks}
 
 
@@ -53,9 +76,9 @@ def prepare_batch(
     device: torch.device | str = "cpu",
     block_frames: int | None = None,
 ) -> PreparedBatch:
-    """Encode ``windows`` into model inputs. ``with_instruction`` feeds the instructions (stage 2 on);
-    with ``block_frames`` (a causal student's block) also the block each is issued in (from the
-    window's ``instruction_frame``)."""
+    """Encode ``windows`` into model inputs. ``with_instruction`` feeds the instructions (stage 2 on):
+    joined over the whole window, and with ``block_frames`` (a causal student's block) also each turn
+    on its own with the block it is issued in (from the turn's frame)."""
     video = torch.stack([w.video for w in windows]).to(device)
     latents = vae.encode(video)
     stride = vae.cfg.temporal_stride
@@ -65,24 +88,45 @@ def prepare_batch(
     cond = i2v_condition(latents[:, :, :1], num_frames=latents.shape[2], temporal_stride=stride)
     text = text_encoder.encode([w.caption for w in windows])
     conditioning = Conditioning(text.tokens.to(device), text.mask.to(device))
-    if with_instruction:
-        inst = text_encoder.encode([w.instruction or "" for w in windows])
-        has = torch.tensor([bool(w.instruction) for w in windows], device=device)
-        conditioning = Conditioning(
-            text.tokens.to(device),
-            text.mask.to(device),
-            inst.tokens.to(device),
-            inst.mask.to(device) & has[:, None],
+    if not with_instruction:
+        return PreparedBatch(latents, cond, camera, conditioning)
+    inst = text_encoder.encode([w.instruction or "" for w in windows])
+    has = torch.tensor([bool(w.instruction) for w in windows], device=device)
+    conditioning = Conditioning(
+        text.tokens.to(device),
+        text.mask.to(device),
+        inst.tokens.to(device),
+        inst.mask.to(device) & has[:, None],
+    )
+    if block_frames is None:
+        return PreparedBatch(latents, cond, camera, conditioning)
+    return PreparedBatch(
+        latents, cond, camera, conditioning, encode_turns(windows, text_encoder, stride, block_frames, device)
+    )
+
+
+def encode_turns(
+    windows: Sequence[Window],
+    text_encoder: TextEncoder,
+    temporal_stride: int,
+    block_frames: int,
+    device: torch.device | str,
+) -> TurnTokens:
+    """Every window's turns in one encoder call, laid out (row, turn); rows with fewer turns are padded
+    with masked-out entries."""
+    most = max(1, max(len(w.turns) for w in windows))
+    texts = [w.turns[k].instruction if k < len(w.turns) else "" for w in windows for k in range(most)]
+    encoded = text_encoder.encode(texts)
+    tokens = encoded.tokens.to(device).reshape(len(windows), most, *encoded.tokens.shape[1:])
+    real = torch.tensor([[k < len(w.turns) for k in range(most)] for w in windows], device=device)
+    mask = encoded.mask.to(device).reshape(len(windows), most, -1) & real[..., None]
+    blocks = tuple(
+        tuple(
+            issue_block(t.frame, temporal_stride=temporal_stride, block_frames=block_frames) for t in w.turns
         )
-        if block_frames is not None:
-            issued = tuple(
-                issue_block(w.instruction_frame or 0, temporal_stride=stride, block_frames=block_frames)
-                if w.instruction
-                else None
-                for w in windows
-            )
-            return PreparedBatch(latents, cond, camera, conditioning, issued)
-    return PreparedBatch(latents, cond, camera, conditioning)
+        for w in windows
+    )
+    return TurnTokens(tokens, mask, blocks)
 
 
 def issue_block(frame: int, *, temporal_stride: int, block_frames: int) -> int:

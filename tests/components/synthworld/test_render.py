@@ -53,7 +53,7 @@ def test_back_projected_wall_pixels_lie_on_grid_faces(pitch: float) -> None:
 
 
 def test_exported_poses_place_the_door_where_it_is_drawn() -> None:
-    clip = generate_clip(CFG, 11, kind=EventKind.open_door)
+    clip = generate_clip(CFG, 11, kind=EventKind.open_door, followups=())
     event = clip.event
     assert event is not None and clip.masks is not None
     door = event.door
