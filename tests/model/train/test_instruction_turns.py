@@ -10,15 +10,11 @@ import numpy as np
 import pytest
 import torch
 from clip_datasets import DOOR, make_dataset
+from one_step_distill import one_step_distill
 
 from worldloop.data import Mixture
-from worldloop.model import build_world_model, load_preset
-from worldloop.model.text import HashingEncoder
-from worldloop.model.train.config import CurriculumPhase, stage_preset
-from worldloop.model.train.loop import build_trainer
 from worldloop.model.train.objectives.batch import issue_block, prepare_batch
 from worldloop.model.train.windows import WindowSampler, cut_window
-from worldloop.model.vae import CausalVideoVAE
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +58,7 @@ def test_issue_block_maps_video_frames_to_causal_blocks() -> None:
 def test_stage3_rollouts_recache_exactly_once_where_the_instruction_is_issued(
     door_clips: Mixture, tmp_path: Path
 ) -> None:
-    cfg = stage_preset("distill")
-    cfg = cfg.model_copy(
-        update={
-            "curriculum": (CurriculumPhase(frames=17, steps=1),),
-            "height": 32,
-            "width": 32,
-            "distill": cfg.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
-        }
-    )
-    torch.manual_seed(0)
-    model = build_world_model(load_preset("tiny"))
-    vae, encoder = CausalVideoVAE(model.cfg.vae), HashingEncoder(dim=384)
-    trainer = build_trainer(
-        cfg, model, vae=vae, text_encoder=encoder, data=door_clips, checkpoint_dir=tmp_path
-    )
+    trainer, model, vae, encoder = one_step_distill(door_clips, tmp_path, frames=17, size=32)
     batch = prepare_batch(
         WindowSampler(door_clips, frames=17, height=32, width=32, seed=0).batch([0]),
         vae=vae,

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from one_step_distill import one_step_distill
 
 from worldloop.components.synthworld import EventKind, SynthConfig
 from worldloop.components.synthworld.writer import write_dataset
 from worldloop.data import Mixture
-from worldloop.model import Rollout, WorldModel, build_world_model, load_preset, tiny
+from worldloop.model import Rollout, WorldModel, tiny
 from worldloop.model.camera import parse_action
 from worldloop.model.camera.plucker import actions_to_camera
 from worldloop.model.distill import self_forcing_rollout
 from worldloop.model.text import HashingEncoder
-from worldloop.model.train.config import CurriculumPhase, stage_preset
-from worldloop.model.train.loop import build_trainer
 from worldloop.model.train.objectives.batch import issue_block, prepare_batch
 from worldloop.model.train.windows import Window, cut_window
 from worldloop.model.vae import CausalVideoVAE
@@ -127,22 +126,7 @@ def test_each_block_sees_the_instruction_in_force_there(two_turn_clip: Mixture) 
 def test_stage3_recaches_exactly_once_at_the_second_instruction(
     two_turn_clip: Mixture, tmp_path: Path
 ) -> None:
-    cfg = stage_preset("distill")
-    cfg = cfg.model_copy(
-        update={
-            "curriculum": (CurriculumPhase(frames=FRAMES, steps=1),),
-            "height": SIZE,
-            "width": SIZE,
-            "batch_size": 1,
-            "distill": cfg.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
-        }
-    )
-    torch.manual_seed(0)
-    model = build_world_model(load_preset("tiny"))
-    vae, encoder = CausalVideoVAE(model.cfg.vae), HashingEncoder(dim=384)
-    trainer = build_trainer(
-        cfg, model, vae=vae, text_encoder=encoder, data=two_turn_clip, checkpoint_dir=tmp_path
-    )
+    trainer, model, _, encoder = one_step_distill(two_turn_clip, tmp_path, frames=FRAMES, size=SIZE)
     clip = two_turn_clip.load(two_turn_clip.order(frames=FRAMES, seed=0).locate(0))
     second = clip.meta.events[1].interaction
     assert second is not None
