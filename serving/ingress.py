@@ -14,13 +14,15 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, Response
 from pydantic import TypeAdapter, ValidationError
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from worldloop.serving import protocol as p
@@ -31,10 +33,12 @@ from worldloop.serving.inference import WorldloopModel
 from worldloop.serving.middleware import install_guards, oip_key, presented_key, validation_message
 from worldloop.serving.oip import oip_router
 from worldloop.serving.relay import GeneratorRelay
-from worldloop.serving.sessions import ApiError, ApiKeys, SessionRecord, SessionStore
+from worldloop.serving.session_db import SessionStore
+from worldloop.serving.sessions import ApiError, ApiKeys, SessionRecord
 from worldloop.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WEB = Path(__file__).parent / "web"
 MEDIA = {"jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
@@ -89,10 +93,19 @@ for _file in sorted(WEB.glob("*")) if WEB.is_dir() else []:
         _asset_route(_file)
 
 
+def _app_name() -> str:
+    """The Serve application this replica belongs to: the scope of its session records."""
+    try:
+        return serve.get_replica_context().replica_id.deployment_id.app_name
+    except RayServeException:  # constructed outside a replica
+        return "worldloop"
+
+
 # -- the ingress deployment -------------------------------------------------------------------------
 @serve.ingress(api)
 class Ingress:
-    """Sessions, play sockets and inference; holds the session records (see :mod:`.sessions`)."""
+    """Sessions, play sockets and inference. Session records are in the database (:mod:`.session_db`);
+    what stays in this process is which play socket holds each session and which streams it has seen."""
 
     def __init__(self, generator: DeploymentHandle[Any], overrides: dict[str, Any] | None = None) -> None:
         # This process's environment (the pod's, on a cluster); ``overrides`` replace parts of it (tests).
@@ -100,12 +113,19 @@ class Ingress:
         self.settings = settings
         self.keys = ApiKeys(settings.serve_api_keys)
         self.store = SessionStore(
+            settings.resolved_session_db,
+            scope=_app_name(),
             per_owner=settings.serve_sessions_per_key,
             total=settings.serve_max_sessions,
             idle_s=settings.serve_session_idle_s,
         )
         self.relay = GeneratorRelay(generator, resume_timeout_s=settings.serve_resume_timeout_s)
         self._reaper: asyncio.Task[None] | None = None
+        self.sockets: dict[str, str] = {}  # session → token of its newest play socket here (it wins)
+        # Sessions whose streams this process started or found held. Any other session (after a restart
+        # of this replica, or one played through another) is rebuilt from its record on connect: a
+        # generator's stream may be a block ahead of the record when an ingress died mid-step.
+        self.streams: set[str] = set()
         self.oip_model = WorldloopModel(self.relay)
         api.state.oip_models = {self.oip_model.name: self.oip_model}
         # Serve serves a frozen copy of ``api`` (``self._asgi_app``): request-time code finds this
@@ -118,17 +138,30 @@ class Ingress:
         return self.keys.owner(presented_key(request.headers, request.query_params))
 
     async def engine_info(self) -> EngineInfo:
-        info = await self.relay.info()
-        if self._reaper is None:
+        return await self.relay.info()
+
+    async def _db(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on the session store, off the event loop (a database may make it wait)."""
+        if self._reaper is None:  # the first request of this replica starts expiry (it needs a loop)
             self._reaper = asyncio.get_running_loop().create_task(self._expire())
-        return info
+        return await asyncio.to_thread(call, *args)
+
+    def _forget(self, session: str) -> None:
+        self.sockets.pop(session, None)  # its socket, if any, is told "session was closed"
+        self.streams.discard(session)
 
     async def _expire(self) -> None:
         period = min(30.0, self.store.idle_s / 4)
         while True:
             await asyncio.sleep(period)
-            for record in self.store.expired():
+            try:
+                gone = await asyncio.to_thread(self.store.expired)
+            except ApiError as err:  # the database is down: try again next period
+                log.warning("session expiry skipped: %s", err.message)
+                continue
+            for record in gone:
                 log.info("session %s expired (idle > %.0f s)", record.id, self.store.idle_s)
+                self._forget(record.id)
                 with contextlib.suppress(Exception):
                     await self.relay.close(record.id)
 
@@ -164,21 +197,25 @@ class Ingress:
             fps=info.fps,
             frames_per_block=info.frames_per_block,
         )
-        self.store.reserve(record)  # 429 over the limits, before any work
+        await self._db(self.store.reserve, record)  # 429 over the limits, before any work
         try:
             png = encode_frame(pixels, "png")
             await self.relay.retrying(
                 f"session {record.id}", lambda: self.relay.start_stream(record, png, resume=False)
             )
+            await self._db(self.store.save, record)  # its first frame: now it can be played
         except BaseException:
-            self.store.remove(record.id)
+            with contextlib.suppress(ApiError):
+                await self._db(self.store.remove, record.id)
             raise
+        self.streams.add(record.id)
         return record.info(self.store.idle_s)
 
     @api.get("/v1/sessions", operation_id="list_sessions", response_model=p.SessionList)
     async def list_sessions(self, request: Request) -> p.SessionList:
         owner = self.owner(request)
-        return p.SessionList(sessions=[r.info(self.store.idle_s) for r in self.store.owned(owner)])
+        owned = await self._db(self.store.owned, owner)
+        return p.SessionList(sessions=[r.info(self.store.idle_s) for r in owned])
 
     @api.get(
         "/v1/sessions/{session_id}",
@@ -187,7 +224,8 @@ class Ingress:
         responses=api_errors(404),
     )
     async def get_session(self, session_id: str, request: Request) -> p.SessionInfo:
-        return self.store.get(session_id, self.owner(request)).info(self.store.idle_s)
+        record = await self._db(self.store.get, session_id, self.owner(request))
+        return record.info(self.store.idle_s)
 
     @api.get(
         "/v1/sessions/{session_id}/frame",
@@ -196,7 +234,7 @@ class Ingress:
         responses={200: FRAME_RESPONSE, **api_errors(404)},
     )
     async def last_frame(self, session_id: str, request: Request) -> Response:
-        record = self.store.get(session_id, self.owner(request))
+        record = await self._db(self.store.get, session_id, self.owner(request))
         return Response(record.last_frame, media_type=MEDIA[record.frames.format])
 
     @api.delete(
@@ -207,8 +245,9 @@ class Ingress:
         responses=api_errors(404),
     )
     async def delete_session(self, session_id: str, request: Request) -> Response:
-        record = self.store.get(session_id, self.owner(request))
-        self.store.remove(record.id)
+        record = await self._db(self.store.get, session_id, self.owner(request))
+        await self._db(self.store.remove, record.id)
+        self._forget(record.id)
         await self.relay.close(record.id)
         return Response(status_code=204)
 
@@ -230,7 +269,7 @@ class Ingress:
 
     @api.get("/healthz", include_in_schema=False)
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "sessions": len(self.store)}
+        return {"status": "ok", "sessions": await self._db(self.store.count)}
 
     # -- WebSocket play ----------------------------------------------------------------------------
     @api.websocket("/v1/sessions/{session_id}/play")
@@ -242,18 +281,25 @@ class Ingress:
             await ws.close(p.CLOSE_BAD_KEY, err.message)
             return
         try:
-            record = self.store.get(session_id, owner)
+            record = await self._db(self.store.get, session_id, owner)
         except ApiError as err:
-            await ws.close(p.CLOSE_UNKNOWN_SESSION, err.message)
+            if err.status == 404:
+                await ws.close(p.CLOSE_UNKNOWN_SESSION, err.message)
+            else:
+                await self._try_again(ws, err, "session database unavailable")
             return
         token = uuid.uuid4().hex
-        record.socket = token  # the newest socket of a session wins; an older one is told so
+        self.sockets[record.id] = token  # the newest socket of a session wins; an older one is told so
         try:
-            resumed = await self.relay.ensure_stream(record)
+            resumed = await self._attach(record)
+            record.last_active = time.time()
+            if not await self._db(self.store.save, record):  # deleted meanwhile
+                self._forget(record.id)
+                await ws.close(p.CLOSE_UNKNOWN_SESSION, "session was closed")
+                return
         except ApiError as err:
-            await self._try_again(ws, err, "generator unavailable")
+            await self._try_again(ws, err, "generator or session database unavailable")
             return
-        record.last_active = time.time()
         hello = p.Hello(
             session=record.info(self.store.idle_s),
             resumed=resumed,
@@ -264,6 +310,19 @@ class Ingress:
         await ws.send_bytes(record.last_frame)
         with contextlib.suppress(WebSocketDisconnect):
             await self._serve_steps(ws, record, token)
+
+    async def _attach(self, record: SessionRecord) -> bool:
+        """Make sure a generator holds ``record``'s stream as its record has it; True when rebuilt."""
+        if record.id in self.streams:
+            resumed = await self.relay.ensure_stream(record)
+        else:  # not seen here since this replica started: the record, not the stream, is the truth
+            await self.relay.retrying(
+                f"session {record.id}",
+                lambda: self.relay.start_stream(record, record.last_frame, resume=True),
+            )
+            resumed = True
+        self.streams.add(record.id)
+        return resumed
 
     async def _serve_steps(self, ws: WebSocket, record: SessionRecord, token: str) -> None:
         """Answer ``ws``'s messages until it disconnects, is taken over or the generator stays lost."""
@@ -284,10 +343,11 @@ class Ingress:
             except ValidationError as err:
                 await self._ws_error(ws, 400, validation_message(err)[0])
                 continue
-            if self.store._records.get(record.id) is not record:
+            holder = self.sockets.get(record.id)
+            if holder is None:
                 await ws.close(p.CLOSE_UNKNOWN_SESSION, "session was closed")
                 return
-            if record.socket != token:
+            if holder != token:
                 await ws.close(p.CLOSE_TAKEN_OVER, "another socket took over this session")
                 return
             if isinstance(msg, p.PingMessage):
@@ -297,6 +357,17 @@ class Ingress:
                 blocks = await self.relay.step(record, msg)
             except ApiError as err:
                 await self._try_again(ws, err, "generator unavailable: reconnect to resume")
+                return
+            # Stored before it is sent: a restarted ingress resumes from what the client may have seen.
+            try:
+                kept = await self._db(self.store.save, record)
+            except ApiError as err:
+                self.streams.discard(record.id)  # the stream is ahead of the record: rebuild it on resume
+                await self._try_again(ws, err, "session database unavailable: reconnect to resume")
+                return
+            if not kept:  # deleted or expired by another replica meanwhile
+                self._forget(record.id)
+                await ws.close(p.CLOSE_UNKNOWN_SESSION, "session was closed")
                 return
             for header, frames in blocks:
                 await ws.send_text(header.model_dump_json())

@@ -176,11 +176,26 @@ class Settings(BaseSettings):
     serve_resume_timeout_s: float = Field(
         120.0, gt=0, description="How long a session waits for a restarted generator to rebuild it."
     )
+    serve_session_db: SecretStr | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the database that keeps session records, so that sessions outlive the "
+            "ingress replica: locally default sqlite under home; on a cluster required by the ingress, "
+            "e.g. postgresql+psycopg2://USER:PASSWORD@postgres:5432/DB (a secret: it holds the password)."
+        ),
+    )
 
     @field_validator("mlflow_uri", "kfp_host", "s3_endpoint_url", "ray_address")
     @classmethod
     def _no_blank(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
+            raise ValueError("must not be blank; unset the variable to use the default")
+        return value
+
+    @field_validator("serve_session_db")
+    @classmethod
+    def _session_db(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be blank; unset the variable to use the default")
         return value
 
@@ -290,6 +305,18 @@ class Settings(BaseSettings):
         if self.mlflow_uri:
             return self.mlflow_uri
         return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def resolved_session_db(self) -> str:
+        """The session database URL: explicit, else sqlite under ``home`` (local profile only)."""
+        if self.serve_session_db is not None:
+            return self.serve_session_db.get_secret_value().strip()
+        if self.profile is Profile.cluster:
+            raise ValueError(
+                "profile 'cluster' needs WORLDLOOP_SERVE_SESSION_DB for the serving ingress (sessions are "
+                "kept in the platform's Postgres; no embedded default on a cluster)"
+            )
+        return f"sqlite:///{(self.home / 'sessions.db').resolve()}"
 
     @property
     def resolved_storage_root(self) -> str:

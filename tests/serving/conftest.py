@@ -58,14 +58,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def serve_cluster() -> Iterator[ServeCluster]:
+def serve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
     if ray.is_initialized():  # an earlier test's local Ray (e.g. curation): ours needs its own sizing
         ray.shutdown()
-    # Logical CPUs: replicas and workers reserve CPUs; the tiny model needs a fraction of a core each.
-    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
+    # The ingress replicas keep session records in a database (each app under its own name); the
+    # environment of ray.init is the replicas' environment. Not the default under ./.worldloop.
+    db = tmp_path_factory.mktemp("sessions") / "sessions.db"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WORLDLOOP_SERVE_SESSION_DB", f"sqlite:///{db}")
+        # Logical CPUs: replicas and workers reserve CPUs; the tiny model needs a fraction of a core each.
+        ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

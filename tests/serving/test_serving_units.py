@@ -15,8 +15,8 @@ from worldloop.serving.app import ServeOptions, build_app, deployment_options
 from worldloop.serving.config import EngineConfig
 from worldloop.serving.engine import SessionNotFound, Streams, block_actions
 from worldloop.serving.frames import ImageError, decode_base64_image, encode_frame, fit
-from worldloop.serving.protocol import FrameFormat, ModelInfo, StepMessage
-from worldloop.serving.sessions import ApiError, ApiKeys, SessionRecord, SessionStore, key_id
+from worldloop.serving.protocol import StepMessage
+from worldloop.serving.sessions import ApiError, ApiKeys, key_id
 
 
 def test_sequence_parallel_replicas_pack_their_devices_on_one_node() -> None:
@@ -46,40 +46,6 @@ def test_build_app_validates_its_arguments() -> None:
     engine = opts.engine  # what the generator receives: the parsed URI, not its text
     assert type(engine) is EngineConfig and engine.sp == 2 and "replicas" not in engine.model_dump()
     assert (engine.model.name, engine.model.alias) == ("worldloop", "champion")
-
-
-def _record(owner: str, sid: str) -> SessionRecord:
-    return SessionRecord(
-        id=sid,
-        owner=owner,
-        prompt="p",
-        instruction=None,
-        seed=0,
-        frames=FrameFormat(),
-        model=ModelInfo(uri="preset:tiny", preset="tiny"),
-        width=64,
-        height=64,
-        fps=16.0,
-        frames_per_block=8,
-    )
-
-
-def test_session_store_limits_owners_and_expiry() -> None:
-    store = SessionStore(per_owner=2, total=3, idle_s=10.0)
-    store.reserve(_record("a", "s1"))
-    store.reserve(_record("a", "s2"))
-    with pytest.raises(ApiError) as per_owner:
-        store.reserve(_record("a", "s3"))
-    assert per_owner.value.status == 429
-    store.reserve(_record("b", "s4"))
-    with pytest.raises(ApiError, match="server"):
-        store.reserve(_record("c", "s5"))
-    with pytest.raises(ApiError) as other:
-        store.get("s1", "b")
-    assert other.value.status == 404
-    store.get("s1", "a").last_active -= 11.0
-    assert [r.id for r in store.expired()] == ["s1"]
-    assert [r.id for r in store.owned("a")] == ["s2"]
 
 
 def test_api_keys() -> None:

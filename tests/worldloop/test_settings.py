@@ -114,3 +114,22 @@ def test_gate_settings_from_the_environment_stay_hashable(monkeypatch: pytest.Mo
     monkeypatch.setenv("WORLDLOOP_GATE_FLOORS", '{"trigger": "high"}')
     with pytest.raises((ValidationError, ValueError)):
         Settings()
+
+
+def test_session_database_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WORLDLOOP_HOME", str(tmp_path))
+    assert Settings().resolved_session_db == f"sqlite:///{tmp_path.resolve() / 'sessions.db'}"
+    url = "postgresql+psycopg2://mlflow:hunter2hunter2@postgres:5432/mlflow"
+    monkeypatch.setenv("WORLDLOOP_SERVE_SESSION_DB", url)
+    settings = Settings()
+    assert settings.resolved_session_db == url and "hunter2" not in repr(settings)
+    monkeypatch.setenv("WORLDLOOP_SERVE_SESSION_DB", " ")
+    with pytest.raises(ValidationError, match="serve_session_db"):
+        Settings()
+    monkeypatch.delenv("WORLDLOOP_SERVE_SESSION_DB")
+    cluster_env = {"PROFILE": "cluster", "MLFLOW_URI": "http://m:5000", "STORAGE_ROOT": "s3://w"}
+    for name, value in cluster_env.items():
+        monkeypatch.setenv(f"WORLDLOOP_{name}", value)
+    cluster = Settings()  # other processes on a cluster need no session database
+    with pytest.raises(ValueError, match="WORLDLOOP_SERVE_SESSION_DB"):
+        _ = cluster.resolved_session_db
