@@ -2,7 +2,8 @@
 
 For each case the model starts from the reference image and prompt, follows the case's action script
 block by block, and receives the instruction with the block that contains ``instruction_frame`` (an
-instruction change triggers exactly one recache, as in serving). The video is judged on the six
+instruction change triggers exactly one recache, as in serving) — in a multi-turn case, each turn's
+instruction with the block holding its frame. The video is judged on the six
 InterBench dimensions and measured with the general metrics; everything lands in ``out``::
 
     scores.json      model, suite, judge (and its held-out accuracy), per-dimension and per-category
@@ -26,7 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Judge, aggregate
+from worldloop.components.evaluation.judges.base import (
+    DIMENSIONS,
+    CaseScores,
+    Judge,
+    aggregate,
+    aggregate_turns,
+)
 from worldloop.components.evaluation.judges.synthworld import SynthWorldJudge, judge_accuracy
 from worldloop.components.evaluation.metrics import (
     I3DFeatures,
@@ -40,12 +47,14 @@ from worldloop.components.evaluation.metrics import (
     temporal_consistency,
 )
 from worldloop.components.evaluation.suite import (
+    SUITE_VERSION,
     InterBenchCase,
     LoadedSuite,
     build_synthworld_suite,
     load_suite,
 )
 from worldloop.model.camera.plucker import actions_to_camera
+from worldloop.model.rollout import StreamState
 from worldloop.platform.stack import ModelStack, load_model_stack
 from worldloop.platform.tracking import EVALUATION, step_run
 from worldloop.settings import Settings, get_settings
@@ -59,7 +68,7 @@ HELD_OUT_SEED = 11  # the judge's accuracy is measured on worlds of this seed (n
 
 def default_suite(settings: Settings) -> LoadedSuite:
     """The shipped SynthWorld suite, rendered once into the local home (deterministic)."""
-    name = f"synthworld-s{DEFAULT_SEED}-{DEFAULT_SIZE}px-{DEFAULT_FRAMES}f-{DEFAULT_CASES}"
+    name = f"synthworld-s{DEFAULT_SEED}-{DEFAULT_SIZE}px-{DEFAULT_FRAMES}f-{DEFAULT_CASES}-v{SUITE_VERSION}"
     root = settings.home / "interbench" / name
     try:
         return load_suite(root)
@@ -90,26 +99,54 @@ def build_judge(name: str, *, url: str | None = None, model: str | None = None) 
 # -- generation ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_case(
-    stack: ModelStack, suite: LoadedSuite, case: InterBenchCase, *, seed: int = 0
+    stack: ModelStack,
+    suite: LoadedSuite,
+    case: InterBenchCase,
+    *,
+    seed: int = 0,
+    on_block: Callable[[int, StreamState], None] | None = None,
 ) -> np.ndarray:
-    """The model's video for ``case``: (frames, H, W, 3) uint8 at the suite's size."""
+    """The model's video for ``case``: (frames, H, W, 3) uint8 at the suite's size.
+
+    Each instruction arrives with the block holding its frame, and only there (a changed instruction
+    recaches once, as in serving; the stream keeps it until the next). ``on_block(block, state)`` is
+    called after every generated block (block 1 is the first after the reference image)."""
     image = suite.image(case.id)
     h, w = image.shape[:2]
     rollout = stack.rollout(height=h, width=w, seed=seed)  # the checkpoint's own timesteps
+    per_block = rollout.frames_per_block
+    issued = instruction_blocks(case, per_block)
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     state, first = rollout.start(pixels, prompt=case.prompt)
     frames = [first]
     actions = case.action_frames()
-    per_block = rollout.frames_per_block
-    made = 1
+    made, block = 1, 1
     while made < case.frames:
         span = actions[made : made + per_block]
         span += [span[-1] if span else actions[-1]] * (per_block - len(span))  # hold the last input
-        issued = made + per_block > case.instruction_frame  # this block contains the instruction frame
-        frames.append(rollout.step(state, span, instruction=case.instruction if issued else None))
-        made += per_block
+        frames.append(rollout.step(state, span, instruction=issued.get(block)))
+        if on_block is not None:
+            on_block(block, state)
+        made, block = made + per_block, block + 1
     video = torch.cat(frames, dim=2)[0, :, : case.frames]  # (3, F, H, W) in [-1, 1]
     return ((video.float().permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def instruction_blocks(case: InterBenchCase, frames_per_block: int) -> dict[int, str]:
+    """Block index → the instruction issued with it: block b (≥ 1) generates frames
+    1 + (b−1)·frames_per_block … b·frames_per_block. Two turns in one block cannot both be issued (a block
+    takes one instruction), so such a case is refused for this model."""
+    blocks: dict[int, str] = {}
+    for n, turn in enumerate(case.instructions(), start=1):
+        block = (turn.instruction_frame - 1) // frames_per_block + 1
+        if block in blocks:
+            raise ValueError(
+                f"case {case.id}: turn {n} (frame {turn.instruction_frame}) falls in the block of the turn "
+                f"before it for this model ({frames_per_block} frames per block); a block takes one "
+                f"instruction: keep turns at least {frames_per_block} frames apart"
+            )
+        blocks[block] = turn.instruction
+    return blocks
 
 
 # -- metrics -------------------------------------------------------------------------------------------
@@ -153,6 +190,35 @@ class InterBenchResult:
     general: dict[str, float]
     judge_accuracy: float | None
     cases: list[dict[str, Any]]
+    multi_turn: dict[str, Any] | None = None  # judges.base.aggregate_turns; None without multi-turn cases
+
+
+def case_row(case: InterBenchCase, scored: CaseScores, metrics: dict[str, float]) -> dict[str, Any]:
+    """One case's entry in ``scores.json``; a multi-turn case also lists its turns with their scores."""
+    row: dict[str, Any] = {
+        "case": case.id,
+        "category": case.category.value,
+        "kind": case.kind,
+        "instruction": " → ".join(t.instruction for t in case.instructions()),
+        "scores": {d.value: scored.scores.get(d) for d in DIMENSIONS},
+        "notes": scored.notes,
+        "metrics": metrics,
+        "video": f"videos/{case.id}.mp4",
+    }
+    if case.multi_turn:
+        row["persistence"] = scored.persistence
+        row["turns"] = [
+            {
+                "instruction": turn.instruction,
+                "frame": turn.instruction_frame,
+                "kind": turn.kind,
+                "category": turn.category.value,
+                "scores": {d.value: judged.scores.get(d) for d in DIMENSIONS},
+                "persistence": judged.persistence,
+            }
+            for turn, judged in zip(case.turns, scored.turns, strict=True)
+        ]
+    return row
 
 
 def _mean(rows: Sequence[dict[str, float]], key: str) -> float | None:
@@ -193,7 +259,8 @@ def run_interbench(
         if missing:
             raise ValueError(f"the synthworld judge needs ground truth; cases without it: {missing[:5]}")
         judge = SynthWorldJudge(loaded)
-        held = settings.home / "interbench" / f"held-out-s{HELD_OUT_SEED}-{loaded.suite.size}px"
+        size, frames = loaded.suite.size, loaded.suite.frames
+        held = settings.home / "interbench" / f"held-out-s{HELD_OUT_SEED}-{size}px-{frames}f-v{SUITE_VERSION}"
         try:
             held_suite = load_suite(held)
         except FileNotFoundError:
@@ -224,18 +291,7 @@ def run_interbench(
         videos.append(video)
         if loaded.has_truth(case.id):
             truths.append(loaded.truth(case.id).event)
-        rows.append(
-            {
-                "case": case.id,
-                "category": case.category.value,
-                "kind": case.kind,
-                "instruction": case.instruction,
-                "scores": {d.value: scored.scores.get(d) for d in DIMENSIONS},
-                "notes": scored.notes,
-                "metrics": metrics,
-                "video": f"videos/{case.id}.mp4",
-            }
-        )
+        rows.append(case_row(case, scored, metrics))
         if on_progress:
             on_progress(i + 1, len(chosen))
     close = getattr(judge, "close", None)
@@ -256,7 +312,8 @@ def run_interbench(
         general["fd_stats"] = fvd(videos, truths, extractor=StatsFeatures())
         if i3d is not None:
             general["fvd_i3d"] = fvd(videos, truths, extractor=I3DFeatures(i3d))
-    result = InterBenchResult(out, interbench, per_category, general, accuracy, rows)
+    multi_turn = aggregate_turns(results)
+    result = InterBenchResult(out, interbench, per_category, general, accuracy, rows, multi_turn)
     payload = {
         "model": model,
         "preset": stack.preset,
@@ -265,6 +322,7 @@ def run_interbench(
         "judge": {"name": judge.name, "held_out_accuracy": accuracy},
         "interbench": interbench,
         "per_category": per_category,
+        "multi_turn": multi_turn,
         "general": general,
         "seconds": time.perf_counter() - started,
         "cases": rows,
@@ -289,7 +347,30 @@ def _log_mlflow(payload: dict[str, Any], out: Path, settings: Settings, parent_r
     with step_run(EVALUATION, "interbench", params=params, settings=settings, parent_run_id=parent_run_id):
         metrics = {f"interbench.{k}": v for k, v in payload["interbench"].items() if v is not None}
         metrics |= {f"general.{k}": v for k, v in payload["general"].items()}
+        metrics |= multi_turn_metrics(payload["multi_turn"])
         if payload["judge"]["held_out_accuracy"] is not None:
             metrics["judge.held_out_accuracy"] = payload["judge"]["held_out_accuracy"]
         mlflow.log_metrics(metrics)
         mlflow.log_artifacts(str(out), artifact_path="interbench")
+
+
+def multi_turn_metrics(summary: dict[str, Any] | None) -> dict[str, float]:
+    """MLflow metrics of the multi-turn summary: ``interbench.multi_turn.turn_N.DIM``,
+    ``interbench.multi_turn.persistence`` and ``interbench.multi_turn.persistence.turn_N``."""
+    if summary is None:
+        return {}
+    prefix = "interbench.multi_turn"
+    out = {
+        f"{prefix}.turn_{n}.{dim}": value
+        for n, dims in summary["turns"].items()
+        for dim, value in dims.items()
+        if value is not None
+    }
+    out |= {
+        f"{prefix}.persistence.turn_{n}": value
+        for n, value in summary["persistence_by_turn"].items()
+        if value is not None
+    }
+    if summary["persistence"] is not None:
+        out[f"{prefix}.persistence"] = summary["persistence"]
+    return out

@@ -1,4 +1,5 @@
-"""InterBench report files: ``radar.png`` (the six dimensions) and ``report.html`` (chart, tables, videos)."""
+"""InterBench report files: ``radar.png`` (the six dimensions) and ``report.html`` (chart, tables, videos;
+with multi-turn cases, a table of each turn's six dimensions and of persistence)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,26 @@ def _fmt(value: object) -> str:
     return html.escape(str(value))
 
 
+def _multi_turn_section(summary: dict[str, Any] | None, head: str) -> str:
+    """Per turn number, the six dimensions over the multi-turn cases and the persistence of that turn's
+    state through the later turns (— for the last turn, which none follows)."""
+    if not summary:
+        return ""
+    dims = [d.value for d in DIMENSIONS]
+    kept = summary["persistence_by_turn"]
+    rows = "".join(
+        f"<tr><td>turn {n}</td>"
+        + "".join(f"<td>{_fmt(scores.get(d))}</td>" for d in dims)
+        + f"<td>{_fmt(kept.get(n))}</td></tr>"
+        for n, scores in summary["turns"].items()
+    )
+    return f"""<h2>Multi-turn</h2>
+<p>{summary["cases"]} multi-turn case(s): each turn judged over its own frames; persistence — the state a
+turn produced is still there after the later instructions — {_fmt(summary["persistence"])}.</p>
+<table id="multi_turn"><tr><th></th>{head}<th>Persistence</th></tr>{rows}</table>
+"""
+
+
 def write_report(out: Path, payload: dict[str, Any]) -> Path:
     """``out/radar.png`` and ``out/report.html`` from the ``scores.json`` payload."""
     radar = radar_chart({"InterBench": payload["interbench"]}, out / "radar.png", title=payload["model"])
@@ -75,6 +96,7 @@ def write_report(out: Path, payload: dict[str, Any]) -> Path:
         for cat, s in payload["per_category"].items()
     )
     general = "".join(f"<tr><td>{_fmt(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in payload["general"].items())
+    multi = _multi_turn_section(payload.get("multi_turn"), head)
     cases = "".join(
         f"<tr><td><a href='{html.escape(r['video'])}'>{_fmt(r['case'])}</a></td>"
         f"<td>{_fmt(r['instruction'])}</td>"
@@ -96,7 +118,7 @@ td:first-child,th:first-child{{text-align:left}}
 <img id="radar" alt="InterBench radar chart" src="data:image/png;base64,{image}">
 <h2>Dimensions</h2>
 <table id="dimensions"><tr><th></th>{head}</tr><tr><td>all cases</td>{overall}</tr>{categories}</table>
-<h2>General metrics</h2>
+{multi}<h2>General metrics</h2>
 <table id="general"><tr><th>metric</th><th>mean</th></tr>{general}</table>
 <h2>Cases</h2>
 <table id="cases"><tr><th>case</th><th>instruction</th>{head}<th>notes</th></tr>{cases}</table>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -83,17 +84,33 @@ def render_shot(
     return frames, masks
 
 
-def render_turns(clip: Clip, cfg: SynthConfig, turns: int) -> np.ndarray:
-    """The same shot with only its first ``turns`` events triggered (the later ones' onsets moved past
-    the end): ``turns=0`` is the counterfactual InterBench's trigger test compares against; in a
-    multi-turn clip, ``turns=k`` is what the video would be had turn k+1 never been asked for."""
-    if turns >= len(clip.events):
+def render_triggered(clip: Clip, cfg: SynthConfig, triggered: Sequence[bool]) -> np.ndarray:
+    """The same shot with only the events marked in ``triggered`` (one flag per event) happening; the
+    others never start (their onsets moved past the end)."""
+    if all(triggered):
         return clip.frames
-    never = [replace(e, onset=cfg.frames, full=cfg.frames) for e in clip.events[turns:]]
-    planned = (*clip.events[:turns], *never)
-    shot = replace(clip.shot, event=planned[0], followups=tuple(planned[1:]))
+    planned = tuple(
+        event if on else replace(event, onset=cfg.frames, full=cfg.frames)
+        for event, on in zip(clip.events, triggered, strict=True)
+    )
+    shot = replace(clip.shot, event=planned[0], followups=planned[1:])
     frames, _ = render_shot(clip.world, shot, cfg, clip.seed)
     return frames
+
+
+def render_turns(clip: Clip, cfg: SynthConfig, turns: int) -> np.ndarray:
+    """The same shot with only its first ``turns`` events triggered: ``turns=0`` is the counterfactual
+    InterBench's trigger test compares against; in a multi-turn clip, ``turns=k`` is what the video
+    would be had turn k+1 never been asked for."""
+    return render_triggered(clip, cfg, [i < turns for i in range(len(clip.events))])
+
+
+def render_without_turn(clip: Clip, cfg: SynthConfig, turn: int) -> np.ndarray:
+    """The shot with every event but ``turn`` (0-based) triggered: the video had that turn's state
+    never appeared while the later turns still happened (InterBench's persistence counterfactual)."""
+    if not 0 <= turn < len(clip.events):
+        raise ValueError(f"turn {turn} is outside a clip of {len(clip.events)} event(s)")
+    return render_triggered(clip, cfg, [i != turn for i in range(len(clip.events))])
 
 
 def render_without_event(clip: Clip, cfg: SynthConfig) -> np.ndarray:

@@ -67,6 +67,14 @@ def eval_interbench(
     rows = [["all cases", *(_fmt(result.interbench[d]) for d in dims)]]
     rows += [[cat, *(_fmt(s[d]) for d in dims)] for cat, s in result.per_category.items()]
     console.print(_table("InterBench", ["", *dims], rows))
+    if result.multi_turn:
+        multi = result.multi_turn
+        kept = multi["persistence_by_turn"]
+        turns = [
+            [f"turn {n}", *(_fmt(s[d]) for d in dims), _fmt(kept.get(n))] for n, s in multi["turns"].items()
+        ]
+        title = f"Multi-turn ({multi['cases']} cases, persistence {_fmt(multi['persistence'])})"
+        console.print(_table(title, ["", *dims, "persistence"], turns))
     console.print(
         _table("General metrics", ["metric", "mean"], [[k, _fmt(v)] for k, v in result.general.items()])
     )

@@ -1,6 +1,14 @@
 """InterBench judges: the offline SynthWorld judge (ground truth) and, later, a VLM judge."""
 
-from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Dimension, Judge, aggregate
+from worldloop.components.evaluation.judges.base import (
+    DIMENSIONS,
+    CaseScores,
+    Dimension,
+    Judge,
+    TurnScores,
+    aggregate,
+    aggregate_turns,
+)
 from worldloop.components.evaluation.judges.synthworld import (
     SynthWorldJudge,
     SynthWorldJudgeConfig,
@@ -21,9 +29,11 @@ __all__ = [
     "CaseScores",
     "Dimension",
     "Judge",
+    "TurnScores",
     "SynthWorldJudge",
     "SynthWorldJudgeConfig",
     "aggregate",
+    "aggregate_turns",
     "judge_accuracy",
     "score_against_truth",
     "ANSWER_FORMATS",

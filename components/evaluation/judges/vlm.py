@@ -19,8 +19,14 @@ end_state   ``{"answer": "yes" | "partly" | "no", …}``  yes 1, partly 0.5, no 
 physics     ``{"rating": 0..10, "reason"}``             rating / 10
 ==========  ==========================================  ============================================
 
-The questions (:data:`QUESTIONS`), the answer formats (:data:`ANSWER_FORMATS`) and the system prompt
-(:data:`SYSTEM_PROMPT`) are module constants so that reports can show exactly what was asked.
+A multi-turn case is asked the six questions once per turn — the prompt lists every instruction and
+says which one is judged and over which frames (from it to the next instruction) — and, for every turn
+but the last, :data:`PERSISTENCE_QUESTION`: does the state that turn produced outlast the later
+instructions (yes 1, partly 0.5, no 0)? The frames attached include every instruction's frame.
+
+The questions (:data:`QUESTIONS`, :data:`PERSISTENCE_QUESTION`), the answer formats
+(:data:`ANSWER_FORMATS`) and the system prompt (:data:`SYSTEM_PROMPT`) are module constants so that
+reports can show exactly what was asked.
 
 Failures: an answer that is not JSON or breaks the schema is asked again at once (the model sees its
 answer and what was wrong with it) up to ``answer_retries`` times; then the dimension scores ``None``
@@ -36,12 +42,18 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from worldloop.components.evaluation.judges.base import DIMENSIONS, CaseScores, Dimension
+from worldloop.components.evaluation.judges.base import (
+    DIMENSIONS,
+    CaseScores,
+    Dimension,
+    TurnScores,
+)
 from worldloop.components.evaluation.suite import InterBenchCase
 from worldloop.platform.chat import (
     ChatClient,
@@ -126,6 +138,14 @@ QUESTIONS: dict[Dimension, str] = {
     ),
 }
 
+PERSISTENCE_QUESTION = (
+    "Instruction {turn} changed the scene's state. Once instruction {next} is issued at frame {frame}, does "
+    "the state instruction {turn} produced persist through the last frame, alongside whatever the later "
+    "instructions change (a door it opened stays open while night falls, a dragon it brought stays in the "
+    "scene while it starts to rain)? yes: it persists to the last frame; partly: it fades, flickers back or "
+    "partly reverts in some frames; no: it reverts or vanishes, or instruction {turn} never took effect."
+)
+
 REPAIR_PROMPT = "Your answer could not be used ({problem}). Answer again with only this JSON object: {format}"
 
 
@@ -204,43 +224,65 @@ ANSWER_FORMATS: dict[Dimension, str] = {dim: answer.FORMAT for dim, answer in AN
 def parse_answer(text: str, *, dimension: Dimension) -> DimensionAnswer:
     """The validated answer in a message's text; code fences and text around the JSON object are
     tolerated. Raises :class:`UnusableAnswer` saying what is wrong."""
+    return _validated(text, ANSWERS[dimension])
+
+
+def _validated(text: str, kind: type[DimensionAnswer]) -> DimensionAnswer:
     data = json_object(text)
     try:
-        return ANSWERS[dimension].model_validate(data)
+        return kind.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in exc.errors())
         raise UnusableAnswer(f"does not match the schema ({problems})") from exc
 
 
 # -- what is shown --------------------------------------------------------------------------------------
-def sample_frames(num_frames: int, *, instruction_frame: int, count: int) -> list[int]:
-    """``count`` frame indices evenly spread over the video, sorted, with 0, ``instruction_frame`` and
+def sample_frames(num_frames: int, *, instruction_frames: Sequence[int], count: int) -> list[int]:
+    """``count`` frame indices evenly spread over the video, sorted, with 0, every instruction frame and
     the last frame always among them (all frames when there are no more than ``count``)."""
-    if count < 3:
-        raise ValueError(f"count must be ≥ 3 (reference, instruction and last frame), got {count}")
-    if not 0 <= instruction_frame < num_frames:
-        raise ValueError(f"instruction_frame {instruction_frame} is outside a {num_frames}-frame video")
+    if count < 2 + len(instruction_frames):
+        raise ValueError(
+            f"count must be ≥ {2 + len(instruction_frames)} (reference, each instruction and last frame), "
+            f"got {count}"
+        )
+    for frame in instruction_frames:
+        if not 0 <= frame < num_frames:
+            raise ValueError(f"instruction frame {frame} is outside a {num_frames}-frame video")
     if num_frames <= count:
         return list(range(num_frames))
     # floor(x + 0.5), not round(): half-to-even could map two neighbours to one frame.
     picked = [math.floor(x + 0.5) for x in np.linspace(0, num_frames - 1, count)]
-    if instruction_frame not in picked:
-        # The nearest interior sample moves onto it; no sample lies in between, so the order holds.
-        nearest = min(range(1, count - 1), key=lambda i: abs(picked[i] - instruction_frame))
-        picked[nearest] = instruction_frame
-    return picked
+    moved: set[int] = set()
+    for frame in instruction_frames:
+        if frame in picked:
+            moved.add(picked.index(frame))
+            continue
+        # The nearest interior sample not already holding an instruction frame moves onto it.
+        free = [i for i in range(1, count - 1) if i not in moved]
+        nearest = min(free, key=lambda i: abs(picked[i] - frame))
+        picked[nearest] = frame
+        moved.add(nearest)
+    return sorted(picked)
 
 
 def _frame_label(index: int, case: InterBenchCase, last: int) -> str:
     tags = []
     if index == 0:
         tags.append("the reference image")
-    if index == case.instruction_frame:
-        tags.append("the instruction is issued here")
-    elif index > case.instruction_frame:
-        tags.append("after the instruction")
+    frames = [t.instruction_frame for t in case.instructions()]
+    issued = sum(f <= index for f in frames)  # instructions issued by this frame
+    if not case.multi_turn:
+        tags.append(
+            "the instruction is issued here"
+            if index == frames[0]
+            else "after the instruction"
+            if issued
+            else "before the instruction"
+        )
+    elif index in frames:
+        tags.append(f"instruction {issued} is issued here")
     else:
-        tags.append("before the instruction")
+        tags.append(f"after instruction {issued}" if issued else "before the first instruction")
     if index == last:
         tags.append("the last frame")
     return f"Frame {index} ({', '.join(tags)}):"
@@ -270,23 +312,59 @@ def camera_summary(case: InterBenchCase, *, max_runs: int = 8) -> str:
     return text + ("; …" if len(runs) > max_runs else "")
 
 
-def question_prompt(case: InterBenchCase, *, dimension: Dimension, indices: list[int]) -> str:
-    """The user text of one question (the frames follow it as labelled images)."""
+def question_prompt(case: InterBenchCase, *, dimension: Dimension, indices: list[int], turn: int = 1) -> str:
+    """The user text of one question about instruction ``turn`` (1-based; the frames follow it as
+    labelled images)."""
+    asked = [*_judged(case, turn), f"Question ({dimension.value}): {QUESTIONS[dimension]}"]
+    return _prompt(case, indices, asked, ANSWER_FORMATS[dimension])
+
+
+def persistence_prompt(case: InterBenchCase, *, indices: list[int], turn: int) -> str:
+    """The user text of the persistence question about instruction ``turn`` (1-based, not the last)."""
+    after = case.turns[turn]  # the next instruction
+    question = PERSISTENCE_QUESTION.format(turn=turn, next=turn + 1, frame=after.instruction_frame)
+    return _prompt(case, indices, [f"Question (persistence): {question}"], YesPartlyNoAnswer.FORMAT)
+
+
+def _prompt(case: InterBenchCase, indices: list[int], asked: list[str], answer: str) -> str:
     listed = ", ".join(str(i) for i in indices)
     category = case.category.value.replace("_", " ")
-    return "\n".join(
-        [
-            f"Case {case.id} ({category}), {case.frames} frames (0-{case.frames - 1}).",
-            f"Scene description: {json.dumps(case.prompt, ensure_ascii=False)}",
-            f"Camera inputs: {camera_summary(case)}.",
-            f"Instruction, issued at frame {case.instruction_frame}: "
-            f"{json.dumps(case.instruction, ensure_ascii=False)}",
-            f"Attached frames, in time order: {listed}.",
-            "",
-            f"Question ({dimension.value}): {QUESTIONS[dimension]}",
-            f"Answer with only this JSON object: {ANSWER_FORMATS[dimension]}",
+    head = [
+        f"Case {case.id} ({category}), {case.frames} frames (0-{case.frames - 1}).",
+        f"Scene description: {json.dumps(case.prompt, ensure_ascii=False)}",
+        f"Camera inputs: {camera_summary(case)}.",
+    ]
+    if case.multi_turn:
+        head.append("Instructions, each issued at its frame:")
+        head += [
+            f"  {n}. at frame {t.instruction_frame}: {json.dumps(t.instruction, ensure_ascii=False)}"
+            for n, t in enumerate(case.turns, start=1)
         ]
-    )
+    else:
+        head.append(
+            f"Instruction, issued at frame {case.instruction_frame}: "
+            f"{json.dumps(case.instruction, ensure_ascii=False)}"
+        )
+    tail = [
+        f"Attached frames, in time order: {listed}.",
+        "",
+        *asked,
+        f"Answer with only this JSON object: {answer}",
+    ]
+    return "\n".join(head + tail)
+
+
+def _judged(case: InterBenchCase, turn: int) -> list[str]:
+    """For a multi-turn case, which instruction a question is about and over which frames."""
+    if not case.multi_turn:
+        return []
+    start, stop = case.windows()[turn - 1]
+    what = json.dumps(case.turns[turn - 1].instruction, ensure_ascii=False)
+    return [
+        f"Judge instruction {turn} ({what}) over frames {start}-{stop - 1}: in the question, 'the "
+        f"instruction' is instruction {turn} and 'the last frame' is frame {stop - 1}; the earlier "
+        "instructions' changes are part of the scene by then."
+    ]
 
 
 # -- the judge ------------------------------------------------------------------------------------------
@@ -298,30 +376,53 @@ class VLMJudge(ChatClient[VLMJudgeConfig]):
     error = VLMJudgeError
 
     def score(self, case: InterBenchCase, video: np.ndarray) -> CaseScores:
-        """Six questions about ``video`` (F, H, W, 3) uint8 RGB, F = ``case.frames``."""
+        """Six questions about ``video`` (F, H, W, 3) uint8 RGB, F = ``case.frames`` — per turn for a
+        multi-turn case, plus one persistence question for every turn but the last."""
         check_frames(video, name="video")
         if len(video) != case.frames:
             raise ValueError(f"case {case.id} wants {case.frames} frames, the video has {len(video)}")
         indices = sample_frames(
-            len(video), instruction_frame=case.instruction_frame, count=self.config.frames_per_question
+            len(video),
+            instruction_frames=[t.instruction_frame for t in case.instructions()],
+            count=self.config.frames_per_question,
         )
         frames: list[dict[str, Any]] = []  # encoded once, sent with every question
         for i in indices:
             url = jpeg_data_url(video[i], self.config.jpeg_quality, self.config.max_image_side)
             frames.append({"type": "text", "text": _frame_label(i, case, len(video) - 1)})
             frames.append({"type": "image_url", "image_url": {"url": url}})
+        if not case.multi_turn:
+            scores, notes = self._six(case, frames, indices, turn=1)
+            return CaseScores(case=case.id, category=case.category.value, scores=scores, notes=notes)
+        judged: list[tuple[TurnScores, list[str]]] = []
+        for turn in range(1, len(case.turns) + 1):
+            scores, said = self._six(case, frames, indices, turn=turn)
+            kept: float | None = None
+            if turn < len(case.turns):
+                text = persistence_prompt(case, indices=indices, turn=turn)
+                answer, note = self._ask(
+                    case, "persistence", [{"type": "text", "text": text}, *frames], YesPartlyNoAnswer
+                )
+                kept = None if answer is None else answer.score()
+                said.append(note)
+            judged.append((TurnScores(scores=scores, persistence=kept), said))
+        return CaseScores.of_turns(case.id, case.category.value, judged)
+
+    def _six(
+        self, case: InterBenchCase, frames: list[dict[str, Any]], indices: list[int], *, turn: int
+    ) -> tuple[dict[Dimension, float | None], list[str]]:
+        """One question per dimension about instruction ``turn``."""
         scores: dict[Dimension, float | None] = {}
         notes: list[str] = []
         for dim in DIMENSIONS:
-            text = question_prompt(case, dimension=dim, indices=indices)
-            prompt = [{"type": "text", "text": text}, *frames]
-            answer, note = self._ask(case, dim, prompt)
+            text = question_prompt(case, dimension=dim, indices=indices, turn=turn)
+            answer, note = self._ask(case, dim.value, [{"type": "text", "text": text}, *frames], ANSWERS[dim])
             scores[dim] = None if answer is None else answer.score()
             notes.append(note)
-        return CaseScores(case=case.id, category=case.category.value, scores=scores, notes=notes)
+        return scores, notes
 
     def _ask(
-        self, case: InterBenchCase, dim: Dimension, prompt: list[dict[str, Any]]
+        self, case: InterBenchCase, label: str, prompt: list[dict[str, Any]], kind: type[DimensionAnswer]
     ) -> tuple[DimensionAnswer | None, str]:
         """The validated answer and a note; (None, why) when every answer was unusable. An unusable
         answer is asked again at once with the model's answer and the problem shown; HTTP failures are
@@ -331,19 +432,19 @@ class VLMJudge(ChatClient[VLMJudgeConfig]):
             {"role": "user", "content": prompt},
         ]
         messages, attempts, problem = question, self.config.answer_retries + 1, ""
-        what = f"case {case.id}, {dim.value}"
+        what = f"case {case.id}, {label}"
         for attempt in range(1, attempts + 1):
             said = ""
             try:
                 said = message_text(self.complete(self.request_body(messages), what=what))
-                answer = parse_answer(said, dimension=dim)
+                answer = _validated(said, kind)
             except UnusableAnswer as exc:
                 problem = str(exc)
                 log.warning("%s: %s: answer %d/%d unusable: %s", self.name, what, attempt, attempts, problem)
                 said = said.strip()
-                repair = REPAIR_PROMPT.format(problem=problem, format=ANSWER_FORMATS[dim])
+                repair = REPAIR_PROMPT.format(problem=problem, format=kind.FORMAT)
                 messages = question + ([{"role": "assistant", "content": said[:2000]}] if said else [])
                 messages += [{"role": "user", "content": repair}]
                 continue
-            return answer, f"{dim.value}: {answer.summary()}: {' '.join(answer.reason.split())[:160]}"
-        return None, f"{dim.value}: no usable answer after {attempts} attempt(s): {problem}"
+            return answer, f"{label}: {answer.summary()}: {' '.join(answer.reason.split())[:160]}"
+        return None, f"{label}: no usable answer after {attempts} attempt(s): {problem}"

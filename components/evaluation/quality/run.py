@@ -47,7 +47,12 @@ from worldloop.components.evaluation.quality.measures import (
     metric_keys,
 )
 from worldloop.components.evaluation.quality.report import plot_block_psnr, write_samples
-from worldloop.components.evaluation.suite import LoadedSuite, build_synthworld_suite, load_suite
+from worldloop.components.evaluation.suite import (
+    SUITE_VERSION,
+    LoadedSuite,
+    build_synthworld_suite,
+    load_suite,
+)
 from worldloop.platform.stack import ModelStack, load_model_stack
 from worldloop.platform.tracking import EVALUATION, step_run
 from worldloop.settings import Settings, get_settings
@@ -74,7 +79,9 @@ class QualityResult:
 def quality_suite(settings: Settings, *, size: int, frames: int, cases: int) -> LoadedSuite:
     """The ladder's InterBench suite: ``cases`` SynthWorld cases of the held-out seed (kinds in turn),
     rendered once into the local home."""
-    root = settings.home / "interbench" / f"quality-s{HELD_OUT_SEED}-{size}px-{frames}f-{cases}"
+    root = (
+        settings.home / "interbench" / f"quality-s{HELD_OUT_SEED}-{size}px-{frames}f-{cases}-v{SUITE_VERSION}"
+    )
     try:
         return load_suite(root)
     except FileNotFoundError:

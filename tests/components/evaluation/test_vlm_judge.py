@@ -258,14 +258,14 @@ def test_endpoint_down_or_too_slow_raises() -> None:
     ],
 )
 def test_sample_frames(frames: int, instruction: int, count: int, expected: list[int]) -> None:
-    assert sample_frames(frames, instruction_frame=instruction, count=count) == expected
+    assert sample_frames(frames, instruction_frames=[instruction], count=count) == expected
 
 
 @pytest.mark.parametrize("frames", [4, 9, 17, 33, 93])
 @pytest.mark.parametrize("count", [3, 4, 8, 12])
 def test_sample_frames_always_keeps_reference_instruction_and_last(frames: int, count: int) -> None:
     for instruction in range(1, frames):
-        picked = sample_frames(frames, instruction_frame=instruction, count=count)
+        picked = sample_frames(frames, instruction_frames=[instruction], count=count)
         assert len(picked) == min(frames, count) and picked == sorted(set(picked))
         assert {0, instruction, frames - 1} <= set(picked)
 
@@ -289,6 +289,6 @@ def test_config_video_and_key_checks(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ValueError, match="uint8 RGB"):
             vlm.score(CASE, VIDEO.astype(np.float32))
     with pytest.raises(ValueError, match="outside"):
-        sample_frames(9, instruction_frame=9, count=4)
+        sample_frames(9, instruction_frames=[9], count=4)
     still = CASE.model_copy(update={"actions": CASE.actions[:1] * F})
     assert camera_summary(still) == "frames 1-8: move forward"
