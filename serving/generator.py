@@ -233,8 +233,9 @@ class Generator:
         await self.engine.check_health()
 
     def __del__(self) -> None:
-        if self._poll is not None:
-            self._poll.cancel()
+        poll = getattr(self, "_poll", None)  # absent when __init__ refused to start (unverified champion)
+        if poll is not None:
+            poll.cancel()
 
 
 __all__ = ["FollowState", "Generator", "SessionNotFound", "encode_block"]
