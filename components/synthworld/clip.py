@@ -34,16 +34,24 @@ class Clip:
     intrinsics: np.ndarray  # (F, 3, 3)
     c2w: np.ndarray  # (F, 4, 4), OpenCV, frame 0 = identity
     shot: Shot
-    masks: np.ndarray | None  # (F, H, W) bool region the first event affected, None without an event
     scene: SceneRecord
     captions: Captions
-    interaction: InteractionCaption | None  # the first event's
-    event_masks: tuple[np.ndarray, ...] = ()  # per event, in order: (F, H, W) bool (masks is the first)
-    interactions: tuple[InteractionCaption, ...] = ()  # per event, in order: one turn each
+    event_masks: tuple[np.ndarray, ...]  # per event, in order: (F, H, W) bool region it affected
+    interactions: tuple[InteractionCaption, ...]  # per event, in order: one turn each
 
     @property
     def event(self) -> events.EventPlan | None:
         return self.shot.event
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """The first event's masks (None without an event)."""
+        return self.event_masks[0] if self.event_masks else None
+
+    @property
+    def interaction(self) -> InteractionCaption | None:
+        """The first event's caption (None without an event)."""
+        return self.interactions[0] if self.interactions else None
 
     @property
     def events(self) -> tuple[events.EventPlan, ...]:
@@ -186,7 +194,6 @@ def generate_clip(
         ):
             log.debug("seed %d attempt %d: an event left the view", seed, attempt)
             continue
-        masks = event_masks[0] if event_masks else None
         facts = scene_facts(world, shot)
         K = intrinsics_from_fov(cfg.size, cfg.size, cfg.fov_deg)
         return Clip(
@@ -196,10 +203,8 @@ def generate_clip(
             intrinsics=np.repeat(K[None], cfg.frames, 0),
             c2w=shot.c2w,
             shot=shot,
-            masks=masks,
             scene=facts,
             captions=scene_captions(facts, shot),
-            interaction=interaction_caption(shot.event) if shot.event else None,
             event_masks=tuple(event_masks),
             interactions=tuple(interaction_caption(e) for e in shot.events),
         )

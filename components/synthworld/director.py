@@ -141,10 +141,9 @@ def plan_shot(
     cfg: SynthConfig,
     kind: EventKind | None,
     rng: np.random.Generator,
-    followups: tuple[EventPlan, ...] = (),
 ) -> Shot:
-    """A camera start, an action track and the event plan for one clip; ``followups`` are its later
-    turns, already scheduled (kinds needing nothing in view: they do not change the plan)."""
+    """A camera start, an action track and the event plan for one clip (a multi-turn clip's later turns
+    need nothing in view, so they do not change the plan: :func:`~.clip.generate_clip` adds them)."""
     start, yaw0, door, (tx, tz) = _place(world, cfg, kind, rng)
     base = rotation_yaw_pitch(yaw0, 0.0)
     K = intrinsics_from_fov(cfg.size, cfg.size, cfg.fov_deg)
@@ -202,7 +201,7 @@ def plan_shot(
         anchor = wall if wall is not None else (float(point[0]), float(point[1]), float(point[2]))
         material = DOOR_MATERIALS[world.doors[door].material] if door >= 0 else ""
         event = EventPlan(kind, onset, full, door=door, point=anchor, door_material=material)
-    return Shot(start=start, yaw0=yaw0, actions=track, c2w=c2w, event=event, followups=followups)
+    return Shot(start=start, yaw0=yaw0, actions=track, c2w=c2w, event=event)
 
 
 class PlanRejected(Exception):

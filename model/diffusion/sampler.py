@@ -10,6 +10,7 @@ runs the same ``step`` as the samplers here.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -33,7 +34,7 @@ def _check_timesteps(timesteps: Sequence[float]) -> list[float]:
     return ts
 
 
-class Scheduler:
+class Scheduler(ABC):
     """A strictly decreasing timestep list in (0, 1000] and the rule from one step to the next."""
 
     renoises = False  # True: a step past the first needs fresh noise (see :meth:`step`)
@@ -51,13 +52,13 @@ class Scheduler:
         """The state the loop starts from (``noise`` itself, or a wider accumulator)."""
         return noise
 
+    @abstractmethod
     def step(
         self, i: int, x: Tensor, velocity: Tensor, t: Tensor, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """From ``x`` at ``timesteps[i]`` (``t``: that timestep as the tensor the denoiser was given,
         (B,) or (B, F)) and its predicted ``velocity``: ``(x at timesteps[i + 1], x0 estimate)``.
         After the last step the first element is the clean latent."""
-        raise NotImplementedError
 
 
 class FewStepScheduler(Scheduler):
