@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from worldloop.model.arch.kv_cache import KVCache
-from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
+from worldloop.model.arch.world_model import Conditioning, InstructionTurns, WorldModel, i2v_condition
 from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding
 from worldloop.model.config import ModelConfig, a14b, load_preset, small, tiny
 from worldloop.model.rollout import Rollout, StreamState
@@ -35,6 +35,7 @@ def build_world_model(
 
 __all__ = [
     "Conditioning",
+    "InstructionTurns",
     "KVCache",
     "ModelConfig",
     "Rollout",

@@ -118,6 +118,7 @@ class ExpertTransformer(nn.Module):
         frame_start: int,
         context_kv: Sequence[KV],
         context_mask: Tensor,
+        frame_context_mask: Tensor | None = None,
         camera_tokens: Tensor | None = None,
         attn_mask: Tensor | None = None,
         past: Sequence[KV | None] | None = None,
@@ -128,6 +129,8 @@ class ExpertTransformer(nn.Module):
             x: (B, in_channels, F, h, w) — noisy latents ⊕ I2V mask ⊕ reference latents.
             timesteps: (B, F) per latent frame, in [0, 1000].
             context_kv: per layer (k, v) (B, Lc, H, Dh); context_mask (B, Lc) bool.
+            frame_context_mask: (B, F, Lc) bool, the context each frame's tokens see (instruction
+                turns, :meth:`WorldModel.frame_context_mask`); None: every token sees ``context_mask``.
             camera_tokens: (B, F·P, dim) from the camera encoder, added after patch embedding.
             attn_mask: (F·P, Lpast + F·P) bool, or None for full attention.
             past: per layer cached (k, v) (B, Lpast, H, Dh) or None.
@@ -140,12 +143,19 @@ class ExpertTransformer(nn.Module):
         if camera_tokens is not None:
             tokens = tokens + camera_tokens.to(tokens.dtype)
         positions = token_positions(frame_start, grid[0], grid[1], grid[2])  # (F·P, 3)
+        # Per-token cross-attention mask (instruction turns): each token sees its frame's context row.
+        # Built once per forward over frame-major tokens, then sharded like the tokens themselves.
+        token_mask = None
+        if frame_context_mask is not None:  # (B, F, Lc) → (B, F·P, Lc)
+            token_mask = frame_context_mask.repeat_interleave(tokens.shape[1] // grid[0], dim=1)
         sharding = self.token_sharding
         if sharding is not None:  # this worker's F·P/N tokens, with their positions
             tokens = sharding.shard(tokens, num_frames=grid[0], dim=1)
             positions = sharding.shard(positions, num_frames=grid[0], dim=0)
             if attn_mask is not None:
                 attn_mask = sharding.attention_mask(attn_mask, num_frames=grid[0])
+            if token_mask is not None:  # the mask follows this worker's query tokens
+                token_mask = sharding.shard(token_mask, num_frames=grid[0], dim=1)
         cos, sin = rope_cos_sin(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta)
         # One host→device copy per forward, not one per attention call (4 per layer): on an H200 the
         # per-call copies were 600 pageable transfers per 480p block, a quarter of it host-bound.
@@ -164,6 +174,7 @@ class ExpertTransformer(nn.Module):
                 sin=sin,
                 context_kv=context_kv[i],
                 context_mask=context_mask,
+                token_context_mask=token_mask,
                 past_kv=None if past is None else past[i],
                 attn_mask=attn_mask,
             )
@@ -212,7 +223,8 @@ def set_attention_backend(module: nn.Module, backend: str) -> None:
     """Point every attention layer of ``module`` at ``backend`` (sdpa / sage / auto).
 
     ``sage`` applies to self-attention only: cross-attention always carries the padding mask of the
-    text context, which SageAttention cannot take, so it stays on SDPA (it is a few % of the FLOPs:
+    text context (and, with instruction turns, one row per token), which SageAttention cannot take,
+    so it stays on SDPA (it is a few % of the FLOPs:
     512 context tokens against tens of thousands of cached ones).
     """
     from worldloop.model.arch.attention import AttentionBackend

@@ -116,11 +116,25 @@ class CrossAttention(nn.Module):
         v = self.v(context).unflatten(-1, (self.num_heads, -1))
         return k, v
 
-    def forward(self, x: Tensor, *, k: Tensor, v: Tensor, context_mask: Tensor) -> Tensor:
-        """x (B, L, dim), k/v (B, Lc, H, Dh), context_mask (B, Lc) bool → (B, L, dim)."""
-        b, n, _ = x.shape
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        k: Tensor,
+        v: Tensor,
+        context_mask: Tensor,
+        token_context_mask: Tensor | None = None,
+    ) -> Tensor:
+        """x (B, L, dim), k/v (B, Lc, H, Dh), context_mask (B, Lc) bool → (B, L, dim).
+
+        ``token_context_mask`` (B, L, Lc) bool, when given, replaces ``context_mask`` with one row per
+        query token (multi-turn instructions: a token sees the turn in force at its frame). Either
+        mask needs SDPA: SageAttention takes none, and :func:`set_attention_backend` keeps
+        cross-attention off it (``attend`` raises if it is forced, and ``auto`` falls back to SDPA).
+        """
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
-        mask = context_mask[:, None, None, :]  # (B, 1, 1, Lc)
+        # (B, 1, 1, Lc) for every token alike, or (B, 1, L, Lc) one row per token
+        mask = context_mask[:, None, None, :] if token_context_mask is None else token_context_mask[:, None]
         out = attend(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), backend=self.backend, attn_mask=mask
         )
@@ -151,10 +165,12 @@ class DiTBlock(nn.Module):
         sin: Tensor,
         context_kv: tuple[Tensor, Tensor],
         context_mask: Tensor,
+        token_context_mask: Tensor | None = None,
         past_kv: tuple[Tensor, Tensor] | None = None,
         attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, F·P, dim) frame-major; e6 (B, F, 6, dim). Returns x and this block's (k, v)."""
+        """x (B, F·P, dim) frame-major; e6 (B, F, 6, dim); token_context_mask (B, F·P, Lc) or None
+        (see :class:`CrossAttention`). Returns x and this block's (k, v)."""
         b, f = e6.shape[:2]
         mod = (self.modulation.float() + e6.float()).unsqueeze(2)  # (B, F, 1, 6, dim)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=3)  # each (B, F, 1, dim)
@@ -168,7 +184,13 @@ class DiTBlock(nn.Module):
         y, k, v = self.self_attn(h, cos=cos, sin=sin, past_k=past_k, past_v=past_v, attn_mask=attn_mask)
         x = x + (per_frame(y.float()) * gate1).flatten(1, 2).to(x.dtype)
         # 2. cross-attention to text + interaction tokens (no modulation, as in Wan)
-        x = x + self.cross_attn(self.norm3(x), k=context_kv[0], v=context_kv[1], context_mask=context_mask)
+        x = x + self.cross_attn(
+            self.norm3(x),
+            k=context_kv[0],
+            v=context_kv[1],
+            context_mask=context_mask,
+            token_context_mask=token_context_mask,
+        )
         # 3. modulated feed-forward
         h = (per_frame(self.norm2(x).float()) * (1 + scale2) + shift2).flatten(1, 2).to(x.dtype)
         x = x + (per_frame(self.ffn(h).float()) * gate2).flatten(1, 2).to(x.dtype)

@@ -21,13 +21,31 @@ from worldloop.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
+class InstructionTurns:
+    """Several instructions over one clip, each in force from its latent frame on (multi-turn windows
+    of the bidirectional model, :meth:`WorldModel.forward`): each turn gets its own interaction tokens
+    in the cross-attention context, and a latent frame's tokens see only those of the turn in force
+    there (with the scene text, which holds everywhere)."""
+
+    tokens: Tensor  # (B, K, Li, text_encoder_dim): row b's turn k
+    mask: Tensor  # (B, K, Li) bool; a turn with no True token is absent (padding of a shorter row)
+    frame_turn: Tensor  # (B, T) long: per latent frame, the turn in force there (-1: none issued yet)
+
+
+@dataclass(frozen=True)
 class Conditioning:
-    """Encoded text: scene prompt tokens and (optionally) the current instruction's tokens."""
+    """Encoded text: scene prompt tokens and (optionally) the current instruction's tokens, or, for a
+    whole clip, every instruction turn with the latent frames it holds over (never both)."""
 
     text_tokens: Tensor  # (B, Lt, text_encoder_dim): the text encoder's features
     text_mask: Tensor  # (B, Lt) bool, at least one True per row
     instruction_tokens: Tensor | None = None  # (B, Li, text_encoder_dim)
     instruction_mask: Tensor | None = None  # (B, Li) bool
+    turns: InstructionTurns | None = None  # whole-clip forward only (the KV cache holds one instruction)
+
+    def __post_init__(self) -> None:
+        if self.turns is not None and self.instruction_tokens is not None:
+            raise ValueError("give one instruction (instruction_tokens) or per-frame turns, not both")
 
 
 class WorldModel(nn.Module):
@@ -87,7 +105,10 @@ class WorldModel(nn.Module):
     def context_tokens(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
         """Scene text padded/truncated to ``text_len`` ⊕ interaction tokens: (B, Lc, text_dim), (B, Lc).
 
-        ``cond`` holds the text encoder's features (``text_encoder_dim`` wide)."""
+        ``cond`` holds the text encoder's features (``text_encoder_dim`` wide).
+        With :attr:`Conditioning.turns` the interaction tokens are every turn's, turn by turn
+        (K·``num_interaction_tokens``); :meth:`frame_context_mask` says which of them each frame sees.
+        """
         text = self._text_features(cond.text_tokens[:, : self.cfg.text_len])
         mask = cond.text_mask[:, : self.cfg.text_len]
         if not bool(mask[:, 0].all()) and not bool(mask.any(dim=1).all()):
@@ -96,14 +117,50 @@ class WorldModel(nn.Module):
         if pad:
             text = torch.cat([text, text.new_zeros(text.shape[0], pad, text.shape[2])], dim=1)
             mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
-        instruction = cond.instruction_tokens
-        inter, inter_mask = self.interaction(
-            None if instruction is None else self._text_features(instruction),
-            cond.instruction_mask,
-            batch=text.shape[0],
-        )
+        b = text.shape[0]
+        if cond.turns is None:
+            instruction = cond.instruction_tokens
+            inter, inter_mask = self.interaction(
+                None if instruction is None else self._text_features(instruction),
+                cond.instruction_mask,
+                batch=b,
+            )
+        else:  # one extractor call over every (row, turn): (B·K, Li, d) → (B, K·n, d)
+            turns = cond.turns.tokens
+            inter, inter_mask = self.interaction(
+                self._text_features(turns.flatten(0, 1)),
+                cond.turns.mask.flatten(0, 1),
+                batch=b * turns.shape[1],
+            )
+            inter, inter_mask = inter.unflatten(0, (b, -1)).flatten(1, 2), inter_mask.reshape(b, -1)
         tokens = torch.cat([text, inter.to(self.dtype)], dim=1)
         return tokens, torch.cat([mask, inter_mask], dim=1)
+
+    def frame_context_mask(
+        self, cond: Conditioning, context_mask: Tensor, *, num_frames: int
+    ) -> Tensor | None:
+        """Which context tokens each latent frame's tokens see: (B, T, Lc) bool, or ``None`` when every
+        frame sees all of ``context_mask`` (B, Lc) (no :attr:`Conditioning.turns`).
+
+        The scene text holds over the whole clip; turn k's interaction tokens only over the frames
+        ``frame_turn`` gives it. Each row of the result has a True (the text's), so no query's softmax
+        is empty — a frame before the first turn sees the scene text alone, as the causal student's
+        blocks before it do.
+        """
+        turns = cond.turns
+        if turns is None:
+            return None
+        b, k = turns.tokens.shape[:2]
+        if turns.frame_turn.shape != (b, num_frames):
+            raise ValueError(
+                f"turns.frame_turn is {tuple(turns.frame_turn.shape)}: the clip needs one turn index "
+                f"per latent frame, (B, T) = {(b, num_frames)}"
+            )
+        n = self.cfg.num_interaction_tokens
+        slot = torch.arange(k, device=context_mask.device).repeat_interleave(n)  # (K·n,) turn of each token
+        own = turns.frame_turn.to(context_mask.device)[:, :, None] == slot  # (B, T, K·n)
+        scene = own.new_ones(b, num_frames, context_mask.shape[1] - k * n)  # (B, T, text_len)
+        return context_mask[:, None, :] & torch.cat([scene, own], dim=2)
 
     def block_mask(self, num_frames: int, tokens_per_frame: int) -> Tensor:
         """Block-sparse causal mask (T·P, T·P) bool: sinks + window + own block (DESIGN.md §5.4)."""
@@ -135,6 +192,8 @@ class WorldModel(nn.Module):
             timesteps: (B, T) per latent frame in [0, 1000]; the sample's largest picks its expert.
             cond: (B, stride + C, T, h, w) I2V mask ⊕ reference latents (see :func:`i2v_condition`).
             camera: (B, T, 6·stride, H, W) grouped Plücker rays.
+            conditioning: scene text and instruction; with ``turns``, each latent frame's tokens
+                cross-attend to the turn in force there (``turns.frame_turn`` (B, T)).
             causal: block-causal sink/window mask (student) or full attention (teacher).
         Returns:
             (B, C, T, h, w) predicted velocity ε − x0.
@@ -144,6 +203,7 @@ class WorldModel(nn.Module):
         x = torch.cat([latents.to(dtype), cond.to(dtype)], dim=1)
         cam = self.camera_encoder(camera.to(dtype))
         ctx, ctx_mask = self.context_tokens(conditioning)
+        frame_mask = self.frame_context_mask(conditioning, ctx_mask, num_frames=t)  # (B, T, Lc) with turns
         tpf = cam.shape[1] // t
         if causal and (t - 1) % self.cfg.causal.block_frames:
             raise ValueError(f"{t} latent frames is not 1 + k·{self.cfg.causal.block_frames} (block layout)")
@@ -164,6 +224,7 @@ class WorldModel(nn.Module):
                 frame_start=0,
                 context_kv=expert.context_kv(ctx[idx]),
                 context_mask=ctx_mask[idx],
+                frame_context_mask=None if frame_mask is None else frame_mask[idx],
                 camera_tokens=cam[idx],
                 attn_mask=mask,
             )
@@ -187,6 +248,11 @@ class WorldModel(nn.Module):
 
     def set_context(self, cache: KVCache, conditioning: Conditioning) -> None:
         """Compute every expert's cross-attention K/V for ``conditioning`` and store them in ``cache``."""
+        if conditioning.turns is not None:
+            raise ValueError(
+                "the KV cache holds one instruction at a time: set_context with the first and recache "
+                "at each later turn (what Rollout and self_forcing_rollout do), not per-frame turns"
+            )
         ctx, ctx_mask = self.context_tokens(conditioning)
         for i in range(self.cfg.num_experts):
             kv = self.expert(i).context_kv(ctx)

@@ -8,7 +8,9 @@ under SP holds H/N heads), and exchanges back before the output projection. Afte
 velocity is all-gathered, so every worker returns the same full (B, C, F, h, w) — DESIGN.md §5.4.
 
 Sharding is per frame along the within-frame token axis (B, F·P, dim) → (B, F, P/N, dim), so the
-per-frame modulation of :class:`~worldloop.model.arch.transformer_block.DiTBlock` stays valid. After
+per-frame modulation of :class:`~worldloop.model.arch.transformer_block.DiTBlock` stays valid, and so
+does a per-token cross-attention mask (multi-turn instructions), which the expert shards with
+:meth:`SequenceParallel.shard` exactly like the tokens it belongs to. After
 the exchange the tokens are in *worker-major* order (worker 0's tokens of every frame, then worker 1's
 …): attention does not care about key order, so a training mask is permuted to that order instead of
 permuting the tokens, and each KV-cache block slot holds its block's keys in that order.

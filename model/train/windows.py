@@ -33,8 +33,8 @@ class Window:
 
     ``turns`` are the instructions in force over the window, in order: the one issued last before the
     window (frame 0), then each issued inside it. A new turn replaces the previous instruction, as in
-    serving. Models that see the whole window at once (stages 1–2) take :attr:`instruction`, the
-    turns joined in order; the causal student takes each at its block (:mod:`.objectives.batch`)."""
+    serving. Every model is conditioned on the turn in force where it generates: the bidirectional one
+    per latent frame, the causal student per block (:mod:`.objectives.batch`)."""
 
     video: Tensor  # (3, F, H, W) float32 in [-1, 1]
     intrinsics: Tensor  # (F, 3, 3), scaled to the resized frames
@@ -44,7 +44,8 @@ class Window:
 
     @property
     def instruction(self) -> str | None:
-        """The window's instructions as one text (None without any)."""
+        """The window's instructions joined in order, as one text for logs and reports (None without
+        any); training conditions on :attr:`turns`, each where it is in force."""
         return ", then ".join(t.instruction for t in self.turns) if self.turns else None
 
     @property

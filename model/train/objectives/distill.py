@@ -10,6 +10,10 @@ its own global batch. Learning rates are per expert for both the student and the
 The rollout calls the student's ``set_context`` / ``forward_step`` / ``commit_block`` rather than its
 engine's forward; its exit steps are drawn from the *global* batch's seed, each rank keeping its own
 rows of the noise, so every rank runs the same modules (the ZeRO rules: :mod:`..loop`).
+
+Instructions: the student takes each turn at the block it is issued in (recaching there, as serving
+does); the teacher and the critic, which see the whole clip at once, take the same turns per latent
+frame, each frame with the turn its block had (:meth:`PreparedBatch.score_conditioning`).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class StudentSample:
     info: Metrics  # how the sample was made (reported with the generator update)
     real_first: Tensor | None = None  # (B, C, 1, h, w): the real frame the real score conditions on
     real_cond: Tensor | None = None  # its I2V condition (stage 4; stage 3's frame 0 is real already)
-    conditioning: Conditioning | None = None  # the text the scores judge it by (None: the clip's)
+    conditioning: Conditioning | None = None  # what the scores judge it by (None: the clip's turns per block)
 
 
 class DistillObjective(Objective):
@@ -190,7 +194,7 @@ class DistillObjective(Objective):
             sample.x,
             cond=sample.cond,
             camera=sample.camera,
-            conditioning=sample.conditioning or inputs.conditioning,
+            conditioning=sample.conditioning or inputs.score_conditioning(),
             generators=gens,
             shift=self.cfg.shift,
             forward=forward,
@@ -211,7 +215,7 @@ class DistillObjective(Objective):
             critic=self.critic,
             cond=sample.cond,
             camera=sample.camera,
-            conditioning=sample.conditioning or inputs.conditioning,
+            conditioning=sample.conditioning or inputs.score_conditioning(),
             unconditional=uncond,
             guidance=self.dcfg.guidance_scale,
             generators=gens,

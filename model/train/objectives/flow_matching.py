@@ -8,6 +8,10 @@ gets Plücker rays grouped per latent frame, and is noised with one σ per sampl
 ``per_frame``). Latent frame 0 is the reference image: it stays clean (σ = 0), is given to the model
 through the I2V channels as well, and is left out of the loss. One optimiser step accumulates
 ``grad_accum`` micro-batches, each a fresh global batch.
+
+Stage 2 feeds the window's instruction turns: each latent frame's tokens cross-attend to the turn in
+force there (issued at or before it), none before the first (:mod:`.batch`), so a two-event window
+teaches "open the door" on the frames where the door opens and "make it night" after the second onset.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def trainable_groups(model: WorldModel, cfg: TrainConfig) -> tuple[base.LrGroup,
 
 class FlowMatchingObjective(base.Objective):
     """Stage ``action`` or ``instruction`` of ``cfg``: ``grad_accum`` flow-matching micro-batches of
-    ``model`` per optimiser step (stage 2 also feeds the interaction captions)."""
+    ``model`` per optimiser step (stage 2 also feeds the instruction turns, each over its frames)."""
 
     def __init__(
         self, cfg: TrainConfig, model: WorldModel, *, vae: CausalVideoVAE, text_encoder: TextEncoder

@@ -183,5 +183,6 @@ class LongExtensionObjective(DistillObjective):
             info,
             real_first=real_first,
             real_cond=real_cond,
-            conditioning=inputs.conditioning_at(plan.end),  # the instructions issued by the window's end
+            # each of the window's latent frames with the turn the student had at its block
+            conditioning=inputs.score_conditioning(first=prev, num_frames=clip.shape[2]),
         )

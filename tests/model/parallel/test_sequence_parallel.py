@@ -144,11 +144,21 @@ def _training_inputs(model: WorldModel) -> tuple[dict[str, Any], torch.Tensor]:
     return inputs, torch.randn(latents.shape, generator=g)
 
 
-def _train_step(model: WorldModel, sp: SequenceParallel | None, *, checkpointing: bool) -> dict[str, Any]:
+Inputs = Callable[[WorldModel], tuple[dict[str, Any], torch.Tensor]]  # model inputs, output weight
+
+
+def _train_step(
+    model: WorldModel,
+    sp: SequenceParallel | None,
+    *,
+    checkpointing: bool,
+    make_inputs: Inputs = _training_inputs,
+    causal: bool = True,
+) -> dict[str, Any]:
     model.train()
     set_gradient_checkpointing(model, checkpointing)  # recompute re-runs the exchanges in backward
-    inputs, weight = _training_inputs(model)
-    out = model(**inputs, causal=True)
+    inputs, weight = make_inputs(model)
+    out = model(**inputs, causal=causal)
     (out * weight).sum().backward()
     if sp is not None:
         sp.reduce_gradients()
@@ -168,7 +178,11 @@ def test_training_forward_and_gradients_equal_single_device(checkpointing: bool)
     with tempfile.TemporaryDirectory() as tmp:
         _spawn(_training_worker, world, Path(tmp), checkpointing)
         results = [torch.load(Path(tmp) / f"train{r}.pt") for r in range(world)]
-    expected = _train_step(_model(), None, checkpointing=False)
+    assert_steps_equal(results, _train_step(_model(), None, checkpointing=False))
+
+
+def assert_steps_equal(results: list[dict[str, Any]], expected: dict[str, Any]) -> None:
+    """Every worker's output and summed gradients equal the one-process step's."""
     for result in results:
         torch.testing.assert_close(result["out"], expected["out"], **TOL)
         assert result["grads"].keys() == expected["grads"].keys()

@@ -68,7 +68,8 @@ def test_stage3_rollouts_recache_exactly_once_where_the_instruction_is_issued(
     )
     assert batch.instruction_blocks == (2,)  # frame 10: block 2
     assert batch.conditioning_at(1).instruction_mask.sum() == 0  # type: ignore[union-attr]
-    assert torch.equal(batch.conditioning_at(2).instruction_mask, batch.conditioning.instruction_mask)  # type: ignore[arg-type]
+    assert batch.turns is not None
+    assert torch.equal(batch.conditioning_at(2).instruction_mask, batch.turns.mask[:, 0])  # type: ignore[arg-type]
     calls: list[int] = []
     original = model.recache
 

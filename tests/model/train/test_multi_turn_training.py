@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from multi_turn_clips import FRAMES, SIZE, two_turn_dataset, two_turn_window
 from one_step_distill import one_step_distill
 
-from worldloop.components.synthworld import EventKind, SynthConfig
-from worldloop.components.synthworld.writer import write_dataset
 from worldloop.data import Mixture
 from worldloop.model import Rollout, WorldModel, tiny
 from worldloop.model.camera import parse_action
@@ -20,41 +19,14 @@ from worldloop.model.camera.plucker import actions_to_camera
 from worldloop.model.distill import self_forcing_rollout
 from worldloop.model.text import HashingEncoder
 from worldloop.model.train.objectives.batch import issue_block, prepare_batch
-from worldloop.model.train.windows import Window, cut_window
+from worldloop.model.train.windows import cut_window
 from worldloop.model.vae import CausalVideoVAE
-
-SIZE, FRAMES = 32, 33
-# A torch then night (or night then a torch): both need nothing placed in view, so every clip is
-# stageable, and a torch is short enough that the night always follows it within 33 frames.
-CFG = SynthConfig(
-    size=SIZE,
-    frames=FRAMES,
-    map_cells=16,
-    event_kinds=(EventKind.draw_torch, EventKind.night),
-    multi_turn_probability=1.0,
-    max_turns=2,
-)
 
 
 @pytest.fixture(scope="module")
 def two_turn_clip(tmp_path_factory: pytest.TempPathFactory) -> Mixture:
-    """A dataset of one SynthWorld clip with two events (the first seed that gives one)."""
-    for seed in range(10):
-        root = tmp_path_factory.mktemp(f"multi-turn-{seed}")
-        if len(write_dataset(root, CFG, clips=1, seed=seed)[0].events) == 2:
-            return Mixture.open(str(root))
-    raise AssertionError("no two-event clip in 10 seeds")
-
-
-def _two_turn_window(data: Mixture, seed: int = 0) -> Window:
-    order = data.order(frames=FRAMES, seed=0)
-    for index in range(8):
-        clip = data.load(order.locate(index))
-        if len(clip.meta.events) == 2:
-            return cut_window(
-                clip, np.random.default_rng(seed), frames=FRAMES, height=SIZE, width=SIZE, long_prob=0.5
-            )
-    raise AssertionError("no two-turn clip in the order")
+    """A dataset of one SynthWorld clip with two events."""
+    return two_turn_dataset(tmp_path_factory)
 
 
 def test_a_two_turn_clip_gives_its_window_both_turns_at_their_frames(two_turn_clip: Mixture) -> None:
@@ -98,7 +70,7 @@ def test_a_two_turn_clip_gives_its_window_both_turns_at_their_frames(two_turn_cl
 
 
 def test_each_block_sees_the_instruction_in_force_there(two_turn_clip: Mixture) -> None:
-    window = _two_turn_window(two_turn_clip)
+    window = two_turn_window(two_turn_clip)
     torch.manual_seed(0)
     cfg = tiny()
     vae, encoder = CausalVideoVAE(cfg.vae), HashingEncoder(dim=cfg.text_dim)
@@ -150,7 +122,7 @@ def test_stage3_recaches_exactly_once_at_the_second_instruction(
 
 
 def test_serving_and_training_rollouts_agree_over_both_turns(two_turn_clip: Mixture) -> None:
-    window = _two_turn_window(two_turn_clip)
+    window = two_turn_window(two_turn_clip)
     torch.manual_seed(0)
     cfg = tiny()
     model = WorldModel(cfg).eval()
