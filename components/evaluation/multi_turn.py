@@ -50,8 +50,8 @@ class TurnPlan:
         return (self.first, *self.followups)
 
 
-# First events short enough to leave room for a follow-up in a 33-frame clip; the three-turn plans keep
-# their third turn only where the clip is long enough (at 33 frames they stage as two turns). No shot
+# First events short enough to leave room for a follow-up in a 33-frame clip; a three-turn plan is staged
+# in a longer clip where the suite's length leaves no room for its third turn (:func:`stagings`). No shot
 # first: at 64 px its bullet hole is too small to judge once the weather changes around it.
 PLANS: tuple[TurnPlan, ...] = (
     TurnPlan(EventKind.open_door, (EventKind.night,)),
@@ -87,23 +87,42 @@ def fits(clip: Clip, *, turns: int, gap: int) -> bool:
     return len(onsets) == turns and all(b - a >= gap for a, b in zip(onsets, onsets[1:], strict=False))
 
 
-def candidates(cfg: SynthConfig, plan: TurnPlan, *, seed: int, case: int, gap: int) -> Iterator[Clip]:
-    """Clips of ``plan`` whose turns fit ``gap`` apart, with as many of its turns as fit (two at least):
-    all turns first, then fewer, :data:`TURN_ATTEMPTS` shots each. Deterministic in its arguments."""
-    earliest = max(1, cfg.frames // 4)  # events.schedule: the first onset is never earlier
-    for n in range(len(plan.kinds), 1, -1):
-        if earliest + (n - 1) * gap > cfg.frames - 2:
-            continue  # cannot fit at this clip length, whatever the shot
-        for attempt in range(TURN_ATTEMPTS):
-            try:
-                clip = generate_clip(
-                    cfg, turn_seed(seed, case, attempt), kind=plan.first, followups=plan.followups[: n - 1]
-                )
-            except RuntimeError as why:  # SynthWorld found no shot for this seed: the next attempt
-                log.debug("multi-turn case %d attempt %d: %s", case, attempt, why)
-                continue
-            if fits(clip, turns=n, gap=gap):
-                yield clip
+def stagings(frames: int, turns: int, gap: int) -> list[tuple[int, int]]:
+    """(clip length, turns) to stage a plan of ``turns`` kinds at, in order: every turn at ``frames``
+    where the first onset (never before ``frames // 4``) leaves room for the others ``gap`` apart, else
+    at the shortest longer clip (1 + 4k frames) that does and one a gap longer still; then fewer turns,
+    two at least, at ``frames``."""
+
+    def room(length: int, n: int) -> bool:
+        return max(1, length // 4) + (n - 1) * gap <= length - 2
+
+    out: list[tuple[int, int]] = []
+    if room(frames, turns):
+        out.append((frames, turns))
+    else:
+        length = frames + (-(frames - 1)) % 4  # the next 1 + 4k at or above frames
+        while not room(length, turns):
+            length += 4
+        out += [(length, turns), (length + gap + (-gap) % 4, turns)]
+    out += [(frames, n) for n in range(turns - 1, 1, -1) if room(frames, n)]
+    return out
+
+
+def candidates(
+    cfg: SynthConfig, plan: TurnPlan, *, seed: int, case: int, gap: int, turns: int
+) -> Iterator[Clip]:
+    """Clips of ``plan``'s first ``turns`` kinds, ``cfg.frames`` long, whose turns all fit ``gap``
+    apart, from :data:`TURN_ATTEMPTS` shots. Deterministic in its arguments."""
+    for attempt in range(TURN_ATTEMPTS):
+        try:
+            clip = generate_clip(
+                cfg, turn_seed(seed, case, attempt), kind=plan.first, followups=plan.followups[: turns - 1]
+            )
+        except RuntimeError as why:  # SynthWorld found no shot for this seed: the next attempt
+            log.debug("multi-turn case %d attempt %d: %s", case, attempt, why)
+            continue
+        if fits(clip, turns=turns, gap=gap):
+            yield clip
 
 
 def global_change(masks: np.ndarray, full: int, area: float) -> bool:

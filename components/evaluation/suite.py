@@ -429,10 +429,26 @@ def _multi_turn_case(
     out: Path, cfg: SynthConfig, plan: multi_turn.TurnPlan, *, seed: int, index: int
 ) -> InterBenchCase | None:
     """Write the first staging of ``plan`` whose every turn (and persistence) the SynthWorld judge can
-    see; None when none of the attempts gives one."""
+    see, with all its turns where a clip of the suite's length or a longer one holds them, else fewer
+    (:func:`multi_turn.stagings`); None when none of the attempts gives one."""
+    gap = multi_turn.min_turn_gap()
+    for frames, turns in multi_turn.stagings(cfg.frames, len(plan.kinds), gap):
+        case = _stage_multi_turn(out, cfg.model_copy(update={"frames": frames}), plan, turns, seed, index)
+        if case is not None:
+            return case
+    log.warning("suite: case %d: %s does not fit in %d frames; a single turn instead", index,
+                "→".join(k.value for k in plan.kinds), cfg.frames)  # fmt: skip
+    return None
+
+
+def _stage_multi_turn(
+    out: Path, cfg: SynthConfig, plan: multi_turn.TurnPlan, turns: int, seed: int, index: int
+) -> InterBenchCase | None:
+    """The first judgeable staging of ``plan``'s first ``turns`` kinds in ``cfg.frames`` frames, written."""
     from worldloop.components.evaluation.judges.synthworld import judgeable  # the judge imports this module
 
-    for clip in multi_turn.candidates(cfg, plan, seed=seed, case=index, gap=multi_turn.min_turn_gap()):
+    gap = multi_turn.min_turn_gap()
+    for clip in multi_turn.candidates(cfg, plan, seed=seed, case=index, gap=gap, turns=turns):
         turns = tuple(
             Turn(
                 instruction=e.spec.instruction,
@@ -458,8 +474,6 @@ def _multi_turn_case(
         Image.fromarray(clip.frames[0]).save(out / "images" / f"{case.id}.png")
         np.savez_compressed(out / "truth" / f"{case.id}.npz", **arrays)
         return case
-    log.warning("suite: case %d: %s does not fit in %d frames; a single turn instead", index,
-                "→".join(k.value for k in plan.kinds), cfg.frames)  # fmt: skip
     return None
 
 

@@ -200,17 +200,24 @@ def test_synthworld_judge_scores_each_turn_and_persistence(suite: LoadedSuite) -
         assert judge.score(case, without).turns[0].persistence == 0.0
 
 
-def test_three_turns_where_they_fit(tmp_path: Path) -> None:
-    """At 33 frames two turns a block apart leave no room for a third; at 57 they do."""
+def test_three_turns_get_a_longer_clip_where_the_suite_length_has_no_room(tmp_path: Path) -> None:
+    """At 33 frames two turns a block apart leave no room for a third: the case is staged in the shortest
+    longer clip that holds all three (its own ``frames``), judged like any other; at 57 frames it fits."""
+    assert multi_turn.stagings(33, 3, 12) == [(37, 3), (49, 3), (33, 2)]
+    assert multi_turn.stagings(57, 3, 12) == [(57, 3), (57, 2)]
     kinds = [EventKind.open_door, EventKind.draw_torch, EventKind.rain]
-    three = build_synthworld_suite(
-        tmp_path, cases=1, size=32, frames=57, seed=0, kinds=kinds, multi_turn_every=1
-    )
-    (case,) = three.cases
-    assert case.id == "0000-open_door.draw_torch.rain" and len(case.turns) == 3
-    scored = SynthWorldJudge(three).score(case, three.truth(case.id).event)
-    assert [t.scores[Dimension.trigger] for t in scored.turns] == [1.0, 1.0, 1.0]
-    assert [t.persistence for t in scored.turns] == [1.0, 1.0, None]
+    for frames in (33, 57):
+        three = build_synthworld_suite(
+            tmp_path / str(frames), cases=1, size=32, frames=frames, seed=0, kinds=kinds, multi_turn_every=1
+        )
+        (case,) = three.cases
+        assert case.id == "0000-open_door.draw_torch.rain" and len(case.turns) == 3
+        assert case.frames == frames if frames == 57 else case.frames in (37, 49)
+        truth = three.truth(case.id)
+        assert truth.event.shape[0] == case.frames
+        scored = SynthWorldJudge(three).score(case, truth.event)
+        assert [t.scores[Dimension.trigger] for t in scored.turns] == [1.0, 1.0, 1.0]
+        assert [t.persistence for t in scored.turns] == [1.0, 1.0, None]
 
 
 # -- generation ------------------------------------------------------------------------------------------
