@@ -19,6 +19,7 @@ from worldloop.components.registry.component import register
 from worldloop.components.synthworld.component import synth
 from worldloop.components.training.component import mix_data, train_stage
 from worldloop.pipelines.cluster import ClusterConfig, apply_common, apply_training
+from worldloop.pipelines.training_job import training_job
 
 STAGES = ("vae", "action", "instruction", "distill", "long")
 
@@ -32,6 +33,7 @@ def cached(task: PipelineTask, cache_key: str | None) -> PipelineTask:
 
 def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None) -> GraphComponent:
     cfg = cluster or ClusterConfig()
+    job = training_job(cfg)  # each training step's RayJob (ClusterConfig.train_job), or none
 
     @dsl.pipeline(
         name="worldloop-full",
@@ -103,6 +105,7 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
                 clip_frames=long_frames if is_long else 0,
                 parent_run_id=parent_run_id,
                 data=(mixed_long if is_long else mixed).outputs["data"],
+                train_job=job.model_dump_json() if job is not None else "",
                 **init,
             ).set_display_name(f"train-{stage}")
             cached(apply_training(train, cfg), cache_key)

@@ -3,6 +3,12 @@
 of every request. Apply is simplified to one field manager: the body replaces the object, the server
 adds metadata and a few defaults and keeps ``status``, and ``dryRun=All`` stores nothing.
 
+Objects can also be created (POST to their collection: 201, or 409 AlreadyExists), listed (GET of
+the collection, ``labelSelector`` with ``k=v`` terms) and deleted (removed at once, as if no
+finalizer held them); ``on_create`` hooks play a controller (KubeRay) for a kind. Pod logs are
+served as a real server does: text, ``timestamps=true`` prefixes each line with its RFC 3339 time,
+``sinceTime`` keeps the lines from that second on, a pod still Pending answers 400.
+
 Each bearer token is a user (``users``; ``token`` is the deployer service account), and POST of a
 ``SelfSubjectReview`` answers who that user is, as ``kubectl auth whoami`` asks a real server (1.28+;
 ``with_self_review=False`` is an older one)."""
@@ -14,6 +20,7 @@ import json
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +39,8 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
         ("namespaces", "Namespace", False),
         ("namespaces/status", "Namespace", False),
         ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("pods", "Pod", True),
+        ("pods/log", "Pod", True),
         ("secrets", "Secret", True),
         ("serviceaccounts", "ServiceAccount", True),
         ("services", "Service", True),
@@ -65,6 +74,10 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
 _OBJECT_PATH = re.compile(
     r"/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>[^/]+)/(?P<name>[^/]+)"
 )
+_COLLECTION_PATH = re.compile(
+    r"/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>[^/]+)"
+)
+_LOG_PATH = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)/log")
 
 Key = tuple[str, str, str | None, str]  # group version, resource, namespace, name
 REVIEWS = "authentication.k8s.io/v1"  # create-only resources: reviews are answered, never stored
@@ -110,6 +123,10 @@ class FakeKube:
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)  # kind -> failure of its PATCH
     requests: list[Request] = field(default_factory=list)
+    on_create: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)  # kind -> controller
+    logs: dict[tuple[str, str], list[tuple[str, str]]] = field(
+        default_factory=dict
+    )  # (ns, pod) -> (time, line)
 
     def serve(self) -> tuple[ThreadingHTTPServer, str]:
         fake = self
@@ -130,14 +147,15 @@ class FakeKube:
                 )
                 fake.requests.append(request)
                 status, body = fake.handle(request)
-                data = json.dumps(body).encode()
+                text = isinstance(body, str)  # a pod log
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_PATCH = do_POST = _handle  # noqa: N815
+            do_GET = do_PATCH = do_POST = do_DELETE = _handle  # noqa: N815
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         # A short poll interval keeps ``server.shutdown()`` (which waits for the next poll) quick.
@@ -171,10 +189,14 @@ class FakeKube:
     def patches(self) -> list[Request]:
         return [r for r in self.requests if r.method == "PATCH"]
 
+    def log(self, namespace: str, pod: str, line: str, *, at: str) -> None:
+        """Append ``line`` to ``pod``'s log, written at ``at`` (RFC 3339)."""
+        self.logs.setdefault((namespace, pod), []).append((at, line))
+
     def _lookup(self, gv: str, kind: str) -> tuple[str, bool]:
         return next((r, ns) for r, k, ns in self.served()[gv] if k == kind and "/" not in r)
 
-    def handle(self, request: Request) -> tuple[int, dict[str, Any]]:
+    def handle(self, request: Request) -> tuple[int, dict[str, Any] | str]:
         user = self.user(request)
         if user is None:
             return status(401, "Unauthorized", "Unauthorized")
@@ -191,6 +213,11 @@ class FakeKube:
             return 200, group_list(served)
         if request.method == "GET" and (gv := _discovery_path(request.path)) in served:
             return 200, resource_list(gv, served[gv])
+        if request.method == "GET" and (logs := _LOG_PATH.fullmatch(request.path)):
+            return self._pod_log(logs["ns"], logs["name"], request.query)
+        collection = _COLLECTION_PATH.fullmatch(request.path)
+        if collection and request.method in ("GET", "POST"):
+            return self._collection(request, collection)
         match = _OBJECT_PATH.fullmatch(request.path)
         gv = match and (match["core"] or match["gv"])
         entry = match and next((e for e in served.get(str(gv), []) if e[0] == match["res"]), None)
@@ -200,7 +227,72 @@ class FakeKube:
         if request.method == "GET":
             live = self.objects.get(key)
             return (200, live) if live is not None else not_found(key)
+        if request.method == "DELETE":
+            if self.objects.pop(key, None) is None:
+                return not_found(key)
+            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         return self._apply(request, key, entry[1])
+
+    def _collection(self, request: Request, match: re.Match[str]) -> tuple[int, dict[str, Any]]:
+        """GET: the list (``labelSelector`` ``k=v,…``); POST: create the object (201, 409 if it exists)."""
+        gv = str(match["core"] or match["gv"])
+        entry = next((e for e in self.served().get(gv, []) if e[0] == match["res"]), None)
+        if not entry or entry[2] != (match["ns"] is not None) or gv == REVIEWS:  # reviews: answered above
+            return status(404, "NotFound", "the server could not find the requested resource")
+        resource, kind, namespace = match["res"], entry[1], match["ns"]
+        if request.method == "GET":
+            terms = [t.split("=", 1) for t in request.query.get("labelSelector", [""])[-1].split(",") if t]
+            items = [
+                obj
+                for (g, r, ns, _), obj in sorted(self.objects.items(), key=lambda kv: str(kv[0]))
+                if (g, r, ns) == (gv, resource, namespace)
+                and all(obj["metadata"].get("labels", {}).get(k) == v for k, v in terms)
+            ]
+            return 200, {
+                "kind": f"{kind}List",
+                "apiVersion": gv,
+                "metadata": {"resourceVersion": "1"},
+                "items": items,
+            }
+        body = request.body if isinstance(request.body, dict) else {}
+        name = body.get("metadata", {}).get("name")
+        if (body.get("apiVersion"), body.get("kind")) != (gv, kind) or not name:
+            return status(400, "BadRequest", "the object does not match the URL (or has no metadata.name)")
+        if namespace is not None and ("v1", "namespaces", None, namespace) not in self.objects:
+            return not_found(("v1", "namespaces", None, namespace))
+        key: Key = (gv, resource, namespace, name)
+        if key in self.objects:
+            group, qualified = _qualified(gv, resource)
+            details = {"name": name, "group": group, "kind": resource}
+            return status(409, "AlreadyExists", f'{qualified} "{name}" already exists', details)
+        created = {k: v for k, v in copy.deepcopy(body).items() if k != "status"}
+        created["metadata"].update(
+            namespace=namespace,
+            uid=str(uuid.uuid4()),
+            creationTimestamp=NOW,
+            resourceVersion="1",
+            generation=1,
+        )
+        if namespace is None:
+            del created["metadata"]["namespace"]
+        self.objects[key] = created
+        if kind in self.on_create:
+            self.on_create[kind](copy.deepcopy(created))
+        return 201, created
+
+    def _pod_log(
+        self, namespace: str, name: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, Any] | str]:
+        pod = self.objects.get(("v1", "pods", namespace, name))
+        if pod is None:
+            return not_found(("v1", "pods", namespace, name))
+        if pod.get("status", {}).get("phase", "Pending") == "Pending":
+            container = pod["spec"]["containers"][0]["name"]
+            return status(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start')
+        since = query.get("sinceTime", [""])[-1]
+        stamps = query.get("timestamps", ["false"])[-1] == "true"
+        lines = [(at, line) for at, line in self.logs.get((namespace, name), []) if at[:19] >= since[:19]]
+        return 200, "".join(f"{at} {line}\n" if stamps else f"{line}\n" for at, line in lines)
 
     def _apply(self, request: Request, key: Key, kind: str) -> tuple[int, dict[str, Any]]:
         gv, resource, namespace, name = key

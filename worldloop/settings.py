@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     kubeconfig: Path | None = Field(
         None,
         description=(
-            "Cluster profile: the kubeconfig registry decisions authenticate with (its current context). "
-            "Default: ~/.kube/config, else the pod's service account."
+            "Cluster profile: the kubeconfig registry decisions and a training step's RayJob authenticate "
+            "with (its current context). Default: ~/.kube/config, else the pod's service account."
         ),
     )
     gate_tolerance: float = Field(

@@ -1,4 +1,5 @@
-"""KFP component: one training stage (action | instruction | distill | long), resumable, in MLflow.
+"""KFP component: one training stage (action | instruction | distill | long), resumable, in MLflow;
+in the step's pod or as a KubeRay RayJob on several pods.
 
 Top-level imports are stdlib and ``kfp.dsl`` only; the body imports the library from the image.
 """
@@ -20,38 +21,38 @@ def train_stage(
     checkpoint: Output[Model],
     init: Input[Model] | None = None,
     clip_frames: int = 0,
+    train_job: str = "",
 ) -> None:
     """Train ``stage`` of the ``preset`` scale on ``data`` into ``checkpoint``, initialised from ``init``
     (the previous stage's checkpoint). ``steps_scale`` scales the preset's curriculum (1.0: as is);
     ``max_steps`` > 0 caps the steps (a short run); 0 runs the whole (scaled) curriculum;
-    ``clip_frames`` > 0 sets the curriculum's clip length (stage 4: the long clips' length)."""
-    from worldloop.components.training.run import run_stage
-    from worldloop.model.train.config import stage_preset
+    ``clip_frames`` > 0 sets the curriculum's clip length (stage 4: the long clips' length).
+    ``train_job``: a RayJob template (JSON, from the cluster config): the stage trains as that KubeRay
+    RayJob on several pods and this step streams its log and waits; empty: it trains in this pod."""
+    from worldloop.components.training.step import step_config, train_step
 
-    cfg = stage_preset(stage, scale=preset).scaled(steps_scale)
-    if clip_frames > 0:
-        cfg = cfg.with_clip_frames(clip_frames)
-    if max_steps > 0:  # a short run still saves its last step (checkpoint_every or the end)
-        cfg = cfg.model_copy(update={"checkpoint_every": max_steps, "log_every": 1})
-    run = run_stage(
+    cfg = step_config(
+        stage, preset=preset, steps_scale=steps_scale, max_steps=max_steps, clip_frames=clip_frames
+    )
+    run = train_step(
         cfg,
         data=data.path,
         out=checkpoint.path,
         init=init.path if init is not None else None,
         max_steps=max_steps if max_steps > 0 else None,
         parent_run_id=parent_run_id or None,
+        train_job=train_job or None,
     )
-    losses = run.result.losses
     checkpoint.metadata.update(
         {
             "stage": stage,
             "preset": preset,
-            "steps": run.result.steps,
+            "steps": run.steps,
             "mlflow_run_id": run.mlflow_run_id or "",
         }
     )
-    if losses:
-        checkpoint.metadata["final_loss"] = float(losses[-1])
+    if run.losses:
+        checkpoint.metadata["final_loss"] = float(run.losses[-1])
 
 
 @dsl.component(base_image=IMAGE)

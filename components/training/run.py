@@ -262,6 +262,7 @@ def run_stage(
         on_metrics=tracker.log_metrics if tracker else None,
         on_progress=on_progress,
         on_checkpoint=mirror.push if mirror else None,
+        on_shard=mirror.push_shards if mirror else None,
         teacher=scores.teacher,
         critic=scores.critic,
     )

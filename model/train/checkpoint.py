@@ -103,13 +103,26 @@ def _shard_name(optimizer_file: str, rank: int) -> str:
     return f"{optimizer_file}.rank{rank}.safetensors"
 
 
-def save_optimizer_shard(staging: str | Path, optimizer_file: str, optimizer: torch.optim.Optimizer) -> None:
-    """This rank's optimizer-state tensors into ``staging`` (``optimizer_file`` is e.g. "optimizer")."""
+def checkpoint_name(step: int) -> str:
+    """The folder name of checkpoint ``step`` (``step-NNNNNNNN``)."""
+    return f"step-{step:08d}"
+
+
+def save_optimizer_shard(staging: str | Path, optimizer_file: str, optimizer: torch.optim.Optimizer) -> Path:
+    """This rank's optimizer-state tensors into ``staging`` (``optimizer_file`` is e.g. "optimizer");
+    returns the file written."""
     staging = Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
     tensors, _ = _optimizer_tensors(optimizer)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    save_file(tensors, str(staging / _shard_name(optimizer_file, rank)))
+    path = staging / _shard_name(optimizer_file, rank)
+    save_file(tensors, str(path))
+    return path
+
+
+def missing_shards(staging: str | Path, optimizer_file: str, world: int) -> list[int]:
+    """The ranks whose ``optimizer_file`` shard is not in ``staging`` (ranks that share no folder)."""
+    return [r for r in range(world) if not (Path(staging) / _shard_name(optimizer_file, r)).is_file()]
 
 
 def save_checkpoint(
@@ -125,6 +138,7 @@ def save_checkpoint(
     extra: dict[str, tuple[Weights, torch.optim.Optimizer]] | None = None,
     frozen: dict[str, Weights] | None = None,
     shards: str | Path | None = None,
+    num_shards: int | None = None,
     spec: ModelSpec | None = None,
     model_file: str = "model",
     files: dict[str, bytes] | None = None,
@@ -134,13 +148,15 @@ def save_checkpoint(
     ``model``, the ``extra`` and the ``frozen`` modules may be given as full state dicts (gathered from
     ZeRO-3 partitions). ``shards``: a staging folder of every rank's :func:`save_optimizer_shard` files, moved
     into the checkpoint in place of rank 0's ``optimizer.safetensors`` (and ``NAME_optimizer``).
+    ``num_shards``: the ranks whose shards the checkpoint holds (default: the shard files in ``shards``;
+    ranks that share no folder with rank 0 deliver theirs beside the checkpoint themselves).
     ``spec``: written as ``spec.json`` inside the folder before it is renamed into place.
     ``model_file``: the primary module's file name (``vae`` when it is the VAE).
     ``files``: more files (name → bytes, e.g. ``lineage.json``) written inside the folder likewise.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
+    name = checkpoint_name(step)
     final = root / name
     tmp = root / f".{name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -158,12 +174,13 @@ def save_checkpoint(
             save_file(extra_tensors, str(tmp / f"{part}_optimizer.safetensors"))
     for part, module in (frozen or {}).items():
         save_file(_cpu_weights(module), str(tmp / f"{part}.safetensors"))
-    num_shards = 0
+    counted = 0
     if shards is not None:
         for f in sorted(Path(shards).iterdir()):
             os.replace(f, tmp / f.name)
-            num_shards += f.name.startswith("optimizer.rank")
+            counted += f.name.startswith("optimizer.rank")
         shutil.rmtree(shards, ignore_errors=True)
+    num_shards = counted if num_shards is None else num_shards
     full_state = {
         "step": step,
         "optimizer": opt_meta,

@@ -28,19 +28,22 @@ def ensure_distributed(backend: str | None = None) -> tuple[int, int]:
     """Initialise torch.distributed (gloo on CPU, nccl on GPU); world size 1 needs no launcher.
 
     Under ``torchrun`` the rendezvous comes from its environment. A lone process rendezvous through a
-    file in a private temporary folder instead of a TCP port, so concurrent runs cannot collide.
-    Returns ``(rank, world_size)``.
+    file in a private temporary folder instead of a TCP port, so concurrent runs cannot collide. A
+    launcher that formed the group itself (Ray Train's TorchTrainer, which also sets ``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR/PORT`` as torchrun does) keeps its group: DeepSpeed
+    only wraps it. Returns ``(rank, world_size)``.
     """
+    import deepspeed
+
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if "WORLD_SIZE" not in os.environ:
             store = Path(tempfile.mkdtemp(prefix="worldloop-dist-")) / "rendezvous"
             dist.init_process_group(backend, init_method=store.as_uri(), rank=0, world_size=1)
             os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it; WORLD_SIZE stays unset
-        import deepspeed
-
+    if not deepspeed.comm.is_initialized():
         load_shm_op()  # its JIT build, guarded: a build killed earlier cannot hang this run (ds_ops)
-        deepspeed.init_distributed(dist_backend=backend)
+        deepspeed.init_distributed(dist_backend=backend or str(dist.get_backend()))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -35,6 +35,9 @@ reduce-scatter), all collectives. Hence the rules:
 * **Checkpoints are collectives.** At a checkpoint step every rank gathers ZeRO-3 weights and EMA
   partitions (the EMA is kept per partition) and writes its own optimizer shard (ZeRO ≥ 1, several
   ranks); then rank 0 alone writes the folder (:mod:`.checkpoint`) and the others wait at a barrier.
+  Ranks on nodes that share no folder with rank 0 hand their shard to ``on_shard`` (the platform
+  uploads it beside the checkpoint before rank 0 publishes it); without that hook a shard missing from
+  rank 0's staging folder is an error, not a checkpoint that cannot be resumed.
 
 No tracking service is imported here: metrics go to ``on_metrics`` (the platform plugs MLflow in).
 """
@@ -42,6 +45,7 @@ No tracking service is imported here: metrics go to ``on_metrics`` (the platform
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,10 +72,12 @@ from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.checkpoint import (
     Weights,
     check_resumable,
+    checkpoint_name,
     gathered_state_dict,
     latest_checkpoint,
     load_training_state,
     load_weights,
+    missing_shards,
     optimizer_state_access,
     save_checkpoint,
     save_optimizer_shard,
@@ -134,6 +140,7 @@ class Trainer:
         on_metrics: MetricsCallback | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         on_checkpoint: Callable[[Path], None] | None = None,
+        on_shard: Callable[[int, list[Path]], None] | None = None,
     ) -> None:
         objective.check()
         self.cfg, self.objective, self.vae, self.data, self.spec = cfg, objective, vae, data, spec
@@ -142,6 +149,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.ema_decay = ema_decay
         self.on_metrics, self.on_progress, self.on_checkpoint = on_metrics, on_progress, on_checkpoint
+        self.on_shard = on_shard
         self.primary, *self.others = objective.trained
         self.rank, self.world = ensure_distributed()
         self.total_steps = cfg.total_steps
@@ -352,6 +360,8 @@ class Trainer:
                     self.on_checkpoint(saved)
             if self.world > 1:
                 dist.barrier()
+        if snapshot.shards is not None and self.rank != 0:  # a node of its own: its shard went by on_shard
+            shutil.rmtree(snapshot.shards, ignore_errors=True)
         return saved
 
     def _stage_lineage(self) -> Lineage:
@@ -381,11 +391,13 @@ class Trainer:
         full_ema = ema.full()
         shards = None
         if self.cfg.zero_stage >= 1 and self.world > 1:
-            shards = self.checkpoint_dir / f".step-{step:08d}.shards"
-            save_optimizer_shard(shards, "optimizer", engines[self.primary.name].optimizer)
+            shards = self.checkpoint_dir / f".{checkpoint_name(step)}.shards"
+            files = [save_optimizer_shard(shards, "optimizer", engines[self.primary.name].optimizer)]
             for t in self.others:
-                save_optimizer_shard(shards, f"{t.name}_optimizer", engines[t.name].optimizer)
-            dist.barrier()  # every shard is on disk before rank 0 moves them into the checkpoint
+                files.append(save_optimizer_shard(shards, f"{t.name}_optimizer", engines[t.name].optimizer))
+            if self.on_shard is not None:  # e.g. uploaded beside the checkpoint, before it is published
+                self.on_shard(step, files)
+            dist.barrier()  # every shard is on disk or delivered before rank 0 moves them into place
         return Snapshot(trained, frozen, full_ema, shards)
 
     def _save(
@@ -402,6 +414,14 @@ class Trainer:
             world_size=self.world,
             **self.objective.state(),
         )
+        if snap.shards is not None and self.on_shard is None:
+            missing = missing_shards(snap.shards, "optimizer", self.world)
+            if missing:
+                raise RuntimeError(
+                    f"checkpoint {step}: the optimizer shards of ranks {missing} are not in {snap.shards}: "
+                    "the ranks do not share the checkpoint folder; train into a folder every rank shares "
+                    "or an s3:// output (each rank uploads its shard)"
+                )
         return save_checkpoint(
             self.checkpoint_dir,
             step,
@@ -411,6 +431,7 @@ class Trainer:
             extra={t.name: (snap.trained[t.name], engines[t.name].optimizer) for t in self.others},
             frozen=frozen,
             shards=snap.shards,
+            num_shards=self.world if snap.shards is not None else None,
             state=state,
             metadata=self.objective.metadata(),
             spec=None if self.spec is None else self.objective.checkpoint_spec(self.spec),
@@ -432,6 +453,7 @@ def build_trainer(
     on_metrics: MetricsCallback | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     on_checkpoint: Callable[[Path], None] | None = None,
+    on_shard: Callable[[int, list[Path]], None] | None = None,
     teacher: WorldModel | None = None,
     critic: WorldModel | None = None,
 ) -> Trainer:
@@ -463,4 +485,5 @@ def build_trainer(
         on_metrics=on_metrics,
         on_progress=on_progress,
         on_checkpoint=on_checkpoint,
+        on_shard=on_shard,
     )

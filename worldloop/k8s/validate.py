@@ -17,7 +17,8 @@ fixed without guessing.
   ``value`` or ConfigMap entry whose name says it is a secret (KEY, SECRET, PASSWORD, TOKEN); a
   RayService's ``serveConfigV2`` parses. Exception: containers of a Ray head or worker group template
   may omit probes, since KubeRay injects its own readiness/liveness probes into Ray containers that
-  have none (our manifests set them explicitly anyway, mirroring KubeRay's).
+  have none (our manifests set them explicitly anyway, mirroring KubeRay's); so may the submitter pod
+  of a RayJob (``spec.submitterPodTemplate``), a batch pod that runs ``ray job submit`` to its end.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ _SECRET_NAME = re.compile(
 )
 _RAY_GROUP_TEMPLATE = re.compile(
     r"^spec(\.rayClusterConfig|\.rayClusterSpec)\.(headGroupSpec|workerGroupSpecs\[\d+\])"
+    r"|^spec\.submitterPodTemplate\."
 )
 
 Obj = dict[str, Any]

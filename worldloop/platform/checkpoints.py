@@ -3,6 +3,8 @@
 A training output holds ``step-NNNNNNNN/`` checkpoints and a ``latest`` pointer (written by
 :mod:`worldloop.model.train.checkpoint`). An ``s3://`` output is trained into a local mirror folder and
 each checkpoint uploaded as it is written (:class:`CheckpointMirror`); readers download the latest one.
+Under data parallelism every rank uploads its own optimizer shard and rank 0 the rest, so ranks on
+different nodes (a Ray Train job over several pods) need no shared folder.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from worldloop import storage
 from worldloop.data import LINEAGE_FILE
 from worldloop.model.spec import SPEC_FILE
-from worldloop.model.train.checkpoint import LATEST, latest_checkpoint
+from worldloop.model.train.checkpoint import LATEST, checkpoint_name, latest_checkpoint
 from worldloop.settings import Settings
 
 # What loading a model needs from a checkpoint (never the optimizer state): the registry copies these.
@@ -47,8 +49,18 @@ class CheckpointMirror:
             for uri in storage.list_uris(storage.join(self.uri, name), settings=self.settings):
                 target = local / name / uri.rsplit("/", 1)[1]
                 storage.download_file(uri, target, settings=self.settings)
-            (local / LATEST).write_text(name + "\n")
+            # atomically: ranks of one node may pull into the same folder at once (a Ray Train job)
+            with storage.atomic_local_file(local / LATEST) as handle:
+                handle.write((name + "\n").encode())
         return local
+
+    def push_shards(self, step: int, files: list[Path]) -> None:
+        """Upload one rank's optimizer shards of checkpoint ``step`` into its folder, before rank 0
+        publishes it (:meth:`push` moves ``latest`` last): ranks on other nodes share no folder with
+        rank 0, so the checkpoint is assembled here."""
+        for path in files:
+            target = storage.join(self.uri, checkpoint_name(step), path.name)
+            storage.upload_file(path, target, settings=self.settings)
 
     def push(self, folder: Path) -> None:
         """Upload checkpoint ``folder`` (a ``step-…`` folder of the local mirror), then move ``latest``."""

@@ -367,13 +367,13 @@ def test_cli_render_then_validate(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "rendered 27 objects of overlay prod" in done.stdout
+    assert "rendered 28 objects of overlay prod" in done.stdout
     assert not (out / "all.yaml").exists()
     assert "sp: 4" in "".join(p.read_text() for p in out.glob("*.yaml"))
     ok = subprocess.run(
         [str(WORLDLOOP), "infra", "validate", str(out)], capture_output=True, text=True, timeout=120
     )
-    assert (ok.returncode, ok.stdout.strip()) == (0, "27 documents valid"), ok.stderr
+    assert (ok.returncode, ok.stdout.strip()) == (0, "28 documents valid"), ok.stderr
     broken = next(out.glob("*-deployment-mlflow.yaml"))
     broken.write_text(broken.read_text().replace("replicas: 2", "replicas: two"))
     bad = subprocess.run(
