@@ -29,7 +29,7 @@ def evaluate(
     from pathlib import Path
 
     from worldloop.components.evaluation.interbench import run_interbench
-    from worldloop.components.evaluation.suite import SUITE_VERSION, build_synthworld_suite, load_suite
+    from worldloop.components.evaluation.suite import SUITE_TAG, build_synthworld_suite, load_suite
     from worldloop.settings import get_settings
 
     model = checkpoint.path if checkpoint is not None else model_uri
@@ -37,7 +37,7 @@ def evaluate(
         raise ValueError("evaluate needs a model: an upstream checkpoint or model_uri")
     suite: Path | None = None
     if suite_cases > 0:
-        suite = get_settings().home / "interbench" / f"suite-{suite_cases}-v{SUITE_VERSION}"
+        suite = get_settings().home / "interbench" / f"suite-{suite_cases}-{SUITE_TAG}"
         try:
             load_suite(suite)
         except FileNotFoundError:

@@ -47,7 +47,7 @@ from worldloop.components.evaluation.metrics import (
     temporal_consistency,
 )
 from worldloop.components.evaluation.suite import (
-    SUITE_VERSION,
+    SUITE_TAG,
     InterBenchCase,
     LoadedSuite,
     build_synthworld_suite,
@@ -68,7 +68,7 @@ HELD_OUT_SEED = 11  # the judge's accuracy is measured on worlds of this seed (n
 
 def default_suite(settings: Settings) -> LoadedSuite:
     """The shipped SynthWorld suite, rendered once into the local home (deterministic)."""
-    name = f"synthworld-s{DEFAULT_SEED}-{DEFAULT_SIZE}px-{DEFAULT_FRAMES}f-{DEFAULT_CASES}-v{SUITE_VERSION}"
+    name = f"synthworld-s{DEFAULT_SEED}-{DEFAULT_SIZE}px-{DEFAULT_FRAMES}f-{DEFAULT_CASES}-{SUITE_TAG}"
     root = settings.home / "interbench" / name
     try:
         return load_suite(root)
@@ -260,7 +260,7 @@ def run_interbench(
             raise ValueError(f"the synthworld judge needs ground truth; cases without it: {missing[:5]}")
         judge = SynthWorldJudge(loaded)
         size, frames = loaded.suite.size, loaded.suite.frames
-        held = settings.home / "interbench" / f"held-out-s{HELD_OUT_SEED}-{size}px-{frames}f-v{SUITE_VERSION}"
+        held = settings.home / "interbench" / f"held-out-s{HELD_OUT_SEED}-{size}px-{frames}f-{SUITE_TAG}"
         try:
             held_suite = load_suite(held)
         except FileNotFoundError:

@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 
 SUITE_VERSION = 2
 READ_VERSIONS = (1, 2)  # 1: before multi-turn cases
+# How SynthWorld cases are staged from the builder's arguments; a new revision gives the same arguments
+# other cases (2: three-turn plans in longer clips), so it is part of a built suite's name (what the
+# promotion gate compares) and of every cached suite's folder.
+STAGING_REVISION = 2
+SUITE_TAG = f"v{SUITE_VERSION}r{STAGING_REVISION}"  # the cache folders' suffix
 SUITE_FILE = "suite.json"
 MULTI_TURN_EVERY = 5  # the shipped suite: every fifth case is multi-turn (20 %)
 GLOBAL_AREA = 0.5  # an event covering at least this fraction of the frame is judged as a global change
@@ -382,7 +387,8 @@ def build_synthworld_suite(
         built.append(case)
         if (i + 1) % 10 == 0:
             log.info("suite: %d/%d cases", i + 1, cases)
-    suite = Suite(name=f"synthworld-s{seed}", size=size, frames=frames, fps=cfg.fps, cases=tuple(built))
+    name = f"synthworld-s{seed}-r{STAGING_REVISION}"
+    suite = Suite(name=name, size=size, frames=frames, fps=cfg.fps, cases=tuple(built))
     tmp = out / f".{SUITE_FILE}.tmp"
     tmp.write_text(suite.model_dump_json(indent=1), encoding="utf-8")
     tmp.replace(out / SUITE_FILE)  # the suite exists only once every case file is written
@@ -442,13 +448,13 @@ def _multi_turn_case(
 
 
 def _stage_multi_turn(
-    out: Path, cfg: SynthConfig, plan: multi_turn.TurnPlan, turns: int, seed: int, index: int
+    out: Path, cfg: SynthConfig, plan: multi_turn.TurnPlan, count: int, seed: int, index: int
 ) -> InterBenchCase | None:
-    """The first judgeable staging of ``plan``'s first ``turns`` kinds in ``cfg.frames`` frames, written."""
+    """The first judgeable staging of ``plan``'s first ``count`` kinds in ``cfg.frames`` frames, written."""
     from worldloop.components.evaluation.judges.synthworld import judgeable  # the judge imports this module
 
     gap = multi_turn.min_turn_gap()
-    for clip in multi_turn.candidates(cfg, plan, seed=seed, case=index, gap=gap, turns=turns):
+    for clip in multi_turn.candidates(cfg, plan, seed=seed, case=index, gap=gap, turns=count):
         turns = tuple(
             Turn(
                 instruction=e.spec.instruction,

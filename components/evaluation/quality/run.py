@@ -48,7 +48,7 @@ from worldloop.components.evaluation.quality.measures import (
 )
 from worldloop.components.evaluation.quality.report import plot_block_psnr, write_samples
 from worldloop.components.evaluation.suite import (
-    SUITE_VERSION,
+    SUITE_TAG,
     LoadedSuite,
     build_synthworld_suite,
     load_suite,
@@ -79,9 +79,7 @@ class QualityResult:
 def quality_suite(settings: Settings, *, size: int, frames: int, cases: int) -> LoadedSuite:
     """The ladder's InterBench suite: ``cases`` SynthWorld cases of the held-out seed (kinds in turn),
     rendered once into the local home."""
-    root = (
-        settings.home / "interbench" / f"quality-s{HELD_OUT_SEED}-{size}px-{frames}f-{cases}-v{SUITE_VERSION}"
-    )
+    root = settings.home / "interbench" / f"quality-s{HELD_OUT_SEED}-{size}px-{frames}f-{cases}-{SUITE_TAG}"
     try:
         return load_suite(root)
     except FileNotFoundError:
