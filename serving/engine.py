@@ -5,7 +5,9 @@ Layers, bottom up:
 * :class:`Streams` — synchronous, one process: the model stack (world model, VAE, text encoder), one
   :class:`~worldloop.model.Rollout` and a state per session (KV cache with sinks + window, VAE decode
   cache, camera, noise generator). This is what every sequence-parallel worker runs; all workers of a
-  replica make the same calls in the same order, so they hold the same streams.
+  replica make the same calls in the same order, so they hold the same streams. A block is denoised
+  on the caller's thread and decoded on a :class:`~worldloop.serving.decode_lane.DecodeLane`, so the
+  engines decode block k while block k+1 denoises (:func:`~worldloop.serving.decode_lane.overlapped`).
 * :class:`VideoEngine` — the async protocol the Ray Serve generator talks to: start a session, generate
   its blocks, close it, health, shutdown.
 * :class:`LocalEngine` — a VideoEngine running :class:`Streams` in this process (one device, or the
@@ -23,12 +25,14 @@ last frame, prompt and instruction, with frame numbering continuing: :meth:`Vide
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,9 +43,16 @@ from worldloop.model.camera.actions import ActionFrame
 from worldloop.platform.stack import load_model_stack
 from worldloop.platform.uri import ModelURI
 from worldloop.serving.config import EngineConfig
+from worldloop.serving.decode_lane import DecodeLane, overlapped
 from worldloop.serving.frames import fit, to_uint8
 
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
 log = logging.getLogger(__name__)
+
+PhaseHook = Callable[[str, int, str, float, float], None]
+"""Called with (session, block, "denoise" | "decode", start, end), times from ``time.perf_counter``."""
 
 
 @dataclass(frozen=True)
@@ -149,12 +160,22 @@ class _Stream:
     generator: torch.Generator
     frame_index: int  # index of the last frame produced
     blocks: int = 0
-    last_frame: np.ndarray | None = None  # (H, W, 3) uint8, for model swaps
+    last_frame: np.ndarray | None = None  # (H, W, 3) uint8, for model swaps; set by the decode
+
+
+@dataclass
+class _Denoised:
+    """A block whose clean latents are made (and its K/V committed), waiting for its decode."""
+
+    stream: _Stream
+    latents: torch.Tensor  # (1, C, block_frames, h, w)
+    block: Block  # everything but its frames and decode time
 
 
 @dataclass
 class Streams:
-    """Every session's stream on one model stack, in one process (not thread-safe: callers serialise).
+    """Every session's stream on one model stack, in one process (not thread-safe: callers serialise;
+    the decode lane is this object's own thread).
 
     ``model`` is what to load, default ``cfg.model``: the generator passes the registry version it
     pinned (``models:/NAME/VERSION``), so every sequence-parallel rank loads the same one.
@@ -163,7 +184,8 @@ class Streams:
     cfg: EngineConfig
     model: ModelURI | None = None
     rank: int = 0
-    decode: bool = True  # False on sequence-parallel ranks > 0: they hold the same latents
+    returns_frames: bool = True  # False on sequence-parallel ranks > 0: they decode, rank 0 answers
+    on_phase: PhaseHook | None = None  # each block's denoise and decode times (tests, tracing)
     _streams: dict[str, _Stream] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -197,12 +219,32 @@ class Streams:
             timesteps=stack.timesteps,  # the checkpoint's schedule (a distilled student's own)
         )
         self.dtype = dtype
+        self.lane = DecodeLane(self.device)
+        self.decodes = True  # False on a sequence-parallel rank left out of the decode (see parallelize)
 
-    def parallelize(self, group: object) -> None:
-        """Shard every forward over ``group`` (Ulysses sequence parallel); before any session starts."""
+    def parallelize(self, group: ProcessGroup | None) -> None:
+        """Shard every forward over ``group`` (Ulysses sequence parallel) and every decode over its
+        ranks (height-tiled, :mod:`worldloop.model.parallel.vae_decode`); before any session starts.
+
+        ``group`` must span the world (``None`` or ``dist.group.WORLD``): every process calls this.
+        """
+        import torch.distributed as dist
+
         from worldloop.model.parallel import apply_sequence_parallel
+        from worldloop.model.parallel.vae_decode import apply_tiled_decode
 
-        apply_sequence_parallel(self.rollout.model, group)  # type: ignore[arg-type]
+        apply_sequence_parallel(self.rollout.model, group)
+        # The decode has a group of its own: block k decodes while block k+1 denoises, so its exchanges
+        # run beside the denoise's all-to-alls and must not share their channel. Each member decodes at
+        # least one latent row: with more ranks than rows, the last ranks sit the decode out.
+        rows = self.rollout.height // self.rollout.vae.cfg.spatial_stride
+        world = list(range(dist.get_world_size())) if group is None else dist.get_process_group_ranks(group)
+        members = world[:rows]
+        decode_group = dist.new_group(members)  # every process calls new_group, member or not
+        if dist.get_rank() in members:
+            apply_tiled_decode(self.rollout.vae, decode_group)
+        else:
+            self.decodes = False
 
     # -- introspection ------------------------------------------------------------------------------
     def info(self) -> EngineInfo:
@@ -240,15 +282,16 @@ class Streams:
     ) -> Block:
         """Begin (or restart) ``session`` from ``image`` (H, W, 3) uint8; returns its frame 0 as a Block."""
         rollout = self.rollout
+        self.lane.drain()  # frame 0 is decoded here: after the blocks in the lane, one decode at a time
         t0 = time.perf_counter()
         pixels = fit(image, rollout.height, rollout.width)
         x = torch.from_numpy(np.array(pixels, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
         generator = torch.Generator().manual_seed(seed)
         rollout.generator = generator
         state, first = rollout.start(x, prompt=prompt, instruction=instruction)
-        frames = self._frames(first) if self.decode else np.zeros((1, 0, 0, 3), np.uint8)
+        frames = self._frames(first) if self.returns_frames else np.zeros((1, 0, 0, 3), np.uint8)
         stream = _Stream(state, generator, frame_index, blocks)
-        stream.last_frame = frames[-1] if self.decode else None
+        stream.last_frame = frames[-1] if self.returns_frames else None
         self._streams[session] = stream
         ms = (time.perf_counter() - t0) * 1000.0
         return Block(session, blocks, frame_index, frames, False, instruction, ms, 0.0)
@@ -264,7 +307,22 @@ class Streams:
     ) -> Block:
         """Generate ``session``'s next block with ``keys`` held and ``mouse`` moved over it, or with
         ``actions``, one per video frame (a recorded trajectory: the camera follows them frame by frame,
-        as the model conditions on per-frame poses); a new ``text`` instruction recaches once."""
+        as the model conditions on per-frame poses); a new ``text`` instruction recaches once.
+
+        Denoise, then decode: nothing overlaps. :meth:`submit` returns after the denoise instead."""
+        return self.submit(session, keys=keys, mouse=mouse, text=text, actions=actions).result()
+
+    def submit(
+        self,
+        session: str,
+        *,
+        keys: Sequence[Key | str] = (),
+        mouse: tuple[float, float] = (0.0, 0.0),
+        text: str | None = None,
+        actions: Sequence[ActionFrame] | None = None,
+    ) -> concurrent.futures.Future[Block]:
+        """Denoise ``session``'s next block (as :meth:`step`) here and queue its decode on the lane:
+        the next call may denoise the block after while this one decodes. Blocks decode in call order."""
         stream = self._streams.get(session)
         if stream is None:
             raise SessionNotFound(session)
@@ -279,28 +337,37 @@ class Streams:
                 f"a block takes {rollout.frames_per_block} per-frame actions, got {len(actions)}"
             )
         latents = rollout.denoise(stream.state, list(actions), instruction=text)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":  # this thread's stream only: a decode in the lane keeps running
+            torch.cuda.current_stream(self.device).synchronize()
         t1 = time.perf_counter()
-        frames = np.zeros((0, 0, 0, 3), np.uint8)
-        if self.decode:
-            frames = self._frames(rollout.decode(stream.state, latents))
-            stream.last_frame = frames[-1]
-        t2 = time.perf_counter()
         stream.blocks += 1
+        self._phase(session, stream.blocks, "denoise", t0, t1)
         first = stream.frame_index + 1
         stream.frame_index += rollout.frames_per_block
         recached = stream.state.recaches > recaches
-        return Block(
-            session,
-            stream.blocks,
-            first,
-            frames,
-            recached,
-            stream.state.instruction,
-            (t1 - t0) * 1000.0,
-            (t2 - t1) * 1000.0,
-        )
+        no_frames = np.zeros((0, 0, 0, 3), np.uint8)
+        ms = (t1 - t0) * 1000.0
+        block = Block(session, stream.blocks, first, no_frames, recached, stream.state.instruction, ms, 0.0)
+        job = _Denoised(stream, latents, block)
+        reads = [latents, *(t for t in stream.state.decode_cache.past if t is not None)]
+        return self.lane.submit(lambda: self._decode(job), reads=reads)
+
+    def _decode(self, job: _Denoised) -> Block:
+        """The lane's job: decode ``job``'s latents with its stream's VAE cache (in block order)."""
+        t0 = time.perf_counter()
+        frames = job.block.frames  # none: a rank > 0, or one left out of the decode
+        if self.decodes:
+            video = self.rollout.decode(job.stream.state, job.latents)
+            if self.returns_frames:
+                frames = self._frames(video)
+                job.stream.last_frame = frames[-1]
+        t1 = time.perf_counter()
+        self._phase(job.block.session, job.block.block, "decode", t0, t1)
+        return dataclasses.replace(job.block, frames=frames, decode_ms=(t1 - t0) * 1000.0)
+
+    def _phase(self, session: str, block: int, phase: str, start: float, end: float) -> None:
+        if self.on_phase is not None:
+            self.on_phase(session, block, phase, start, end)
 
     def recaches(self, session: str) -> int:
         stream = self._streams.get(session)
@@ -309,7 +376,12 @@ class Streams:
         return stream.state.recaches
 
     def close(self, session: str) -> bool:
+        """Drop ``session``'s stream; a decode of it still in the lane finishes (its future answers)."""
         return self._streams.pop(session, None) is not None
+
+    def shutdown(self) -> None:
+        """Finish the decodes in the lane and stop its thread."""
+        self.lane.shutdown()
 
 
 class VideoEngine(Protocol):
@@ -351,8 +423,9 @@ class VideoEngine(Protocol):
 
 
 class LocalEngine:
-    """A :class:`VideoEngine` over :class:`Streams` in this process; blocks run in a worker thread, one
-    at a time (a device runs one block at full speed better than two interleaved)."""
+    """A :class:`VideoEngine` over :class:`Streams` in this process; denoises run in a worker thread, one
+    at a time (a device runs one block at full speed better than two interleaved), each beside the
+    decode of the block before it in the streams' decode lane."""
 
     def __init__(self, cfg: EngineConfig, *, model: ModelURI | None = None) -> None:
         self.cfg = cfg
@@ -403,8 +476,16 @@ class LocalEngine:
         blocks: int = 1,
         actions: Sequence[ActionFrame] | None = None,
     ) -> AsyncIterator[Block]:
-        for step in block_steps(keys=keys, mouse=mouse, text=text, blocks=blocks, actions=actions):
-            yield await asyncio.to_thread(self._run, self.streams.step, session, **step)
+        steps = block_steps(keys=keys, mouse=mouse, text=text, blocks=blocks, actions=actions)
+
+        async def submit(step: dict[str, Any]) -> concurrent.futures.Future[Block]:
+            future: concurrent.futures.Future[Block] = await asyncio.to_thread(
+                self._run, self.streams.submit, session, **step
+            )
+            return future
+
+        async for block in overlapped(steps, submit=submit, collect=asyncio.wrap_future):
+            yield block
 
     async def close(self, session: str) -> bool:
         return await asyncio.to_thread(self._run, self.streams.close, session)
@@ -422,5 +503,6 @@ class LocalEngine:
                 self._closed = True
                 for session in list(self.streams._streams):
                     self.streams.close(session)
+            self.streams.shutdown()
 
         await asyncio.to_thread(close_all)

@@ -5,7 +5,11 @@ A replica that serves with ``sp`` = N owns N devices: Ray Serve reserves them as
 itself and bundles 1..N one :class:`SPWorker` each. The workers form a ``torch.distributed`` group
 (NCCL on GPUs, gloo on CPU) and each runs the same :class:`~worldloop.serving.engine.Streams` calls
 in the same order; the model inside shards every forward over the group (Ulysses), so each worker
-holds 1/N of the tokens and of the KV cache heads. Rank 0 decodes and returns the frames.
+holds 1/N of the tokens and of the KV cache heads. Every worker decodes a band of each frame's rows
+(height-tiled, on a process group of its own, :mod:`worldloop.model.parallel.vae_decode`) in its decode
+lane, beside the next block's denoise; rank 0 returns the frames. A worker runs two calls at a time
+(a threaded actor): one model call (start, submit, close — one at a time, in the same order on every
+rank, under the engine's lock) and one ``collect`` of a decoded block.
 
 The workers are owned by the replica's process: when the replica dies they die with it, and the
 sessions they held are rebuilt elsewhere from their last frames.
@@ -14,7 +18,9 @@ sessions they held are rebuilt elsewhere from their last frames.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -27,7 +33,15 @@ from worldloop.controls import Key
 from worldloop.model.camera.actions import ActionFrame
 from worldloop.platform.uri import ModelURI
 from worldloop.serving.config import EngineConfig
-from worldloop.serving.engine import Block, EngineInfo, Streams, block_steps, resolve_device
+from worldloop.serving.decode_lane import overlapped
+from worldloop.serving.engine import (
+    Block,
+    EngineInfo,
+    SessionNotFound,
+    Streams,
+    block_steps,
+    resolve_device,
+)
 
 
 def _free_port() -> int:
@@ -44,6 +58,8 @@ class SPWorker:
         self.cfg, self.model = cfg, model
         self.rank, self.world = rank, world
         self.streams: Streams | None = None
+        # per session, the decodes submitted and not yet collected, oldest first
+        self._decoding: dict[str, deque[concurrent.futures.Future[Block]]] = {}
 
     def rendezvous(self) -> tuple[str, int]:
         """Where rank 0 listens for the process group (called on rank 0 only)."""
@@ -57,7 +73,7 @@ class SPWorker:
         dist.init_process_group(
             backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world
         )
-        self.streams = Streams(self.cfg, self.model, rank=self.rank, decode=self.rank == 0)
+        self.streams = Streams(self.cfg, self.model, rank=self.rank, returns_frames=self.rank == 0)
         self.streams.parallelize(dist.group.WORLD)
         return self.streams.info()
 
@@ -69,10 +85,20 @@ class SPWorker:
     def start(self, session: str, kwargs: dict[str, Any]) -> Block:
         return self._streams().start(session, **kwargs)
 
-    def step(self, session: str, kwargs: dict[str, Any]) -> Block:
-        return self._streams().step(session, **kwargs)
+    def submit(self, session: str, kwargs: dict[str, Any]) -> None:
+        """Denoise ``session``'s next block; its decode runs in the lane until :meth:`collect`."""
+        future = self._streams().submit(session, **kwargs)
+        self._decoding.setdefault(session, deque()).append(future)
+
+    def collect(self, session: str) -> Block:
+        """The oldest submitted block of ``session``, once decoded (runs beside a model call)."""
+        queue = self._decoding.get(session)
+        if not queue:
+            raise SessionNotFound(session)
+        return queue.popleft().result()
 
     def close(self, session: str) -> bool:
+        self._decoding.pop(session, None)
         return self._streams().close(session)
 
     def ping(self) -> int:
@@ -82,9 +108,10 @@ class SPWorker:
 class ShardedEngine:
     """A :class:`~worldloop.serving.engine.VideoEngine` over ``cfg.sp`` :class:`SPWorker` actors.
 
-    Every operation goes to all ranks under one lock, so the ranks see the same sequence of calls; the
-    answer is rank 0's (the only one that decodes). Every rank loads ``model`` (default ``cfg.model``;
-    the generator passes the registry version it pinned, so the ranks cannot load different ones).
+    Every model operation goes to all ranks under one lock, so the ranks see the same sequence of
+    calls; collecting a decoded block does not take it, so block k+1 denoises meanwhile. The answer is
+    rank 0's (the one that returns frames). Every rank loads ``model`` (default ``cfg.model``; the
+    generator passes the registry version it pinned, so the ranks cannot load different ones).
     """
 
     def __init__(self, cfg: EngineConfig, *, model: ModelURI | None = None) -> None:
@@ -104,6 +131,7 @@ class ShardedEngine:
             actor.options(
                 num_cpus=1,
                 num_gpus=gpus,
+                max_concurrency=2,  # a model call and a collect (see the module docstring)
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=first_bundle + rank
                 ),
@@ -167,8 +195,16 @@ class ShardedEngine:
         blocks: int = 1,
         actions: Sequence[ActionFrame] | None = None,
     ) -> AsyncIterator[Block]:
-        for step in block_steps(keys=keys, mouse=mouse, text=text, blocks=blocks, actions=actions):
-            block: Block = await self._all("step", session, step)
+        steps = block_steps(keys=keys, mouse=mouse, text=text, blocks=blocks, actions=actions)
+
+        async def submit(step: dict[str, Any]) -> None:
+            await self._all("submit", session, step)
+
+        async def collect(_: None) -> Block:
+            answers: list[Block] = await asyncio.gather(*[w.collect.remote(session) for w in self.workers])
+            return answers[0]
+
+        async for block in overlapped(steps, submit=submit, collect=collect):
             yield block
 
     async def close(self, session: str) -> bool:

@@ -14,7 +14,7 @@ returns the raw (unscaled) posterior.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,19 @@ from worldloop.model.vae.blocks import (
 from worldloop.model.vae.causal_conv import CausalConv3d, DecodeCache, assign_cache_slots
 from worldloop.model.vae.config import VAEConfig
 from worldloop.model.vae.shortcut import block_means, block_repeat
+
+
+class DecodeTiling(Protocol):
+    """Height-tiled decode (set from outside: :mod:`worldloop.model.parallel.vae_decode`): each rank of
+    a group decodes one band of latent rows, with its own :class:`DecodeCache`, and the bands are joined."""
+
+    def band(self, latents: Tensor) -> Tensor:
+        """(B, z, t, h, w) -> this rank's (B, z, t, h_band, w)."""
+        ...
+
+    def join(self, video: Tensor) -> Tensor:
+        """This rank's decoded (B, C, t', s·h_band, s·w) -> the whole frames (B, C, t', s·h, s·w)."""
+        ...
 
 
 class Encoder(nn.Module):
@@ -134,6 +147,7 @@ class CausalVideoVAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.register_buffer("latents_mean", torch.zeros(cfg.latent_channels))
         self.register_buffer("latents_std", torch.ones(cfg.latent_channels))
+        self.tiling: DecodeTiling | None = None  # height-tiled decode over ranks; None: one device
 
     # 1. Latent scaling -------------------------------------------------------------------------
     def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
@@ -195,8 +209,10 @@ class CausalVideoVAE(nn.Module):
                 f"latents must be (B, {self.cfg.latent_channels}, t ≥ 1, h, w), "
                 f"got shape {tuple(latents.shape)}"
             )
+        if self.tiling is not None:
+            latents = self.tiling.band(latents)  # (B, z, t, h_band, w): the cache holds this band
         video: Tensor = self.decoder(self.denormalize_latents(latents), cache)
-        return video
+        return video if self.tiling is None else self.tiling.join(video)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents (B, z, T, h, w) -> video (B, C, 1 + 4(T - 1), 8h, 8w), not clamped."""

@@ -3,13 +3,22 @@ mixes time only through :class:`CausalConv3d`, so the whole network stays causal
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldloop.model.vae.causal_conv import CausalConv3d, DecodeCache
+from worldloop.model.vae.causal_conv import CausalConv3d, DecodeCache, RowHalo
+
+
+class RowGather(Protocol):
+    """Height-tiled decode (set from outside: :mod:`worldloop.model.parallel.vae_decode`): the rows of
+    every band of a frame, for the one layer that looks at the whole frame (the mid attention)."""
+
+    def gather(self, x: Tensor, *, dim: int) -> Tensor:
+        """This band's rows along ``dim`` -> every row of the frame along ``dim``, top to bottom."""
+        ...
 
 
 def frames_to_batch(x: Tensor) -> Tensor:
@@ -96,13 +105,20 @@ class AttentionBlock(nn.Module):
         # Zero-init the output so the block starts as identity (Wan ``AttentionBlock``).
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(cast(Tensor, self.proj.bias))
+        self.rows: RowGather | None = None  # height-tiled decode; None: the whole frame is here
 
     def forward(self, x: Tensor, cache: DecodeCache | None = None) -> Tensor:
-        """(B, C, T, H, W) -> same shape; ``cache`` is unused (no time mixing)."""
+        """(B, C, T, H, W) -> same shape; ``cache`` is unused (no time mixing).
+
+        With :attr:`rows` the input is one band of H rows: its pixels attend to the whole frame's.
+        """
         del cache
         b, c, _, h, w = x.shape
         frames = frames_to_batch(self.norm(x))  # (B·T, C, H, W)
         q, k, v = self.qkv(frames).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # (B·T, H·W, C) each
+        if self.rows is not None:  # keys and values of every row; the queries stay this band's
+            kv = torch.cat([k, v], dim=-1).unflatten(1, (h, w))  # (B·T, H, W, 2C)
+            k, v = self.rows.gather(kv, dim=1).flatten(1, 2).chunk(2, dim=-1)  # (B·T, H_frame·W, C)
         out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1))
         out = out.squeeze(1).transpose(1, 2).reshape(-1, c, h, w)  # (B·T, C, H, W)
         return x + batch_to_frames(self.proj(out), batch=b)
@@ -149,6 +165,7 @@ class Upsample(nn.Module):
             CausalConv3d(channels, channels * 2, kernel_size=(3, 1, 1)) if temporal else None
         )
         self.spatial = nn.Conv2d(channels, channels // 2, 3, padding=1)
+        self.halo: RowHalo | None = None  # height-tiled decode; None: the whole frame is here
 
     def forward(self, x: Tensor, cache: DecodeCache | None = None) -> Tensor:
         """(B, C, T, H, W) -> (B, C/2, T', 2H, 2W); T' = 2T, or 2T - 1 on the first step."""
@@ -161,5 +178,10 @@ class Upsample(nn.Module):
                 y = self.time_conv(rest, cache).view(b, 2, c, n, h, w)
                 y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * n, h, w)  # frame 2i+j = half j of i
                 x = torch.cat([x[:, :, :1], y], dim=2) if first else y
+        # nearest ×2 maps rows [a, b) to [2a, 2b): a band upsamples to exactly its band of the output
         frames = F.interpolate(frames_to_batch(x), scale_factor=2.0, mode="nearest-exact")
-        return batch_to_frames(self.spatial(frames), batch=b)
+        if self.halo is None:
+            return batch_to_frames(self.spatial(frames), batch=b)
+        frames = self.halo.extend(frames, rows=1)  # (B·T, C, 1 + 2H + 1, 2W)
+        out = F.conv2d(frames, self.spatial.weight, self.spatial.bias, padding=(0, 1))
+        return batch_to_frames(out, batch=b)

@@ -10,9 +10,20 @@ running index).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
+
+
+class RowHalo(Protocol):
+    """Height-tiled decode (set from outside: :mod:`worldloop.model.parallel.vae_decode`): a module
+    holding one horizontal band of every frame gets the rows its spatial kernel reaches past the band."""
+
+    def extend(self, x: Tensor, *, rows: int) -> Tensor:
+        """(..., h, W) band -> (..., rows + h + rows, W): the neighbouring bands' boundary rows, zeros at
+        the frame's top and bottom (what "same" zero padding of the whole frame would add there)."""
+        ...
 
 
 @dataclass
@@ -75,6 +86,7 @@ class CausalConv3d(nn.Conv3d):
         kt, kh, kw = (kernel_size,) * 3 if isinstance(kernel_size, int) else kernel_size
         super().__init__(in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2))
         self.cache_slot: int | None = None
+        self.halo: RowHalo | None = None  # height-tiled decode; None: the whole frame is here
 
     @property
     def past_frames(self) -> int:
@@ -82,27 +94,36 @@ class CausalConv3d(nn.Conv3d):
         return int(self.kernel_size[0]) - 1
 
     def forward(self, x: Tensor, cache: DecodeCache | None = None) -> Tensor:
-        """(B, C_in, T, H, W) -> (B, C_out, T, H, W); with ``cache``, continue the cached stream."""
+        """(B, C_in, T, H, W) -> (B, C_out, T, H, W); with ``cache``, continue the cached stream.
+
+        With a :attr:`halo` the input is one band of rows: it is extended by the neighbours' rows
+        before the time cache, so the cache keeps the extended frames and streaming stays exact.
+        """
+        padding = tuple(int(n) for n in self.padding)
+        rows = int(self.kernel_size[1]) // 2
+        if self.halo is not None and rows > 0:
+            x = self.halo.extend(x, rows=rows)  # (B, C, T, rows + h + rows, W)
+            padding = (0, 0, padding[2])
         p = self.past_frames
         if p == 0:
-            return self._conv(x)
+            return self._conv(x, padding)
         if cache is None:
             past = x.new_zeros(x.shape[0], x.shape[1], p, *x.shape[3:])
-            return self._conv(torch.cat([past, x], dim=2))
+            return self._conv(torch.cat([past, x], dim=2), padding)
         if self.cache_slot is None:
             raise RuntimeError("CausalConv3d got a cache but was never given a cache slot")
         x = torch.cat([cache.read(self.cache_slot, x, p), x], dim=2)  # (B, C, p + T, H, W)
         cache.write(self.cache_slot, x[:, :, -p:])
-        return self._conv(x)
+        return self._conv(x, padding)
 
-    def _conv(self, x: Tensor) -> Tensor:
+    def _conv(self, x: Tensor, padding: tuple[int, ...]) -> Tensor:
         """The convolution (no time padding: the caller prepended the past frames).
 
         On CPU, PyTorch runs conv3d with its reference kernel (``slow_conv3d``), while conv2d goes
         to oneDNN; a time-stride-1 conv3d is a sum over its ``k_t`` time taps of conv2d on every
         frame, which measured 3.4–4.0× faster here (32 channels, 64², 1–2 threads) and is what
         makes the CPU VAE decode — most of a tiny rollout block — affordable. Same result up to
-        float summation order. GPUs keep cuDNN's conv3d.
+        float summation order. GPUs keep cuDNN's conv3d. ``padding`` is (time, height, width).
         """
         if (
             x.device.type != "cpu"
@@ -110,14 +131,16 @@ class CausalConv3d(nn.Conv3d):
             or self.dilation != (1, 1, 1)
             or self.groups != 1
         ):
-            return super().forward(x)
+            return nn.functional.conv3d(
+                x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+            )
         b, _, t, h, w = x.shape
         kt = int(self.kernel_size[0])
         frames = t - kt + 1
         out: Tensor | None = None
         for i in range(kt):
             taps = x[:, :, i : i + frames].transpose(1, 2).reshape(b * frames, -1, h, w)
-            y = nn.functional.conv2d(taps, self.weight[:, :, i], None, padding=self.padding[1:])
+            y = nn.functional.conv2d(taps, self.weight[:, :, i], None, padding=padding[1:])
             out = y if out is None else out + y
         assert out is not None
         out = out.reshape(b, frames, *out.shape[1:]).transpose(1, 2)
