@@ -38,6 +38,7 @@ from worldloop.model.vae import (
     vae_loss,
 )
 from worldloop.model.vae.latent_stats import fit_latent_stats
+from worldloop.model.vae.linear_code import fit_linear_code
 from worldloop.model.vae.shortcut import block_means, block_repeat
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ RESULTS = Path(__file__).parent / "results" / "vae_recipes.json"
 SIZE, TRAIN_SEED, HELDOUT_SEED = 64, 0, 1
 NUM_TRAIN_CLIPS, TRAIN_FRAMES = 48, 33
 NUM_HELDOUT_CLIPS, HELDOUT_FRAMES = 8, 17
+PCA_SIZES = (16, 32, 64)  # numbers per 8×8 block and latent frame of the linear reference codes
 CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of the steps at which held-out PSNR is measured
 
 
@@ -55,12 +57,16 @@ def _arch(**kw: object) -> VAEConfig:
     return VAEConfig.model_validate(base | kw)
 
 
-# Architectures (all: 16 latent channels, time ×4, space ×8, posterior initialised narrow).
+# Architectures (16 latent channels unless named, time ×4, space ×8, posterior initialised narrow).
 WAN21_TINY = _arch(  # the pre-recipe tiny_vae(): Wan2.1 layout, full-resolution first stage
     base_channels=16, channel_multipliers=(1, 2, 2, 2), temporal_downsample=(False, True, True), patch_size=1
 )
 P2_B16 = _arch(base_channels=16, channel_multipliers=(1, 2, 4))  # patch 2, lean: 16/32/64 channels
 P2_B16_SC = P2_B16.model_copy(update={"latent_shortcut": True})
+P2_B16_SC_Z32 = P2_B16_SC.model_copy(update={"latent_channels": 32})  # 24× compression
+P2_B16_SC_Z64 = P2_B16_SC.model_copy(update={"latent_channels": 64})  # 12×; shortcut at 2-pixel cells
+P2_B16_CODE = P2_B16.model_copy(update={"linear_code": True})  # model/vae/linear_code.py
+P2_B16_CODE_Z64 = P2_B16_CODE.model_copy(update={"latent_channels": 64})
 P2_B32 = _arch(base_channels=32, channel_multipliers=(1, 2, 2))  # patch 2, wider: 32/64/64 channels
 
 # The reference training recipe each option changes one thing of (num_steps is set by the budget).
@@ -109,6 +115,10 @@ def options() -> list[Option]:
             P2_B16_SC,
             t.model_copy(update={"ssim_weight": 0.2}),
         ),
+        Option("p2b16_sc_z32", "+ latent shortcut, 32 latent channels", P2_B16_SC_Z32, t),
+        Option("p2b16_sc_z64", "+ latent shortcut, 64 latent channels", P2_B16_SC_Z64, t),
+        Option("p2b16_code", "+ linear block code (PCA-fitted)", P2_B16_CODE, t),
+        Option("p2b16_code_z64", "+ linear block code, 64 latent channels", P2_B16_CODE_Z64, t),
         # The defaults chosen from the rows above (run it alone with a longer --minutes).
         Option("recipe", "tiny_vae() + tiny_vae_recipe()", tiny_vae(), tiny_vae_recipe()),
     ]
@@ -120,11 +130,10 @@ class Data:
     heldout: list[np.ndarray] = field(default_factory=list)  # (F, H, W, 3) uint8 each
 
 
-def make_data(root: Path) -> Data:
-    """Training worlds (seed 0) and held-out worlds (seed 1), rendered and H.264-coded like the platform's."""
-    write_dataset(
-        root / "train", SynthConfig(size=SIZE, frames=TRAIN_FRAMES), clips=NUM_TRAIN_CLIPS, seed=TRAIN_SEED
-    )
+def make_data(root: Path, *, clips: int = NUM_TRAIN_CLIPS, frames: int = TRAIN_FRAMES) -> Data:
+    """Training worlds (seed 0: ``clips`` clips of ``frames`` frames) and held-out worlds (seed 1),
+    rendered and H.264-coded like the platform's."""
+    write_dataset(root / "train", SynthConfig(size=SIZE, frames=frames), clips=clips, seed=TRAIN_SEED)
     write_dataset(
         root / "heldout",
         SynthConfig(size=SIZE, frames=HELDOUT_FRAMES),
@@ -171,6 +180,13 @@ class Run:
         self.noise = torch.Generator().manual_seed(seed)
         self.clips = WindowSampler(data.train, frames=train.num_frames, height=SIZE, width=SIZE, seed=seed)
         self.images = WindowSampler(data.train, frames=1, height=SIZE, width=SIZE, seed=seed + 1)
+        if option.vae.linear_code:  # as the VAE stage does: the code starts as the training windows' PCA
+            windows = WindowSampler(
+                data.train, frames=train.num_frames, height=SIZE, width=SIZE, seed=seed + 2
+            )
+            videos = torch.stack([w.video for w in windows.batch(range(64))])
+            assert self.vae.encoder.code is not None and self.vae.decoder.code is not None
+            fit_linear_code(self.vae.encoder.code, self.vae.decoder.code, [videos])
         self.step_index = 0
         self.frames_seen = 0
 
@@ -287,15 +303,18 @@ def _groups(num_frames: int) -> list[tuple[int, int]]:
 def reference_points(data: Data) -> dict[str, float]:
     """Held-out PSNR of codecs with no training budget, to read the table against: the training set's
     mean image; the latent shortcut alone (colour means of 4×4 cells over each latent frame's
-    frames); and a linear code of the same size (PCA, 16 numbers per 8×8 block and latent frame)."""
-    train = [c.frames for c in data.train]
+    frames); and linear codes (PCA, 16, 32 or 64 numbers per 8×8 block and latent frame: the sizes of
+    16-, 32- and 64-channel latents)."""
+    store = data.train.stores[0]
+    train = [store.load(*ref).frames for ref in store.clips()]
     mean_image = np.mean([f.astype(np.float64) for c in train for f in c], axis=0)
-    out: dict[str, list[float]] = {"dataset_mean_image": [], "shortcut_alone": [], "pca16_per_block": []}
+    out: dict[str, list[float]] = {"dataset_mean_image": [], "shortcut_alone": []}
+    out |= {f"pca{k}_per_block": [] for k in PCA_SIZES}
     bases = {}
     for length in (1, 4):  # PCA basis per latent-frame kind, fitted on training clips
         rows = np.concatenate([_blocks(c, s, s + length) for c in train for s in range(1, c.shape[0] - 4, 4)])
         mean = rows.mean(axis=0)
-        bases[length] = (mean, np.linalg.svd(rows - mean, full_matrices=False)[2][:16])
+        bases[length] = (mean, np.linalg.svd(rows - mean, full_matrices=False)[2])
     for clip in data.heldout:
         video = _to_video(clip)
         means = block_means(video, temporal=4, spatial=8, cells=2)
@@ -304,12 +323,14 @@ def reference_points(data: Data) -> dict[str, float]:
         se = {"dataset_mean_image": ((mean_image / 255.0 - ref) ** 2).mean()}
         rec = (thumb.permute(1, 2, 3, 0).double().numpy() + 1) / 2  # (F, H, W, 3) in [0, 1]
         se["shortcut_alone"] = ((rec - ref) ** 2).mean()
-        err = []
-        for a, b in _groups(clip.shape[0]):
-            x = _blocks(clip, a, b)
-            mean, basis = bases[b - a]
-            err.append(((np.clip((x - mean) @ basis.T @ basis + mean, 0, 1) - x) ** 2).mean() * x.size)
-        se["pca16_per_block"] = sum(err) / ref.size
+        for k in PCA_SIZES:
+            err = []
+            for a, b in _groups(clip.shape[0]):
+                x = _blocks(clip, a, b)
+                mean, vt = bases[b - a]
+                basis = vt[:k]
+                err.append(((np.clip((x - mean) @ basis.T @ basis + mean, 0, 1) - x) ** 2).mean() * x.size)
+            se[f"pca{k}_per_block"] = sum(err) / ref.size
         for k, v in se.items():
             out[k].append(float(v))
     return {k: round(-10 * float(np.log10(np.mean(v))), 2) for k, v in out.items()}
@@ -350,13 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--train-clips", type=int, default=NUM_TRAIN_CLIPS, help="training worlds")
+    parser.add_argument("--train-frames", type=int, default=TRAIN_FRAMES, help="frames per training clip")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     chosen = [o for o in options() if not args.only or o.name in args.only.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_data(Path(tmp))
+        data = make_data(Path(tmp), clips=args.train_clips, frames=args.train_frames)
         references = reference_points(data)
         print("held-out PSNR with no training:", ", ".join(f"{k} {v} dB" for k, v in references.items()))
         for option in chosen:

@@ -27,6 +27,7 @@ from worldloop.model.train.checkpoint import (
 )
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.loop import TrainResult, build_trainer
+from worldloop.model.train.objectives.vae import fit_fresh_code
 from worldloop.model.vae import CausalVideoVAE
 from worldloop.model.weights.wan_vae import FILE_NAMES as WAN_VAE_FILES
 from worldloop.model.weights.wan_vae import load_wan_vae
@@ -226,6 +227,10 @@ def run_stage(
         settings=settings,
         fov_deg=mixture.fov_deg(),
     )
+    if cfg.stage is Stage.vae and source is None and latest_checkpoint(checkpoint_dir) is None:
+        rms = fit_fresh_code(vae, cfg, mixture)  # a linear block code starts as the data's PCA
+        if rms is not None:
+            log.info("VAE linear block code fitted (PCA), RMS coefficient %.3f", rms)
     inherited = read_lineage(source.path) if source is not None and not source.wan_vae else None
     scores = Scores(None, None, inherited)
     if cfg.stage in (Stage.distill, Stage.long):

@@ -30,6 +30,7 @@ from worldloop.model.vae.blocks import (
 )
 from worldloop.model.vae.causal_conv import CausalConv3d, DecodeCache, assign_cache_slots
 from worldloop.model.vae.config import VAEConfig
+from worldloop.model.vae.linear_code import BlockDecode, BlockEncode
 from worldloop.model.vae.shortcut import block_means, block_repeat
 
 
@@ -70,6 +71,11 @@ class Encoder(nn.Module):
         self.quant = CausalConv3d(2 * cfg.latent_channels, 2 * cfg.latent_channels, kernel_size=1)
         with torch.no_grad():  # channels [z:] of the moments are the log-variance
             cast(Tensor, self.quant.bias)[cfg.latent_channels :].fill_(cfg.init_logvar)
+        self.code = BlockEncode(cfg) if cfg.linear_code else None
+        if self.code is not None:  # the posterior mean starts as the code alone
+            with torch.no_grad():
+                self.quant.weight[: cfg.latent_channels].zero_()
+                cast(Tensor, self.quant.bias)[: cfg.latent_channels].zero_()
 
     def forward(self, video: Tensor) -> Tensor:
         """(B, C, F, H, W) -> (B, 2·z, T, H/8, W/8), the whole clip from its first frame."""
@@ -77,6 +83,9 @@ class Encoder(nn.Module):
         for block in [*self.down, *self.mid]:
             x = block(x)
         moments: Tensor = self.quant(self.conv_out(torch.nn.functional.silu(self.norm_out(x))))
+        if self.code is not None:
+            z = self.cfg.latent_channels
+            return torch.cat([moments[:, :z] + self.code(video), moments[:, z:]], dim=1)
         cells = self.cfg.shortcut_cells
         if cells == 0:
             return moments
@@ -111,6 +120,11 @@ class Decoder(nn.Module):
         self.norm_out = RMSNorm(in_ch)
         self.conv_out = CausalConv3d(in_ch, cfg.patch_channels, kernel_size=3)
         self.num_cache_slots = assign_cache_slots(self)
+        self.code = BlockDecode(cfg) if cfg.linear_code else None
+        if self.code is not None:  # the output starts as the code alone
+            with torch.no_grad():
+                self.conv_out.weight.zero_()
+                cast(Tensor, self.conv_out.bias).zero_()
 
     def forward(self, z: Tensor, cache: DecodeCache) -> Tensor:
         """(B, z, t, h, w) -> (B, C, t', 8h, 8w); t' = 1 + 4(t - 1) on the first step, else 4t.
@@ -124,6 +138,8 @@ class Decoder(nn.Module):
         out = self.conv_out(torch.nn.functional.silu(self.norm_out(x)), cache)  # (B, C·p², t', h', w')
         cache.num_latent_frames += z.shape[2]
         out = unpatchify(out, self.patch_size)
+        if self.code is not None:
+            return out + self.code(z, first=first)
         cells = self.cfg.shortcut_cells
         if cells == 0:
             return out

@@ -36,6 +36,12 @@ class VAEConfig(BaseModel):
         description="Add block means of the input to the first C·cells² latent channels and repeat "
         "them back onto the output (model/vae/shortcut.py; DC-AE, Wan2.2's AvgDown3D). Not in Wan2.1.",
     )
+    linear_code: bool = Field(
+        False,
+        description="Every latent channel carries a learned linear block code, fitted as the PCA of the "
+        "training windows before the first step, that the networks add to (model/vae/linear_code.py). "
+        "Not in Wan2.1.",
+    )
     init_logvar: float = Field(
         0.0,
         le=0.0,
@@ -58,6 +64,14 @@ class VAEConfig(BaseModel):
         # The decoder's spatial upsample halves channels (Wan layout), so every stage width is even.
         if any((self.base_channels * m) % 2 for m in self.channel_multipliers):
             raise ValueError("base_channels * every channel multiplier must be even")
+        if self.linear_code and self.latent_shortcut:
+            raise ValueError("linear_code and latent_shortcut are two kinds of shortcut: choose one")
+        if self.linear_code and self.latent_channels > self.in_channels * self.spatial_stride**2:
+            raise ValueError(
+                f"linear_code carries at most in_channels·spatial_stride² = "
+                f"{self.in_channels * self.spatial_stride**2} numbers per latent pixel of a single frame, "
+                f"got latent_channels {self.latent_channels}"
+            )
         if self.latent_shortcut and self.in_channels > self.latent_channels:
             raise ValueError("latent_shortcut needs latent_channels ≥ in_channels")
         if self.logvar_min >= self.logvar_max:
@@ -127,13 +141,18 @@ class VAEConfig(BaseModel):
 
 def tiny_vae() -> VAEConfig:
     """The CPU VAE (tests, ``make demo``): patch 2, then 16/32/64 channels at 32², 16², 8² (1.9M
-    params), with the latent shortcut and a narrow initial posterior.
+    params), 16 latent channels carrying a linear block code, and a narrow initial posterior.
 
-    Chosen in ``benchmarks/bench_vae_recipes.py`` (2 CPU-minutes per option, held-out 64×64 clips):
+    Chosen in ``benchmarks/bench_vae_recipes.py`` (CPU-minute budgets, held-out 64×64 clips):
     patchifying skips the full-resolution stage that dominated the Wan2.1-layout tiny VAE, for 2.3×
-    its training frames/s (28 vs 12 per CPU-second); the shortcut lifts held-out PSNR from the ~16 dB
-    every shortcut-free option sat at to 20.4 dB. Strides (×4 time, ×8 space) and 16 latent channels
-    are unchanged, so the ``tiny`` world model's tokens keep their shape. Train it with
+    its training frames/s (28 vs 12 per CPU-second). A VAE trained for minutes stays near its shortcut:
+    the colour-means shortcut alone gives 20.3 dB and the VAE trained on it 20.2–20.3 dB, while a linear
+    code of 16 numbers per 8×8-pixel, 4-frame block (PCA) gives 22.3 dB — so the latent starts as that
+    code (:mod:`~worldloop.model.vae.linear_code`, fitted before the first step). 64 channels would
+    reconstruct better still (PCA 25.4 dB; 26.7 dB in the demo's ladder) but the demo's briefly trained
+    world model followed far worse on them (rollout 16.2 dB vs 19.3 at 16, measured with one latent scale
+    pooled over the channels), so the latent keeps the 16
+    channels and strides (×4 time, ×8 space) of Wan. Train it with
     :func:`~worldloop.model.vae.recipe.tiny_vae_recipe`.
     """
     return VAEConfig(
@@ -142,7 +161,7 @@ def tiny_vae() -> VAEConfig:
         num_res_blocks=1,
         temporal_downsample=(True, True),
         patch_size=2,
-        latent_shortcut=True,
+        linear_code=True,
         init_logvar=-6.0,
     )
 

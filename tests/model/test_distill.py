@@ -20,6 +20,7 @@ from worldloop.model.train.loop import Trainer, build_trainer
 from worldloop.model.vae import CausalVideoVAE
 
 TIMESTEPS = [1000.0, 941.2, 841.1, 633.8]
+Z = load_preset("tiny").latent_channels  # latent channels of the tiny preset
 
 
 def _model(seed: int = 0) -> WorldModel:
@@ -35,7 +36,7 @@ def _inputs(blocks: int = 2, size: int = 32) -> dict:
     t = 1 + 2 * blocks
     text = torch.randn(1, 5, 384, generator=g)
     return {
-        "reference": torch.randn(1, 16, 1, size // 8, size // 8, generator=g),
+        "reference": torch.randn(1, Z, 1, size // 8, size // 8, generator=g),
         "camera": group_plucker(
             torch.randn(1, 1 + 4 * (t - 1), 6, size, size, generator=g), temporal_stride=4
         ),
@@ -56,7 +57,7 @@ def test_rollout_keeps_the_reference_and_trains_only_through_exit_steps() -> Non
         width=32,
     )
     x = out.video_latents
-    assert x.shape == (1, 16, 5, 4, 4) and len(out.exit_steps) == 2
+    assert x.shape == (1, Z, 5, 4, 4) and len(out.exit_steps) == 2
     assert torch.equal(x[:, :, :1], inp["reference"])
     x.square().mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
@@ -132,12 +133,12 @@ def _dmd(
 
 def test_dmd_gradient_vanishes_when_critic_equals_teacher_and_points_from_fake_to_real() -> None:
     teacher = _model(0)
-    x = torch.randn(1, 16, 5, 4, 4, requires_grad=True)
+    x = torch.randn(1, Z, 5, 4, 4, requires_grad=True)
     loss, _ = _dmd(teacher, copy.deepcopy(teacher), x, guidance=1.0)
     loss.backward()
     assert float(loss) == 0.0 and not x.grad.any()
     critic = _model(1)
-    x = torch.randn(1, 16, 5, 4, 4, requires_grad=True)
+    x = torch.randn(1, Z, 5, 4, 4, requires_grad=True)
     loss, info = _dmd(teacher, critic, x, guidance=3.0)
     loss.backward()
     assert float(loss) > 0 and info["dmd_grad_norm"] > 0

@@ -15,6 +15,8 @@ from worldloop.model.arch.attention import AttentionBackend
 from worldloop.model.arch.dit import set_attention_backend, set_gradient_checkpointing
 from worldloop.model.arch.transformer_block import CrossAttention
 
+Z = tiny().latent_channels  # latent channels of the tiny preset
+
 SIZE, T = 32, 5  # 4×4 latent → 2×2 patches: P = 4 tokens per frame; 1 + 2 blocks of 2 latent frames
 
 
@@ -28,7 +30,7 @@ def _model(**update: Any) -> WorldModel:
 
 def _clip(batch: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(batch, 16, T, 4, 4, generator=g)
+    latents = torch.randn(batch, Z, T, 4, 4, generator=g)
     timesteps = torch.cat([torch.zeros(batch, 1), torch.full((batch, T - 1), 700.0)], dim=1)
     return {
         "latents": latents,

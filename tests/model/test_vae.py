@@ -33,6 +33,11 @@ WAN21_TINY = VAEConfig(
     num_res_blocks=1,
     temporal_downsample=(False, True, True),
 )
+Z = tiny_vae().latent_channels
+# The tiny VAE with the colour-means shortcut instead of its linear block code (per-channel latent scale).
+MEANS_SHORTCUT = VAEConfig.model_validate(
+    tiny_vae().model_dump() | {"linear_code": False, "latent_shortcut": True, "latent_channels": 16}
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +48,8 @@ def vae() -> CausalVideoVAE:
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.normal_(m.weight, std=0.05)
+    if model.decoder.code is not None:  # zeroed at construction (the code alone): give the network a say
+        torch.nn.init.normal_(model.decoder.conv_out.weight, std=0.05)
     return model
 
 
@@ -58,7 +65,7 @@ def test_strides_temporal_4_first_frame_alone_spatial_8(vae: CausalVideoVAE) -> 
     with torch.no_grad():
         for frames, latent_frames in [(1, 1), (5, 2), (9, 3), (17, 5)]:
             z = vae.encode(_video(frames))
-            assert z.shape == (1, 16, latent_frames, 4, 4)
+            assert z.shape == (1, Z, latent_frames, 4, 4)
             assert vae.decode(z).shape == (1, 3, frames, 32, 32)
 
 
@@ -75,9 +82,9 @@ def test_encoding_is_causal_in_time(vae: CausalVideoVAE) -> None:
 
 def test_decode_of_frame_t_does_not_change_when_later_latents_change(vae: CausalVideoVAE) -> None:
     g = torch.Generator().manual_seed(1)
-    z = torch.randn(1, 16, 4, 4, 4, generator=g)
+    z = torch.randn(1, Z, 4, 4, 4, generator=g)
     later = z.clone()
-    later[:, :, 2:] = torch.randn(1, 16, 2, 4, 4, generator=g)
+    later[:, :, 2:] = torch.randn(1, Z, 2, 4, 4, generator=g)
     with torch.no_grad():
         a, b = vae.decode(z), vae.decode(later)
     # latent frames 0, 1 decode to video frames 0..4
@@ -105,7 +112,7 @@ def test_shortcut_means_cover_the_frames_of_their_latent_frame_and_repeat_back()
     torch.testing.assert_close(back[0, 2, 6, 5, 2], video[0, 2, 5:9, 4:8, 0:4].mean())
     torch.testing.assert_close(back[0, 0, 0, 0, 0], video[0, 0, 0, 0:4, 0:4].mean())  # frame 0 alone
     assert block_repeat(means[:, :, 1:], temporal=4, spatial=8, cells=2, first=False).shape[2] == 8
-    assert tiny_vae().model_copy(update={"latent_shortcut": True}).shortcut_cells == 2
+    assert MEANS_SHORTCUT.shortcut_cells == 2 and tiny_vae().shortcut_cells == 0
 
 
 def test_patch_size_is_part_of_the_spatial_stride() -> None:
@@ -122,7 +129,7 @@ def test_patch_size_is_part_of_the_spatial_stride() -> None:
 @pytest.mark.parametrize("split", [[1, 1, 1, 1, 1], [1, 2, 2], [3, 2], [2, 1, 1, 1]])
 def test_streaming_decode_equals_full_decode_for_any_split(vae: CausalVideoVAE, split: list[int]) -> None:
     g = torch.Generator().manual_seed(2)
-    z = torch.randn(2, 16, sum(split), 4, 4, generator=g)
+    z = torch.randn(2, Z, sum(split), 4, 4, generator=g)
     with torch.no_grad():
         full = vae.decode(z)
         cache = vae.new_decode_cache()
@@ -140,9 +147,9 @@ def test_streaming_decode_equals_full_decode_for_any_split(vae: CausalVideoVAE, 
     [
         tiny_vae(),
         WAN21_TINY,
-        tiny_vae().model_copy(update={"latent_shortcut": not tiny_vae().latent_shortcut}),
+        MEANS_SHORTCUT,
     ],
-    ids=["tiny", "wan21", "tiny_shortcut_toggled"],
+    ids=["tiny", "wan21", "tiny_means_shortcut"],
 )
 def test_streaming_decode_equals_full_decode_for_both_layouts(cfg: VAEConfig) -> None:
     torch.manual_seed(5)
@@ -150,7 +157,9 @@ def test_streaming_decode_equals_full_decode_for_both_layouts(cfg: VAEConfig) ->
     for m in model.modules():  # non-zero attention outputs
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.normal_(m.weight, std=0.05)
-    z = torch.randn(1, 16, 4, 4, 4)
+    if model.decoder.code is not None:
+        torch.nn.init.normal_(model.decoder.conv_out.weight, std=0.05)
+    z = torch.randn(1, cfg.latent_channels, 4, 4, 4)
     with torch.no_grad():
         full = model.decode(z)
         cache = model.new_decode_cache()
@@ -165,7 +174,7 @@ def test_decode_cache_memory_is_fixed_for_any_stream_length(vae: CausalVideoVAE)
     sizes = []
     with torch.no_grad():
         for _ in range(12):
-            vae.decode_step(torch.randn(1, 16, 1, 4, 4), cache)
+            vae.decode_step(torch.randn(1, Z, 1, 4, 4), cache)
             sizes.append(cache.num_bytes)
     assert len(set(sizes[1:])) == 1  # constant after the first step
     causal_convs = [m for m in vae.decoder.modules() if isinstance(m, CausalConv3d)]
@@ -175,9 +184,9 @@ def test_decode_cache_memory_is_fixed_for_any_stream_length(vae: CausalVideoVAE)
 def test_decode_cache_rejects_a_different_stream_shape(vae: CausalVideoVAE) -> None:
     cache = vae.new_decode_cache()
     with torch.no_grad():
-        vae.decode_step(torch.randn(1, 16, 1, 4, 4), cache)
+        vae.decode_step(torch.randn(1, Z, 1, 4, 4), cache)
         with pytest.raises(ValueError, match="new_decode_cache"):
-            vae.decode_step(torch.randn(1, 16, 1, 6, 6), cache)
+            vae.decode_step(torch.randn(1, Z, 1, 6, 6), cache)
 
 
 def test_latent_stats_normalise_and_invert(vae: CausalVideoVAE) -> None:
@@ -186,7 +195,7 @@ def test_latent_stats_normalise_and_invert(vae: CausalVideoVAE) -> None:
     video = _video(5)
     with torch.no_grad():
         raw = vae.encode(video)  # identity stats
-        mean, std = torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16)
+        mean, std = torch.linspace(-1, 1, Z), torch.linspace(0.5, 2, Z)
         model.set_latent_stats(mean, std)
         scaled = model.encode(video)
         torch.testing.assert_close(scaled, (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1))
@@ -277,7 +286,7 @@ def test_recipe_schedule_warms_up_then_decays_to_the_floor() -> None:
 
 def test_latent_stats_make_encoded_latents_unit_scale() -> None:
     torch.manual_seed(0)
-    model = CausalVideoVAE(tiny_vae()).eval()
+    model = CausalVideoVAE(MEANS_SHORTCUT).eval()  # per-channel scales (a linear code has one)
     videos = [_synth_video(seed=s) for s in (1, 2)]
     with torch.no_grad():
         raw = torch.cat([model.encode_dist(v)[0] for v in videos])  # (2, 16, T, h, w)

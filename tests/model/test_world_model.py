@@ -9,6 +9,8 @@ from worldloop.model import Conditioning, WorldModel, build_world_model, i2v_con
 from worldloop.model.arch.dit import count_parameters
 from worldloop.model.config import CausalConfig, a14b
 
+Z = tiny().latent_channels  # latent channels of the tiny preset
+
 
 def _model(**causal: int) -> WorldModel:
     torch.manual_seed(0)
@@ -41,7 +43,7 @@ def _clip(
     cfg = model.cfg
     t = 1 + blocks * cfg.causal.block_frames
     h = size // 8
-    latents = torch.randn(batch, 16, t, h, h, generator=g)
+    latents = torch.randn(batch, Z, t, h, h, generator=g)
     # clean sink frame, then one noise level per block (as in teacher / diffusion forcing)
     levels = torch.rand(batch, blocks, generator=g) * 1000
     timesteps = torch.cat([torch.zeros(batch, 1), levels.repeat_interleave(cfg.causal.block_frames, 1)], 1)
@@ -123,7 +125,7 @@ def _commit_stream(model: WorldModel, cache, blocks: range, *, seed: int) -> Non
     g = torch.Generator().manual_seed(seed)
     for b in blocks:
         f = cache.layout.frames_in_block(b)
-        latents = torch.randn(1, 16, f, 4, 4, generator=g)
+        latents = torch.randn(1, Z, f, 4, 4, generator=g)
         cond = i2v_condition(latents[:, :, :1], num_frames=f, temporal_stride=4, frame_start=b)
         camera = torch.randn(1, f, 24, 32, 32, generator=g)
         model.commit_block(cache, block_index=b, latents=latents, cond=cond, camera=camera)

@@ -20,9 +20,25 @@ from worldloop.model.train.objectives import base
 from worldloop.model.train.windows import WindowSampler
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.latent_stats import fit_latent_stats
+from worldloop.model.vae.linear_code import fit_linear_code
 from worldloop.model.vae.loss import vae_loss
 
 STATS_SEED = 104_729  # the windows the latent statistics are measured on (fixed: a resume measures the same)
+CODE_SEED, CODE_CLIPS = 130_363, 64  # the windows a fresh VAE's linear block code is fitted on
+
+
+def fit_fresh_code(vae: CausalVideoVAE, cfg: TrainConfig, data: Mixture) -> float | None:
+    """Fit a fresh VAE's linear block code (:mod:`~worldloop.model.vae.linear_code`) as the PCA of
+    :data:`CODE_CLIPS` fixed windows of the stage's data, before its first step (every rank fits the
+    same); returns the code's RMS coefficient, or None for a VAE without one."""
+    if not vae.cfg.linear_code or cfg.vae is None:
+        return None
+    assert vae.encoder.code is not None and vae.decoder.code is not None
+    sampler = WindowSampler(
+        data, frames=cfg.curriculum[-1].frames, height=cfg.height, width=cfg.width, seed=CODE_SEED
+    )
+    windows = sampler.batch(list(range(CODE_CLIPS)))
+    return fit_linear_code(vae.encoder.code, vae.decoder.code, [torch.stack([w.video for w in windows])])
 
 
 class VAEObjective(base.Objective):

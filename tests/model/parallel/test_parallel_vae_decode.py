@@ -34,6 +34,8 @@ CONFIGS = {
         temporal_downsample=(True, True),
         latent_shortcut=True,
     ),
+    # the linear block code (per latent pixel, added to the network's output)
+    "code": tiny_vae().model_copy(update={"latent_shortcut": False, "linear_code": True}),
     # the Wan2.1 layout (no patch, no shortcut, a spatial-only first upsample)
     "wan21": VAEConfig(
         base_channels=8,
@@ -52,14 +54,16 @@ def _vae(name: str) -> CausalVideoVAE:
     for m in vae.modules():  # the attention's zero-initialised output would hide its rows
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.normal_(m.weight, std=0.05)
+    if vae.decoder.code is not None:  # zeroed at construction (the code alone): give the network a say
+        torch.nn.init.normal_(vae.decoder.conv_out.weight, std=0.05)
     z = vae.cfg.latent_channels
     vae.set_latent_stats(torch.linspace(-0.2, 0.2, z), torch.linspace(0.5, 1.5, z))
     return vae
 
 
-def _latents(height: int) -> torch.Tensor:
+def _latents(height: int, channels: int = 16) -> torch.Tensor:
     g = torch.Generator().manual_seed(height)
-    return torch.randn(1, 16, sum(STREAM), height, WIDTH, generator=g)
+    return torch.randn(1, channels, sum(STREAM), height, WIDTH, generator=g)
 
 
 def _decode(vae: CausalVideoVAE, latents: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,12 +88,12 @@ def _entry(rank: int, world_size: int, tmp: str, heights: tuple[int, ...]) -> No
             with pytest.raises(ValueError, match="already decodes tiled"):
                 apply_tiled_decode(vae)
             for h in heights:
-                results[f"{name}/{h}"] = _decode(vae, _latents(h))
+                results[f"{name}/{h}"] = _decode(vae, _latents(h, vae.cfg.latent_channels))
             with pytest.raises(ValueError, match=f"at least one of the {world_size - 1} latent rows"):
-                vae.decode(_latents(world_size - 1))
+                vae.decode(_latents(world_size - 1, vae.cfg.latent_channels))
             tiling.remove()  # back to one device: no hooks, whole-frame caches
             assert vae.tiling is None
-            results[f"{name}/removed"] = vae.decode(_latents(heights[0]))
+            results[f"{name}/removed"] = vae.decode(_latents(heights[0], vae.cfg.latent_channels))
         torch.save(results, Path(tmp) / f"decode{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -109,14 +113,14 @@ def test_tiled_decode_equals_one_device(world: int, heights: tuple[int, ...]) ->
     for name in CONFIGS:
         vae = _vae(name)
         for h in heights:
-            expected = _decode(vae, _latents(h))
+            expected = _decode(vae, _latents(h, vae.cfg.latent_channels))
             torch.testing.assert_close(expected["stream"], expected["clip"], **TOL)  # the stream is exact
             for rank, result in enumerate(results):  # every rank returns the whole frames
                 for key in ("clip", "stream"):
                     got = result[f"{name}/{h}"][key]
                     torch.testing.assert_close(got, expected[key], **TOL, msg=f"{name} h={h} rank {rank}")
         with torch.no_grad():
-            single = vae.decode(_latents(heights[0]))
+            single = vae.decode(_latents(heights[0], vae.cfg.latent_channels))
         for result in results:
             torch.testing.assert_close(result[f"{name}/removed"], single, **TOL)
 

@@ -127,7 +127,7 @@ def _training_inputs(model: WorldModel) -> tuple[dict[str, Any], torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     cfg, batch, blocks = model.cfg, 3, 2
     t, h = 1 + blocks * cfg.causal.block_frames, SIZE // 8
-    latents = torch.randn(batch, 16, t, h, h, generator=g)
+    latents = torch.randn(batch, cfg.latent_channels, t, h, h, generator=g)
     # samples 0 and 2 pick the high-noise expert, sample 1 the low-noise one
     levels = torch.tensor([[950.0, 990.0], [300.0, 500.0], [920.0, 100.0]])
     timesteps = torch.cat([torch.zeros(batch, 1), levels.repeat_interleave(cfg.causal.block_frames, 1)], 1)

@@ -21,7 +21,7 @@ def _inputs(model: WorldModel) -> tuple[dict[str, Any], torch.Tensor]:
     """Three rows of a 5-latent-frame clip: two turns (one issued mid-clip), one turn, none yet."""
     g = torch.Generator().manual_seed(3)
     batch, t, h = 3, 5, SIZE // 8
-    latents = torch.randn(batch, 16, t, h, h, generator=g)
+    latents = torch.randn(batch, model.cfg.latent_channels, t, h, h, generator=g)
     timesteps = torch.cat(
         [torch.zeros(batch, 1), torch.tensor([[950.0], [300.0], [920.0]]).expand(-1, t - 1)], 1
     )
