@@ -1,8 +1,16 @@
 """GPU numbers in one run: FP8 GEMMs, SageAttention, real-time rollout at 480p, training MFU.
 
-Run on a CUDA machine: ``python -m benchmarks.bench_gpu --out results.json``. ``--quick`` runs every
-section on tiny shapes (CPU works) to check the script itself. Nothing is asserted; every number is
-measured in this run, timed with CUDA events after warm-up, and printed with the device it ran on.
+Run on a CUDA machine: ``python -m benchmarks.bench_gpu --out results.json`` (``--out DIR/`` names the
+file after the device and the date); without CUDA it refuses, unless ``--quick``, which runs every
+section on tiny shapes on the CPU to check the script itself. ``--only A B`` runs those sections alone.
+Nothing is asserted; every number is measured in this run, timed after warm-up, and printed with the
+device it ran on; the JSON is rewritten as sections finish.
+
+Issue 19's real-time goal (``small`` 480×832 frames/s: eager / compiled blocks / compiled step with CUDA
+graphs, bf16 and FP8, with and without overlapped decode; sp=2 over NCCL against one device) is one
+command, 6–8 minutes on one H100 (:mod:`benchmarks.bench_realtime`)::
+
+    python -m benchmarks.bench_gpu --only realtime sp --out benchmarks/results/
 
 Sections (each independent: one failing prints its error and the rest still run):
 
@@ -17,6 +25,7 @@ Sections (each independent: one failing prints its error and the rest still run)
                  and the ``a14b`` preset in FP8 (two 14B experts do not fit 80 GB in bf16 with the cache).
 * ``train``      one training step (forward + backward + AdamW) of the ``small`` preset on an 81-frame
                  480p clip with activation checkpointing: tokens/s and model-FLOP utilisation.
+* ``realtime``, ``sp``  issue 19 (above; :mod:`benchmarks.bench_realtime`).
 
 Weights are random: speed does not depend on their values, quality numbers here are only the
 differences the speed switches make.
@@ -26,13 +35,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import functools
 import gc
 import json
 import math
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +55,7 @@ from worldloop.model import Conditioning, Rollout, WorldModel, i2v_condition, lo
 from worldloop.model.arch.attention import AttentionBackend, attend, sage_available
 from worldloop.model.arch.dit import compile_blocks, set_attention_backend, set_gradient_checkpointing
 from worldloop.model.camera import parse_action
-from worldloop.model.config import ModelConfig
+from worldloop.model.config import CompileMode, ModelConfig
 from worldloop.model.quant import FP8Linear, quantize_fp8
 from worldloop.model.quant.fp8 import fp8_supported, quantize_rowwise, scaled_matmul
 from worldloop.model.text import HashingEncoder
@@ -53,6 +65,7 @@ from worldloop.model.vae import CausalVideoVAE
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12}
 
 RESULTS: dict[str, Any] = {}
+OUT: list[Path] = []  # where save_results writes (set by main from --out)
 # bf16 on CUDA; fp32 on CPU unless --bf16 (which checks the bf16 code paths without a GPU).
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
 
@@ -121,6 +134,25 @@ def section(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     return wrap
 
 
+def save_results() -> None:
+    """Write RESULTS to the --out file now (sections call it as they finish: a run cut short keeps them)."""
+    for path in OUT:
+        path.write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+def results_path(out: str, device: torch.device) -> Path:
+    """``out`` itself, or for a folder (an existing one, or a path ending in /) a file in it named after
+    the device and the time: ``gpu-nvidia-h100-80gb-hbm3-2026-12-04-153000.json``."""
+    path = Path(out)
+    if not (out.endswith("/") or path.is_dir()):
+        return path
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"gpu-{slug}-{stamp}.json"
+
+
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float((y.float() - ref.float()).norm() / ref.float().norm())
 
@@ -134,7 +166,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 # -- sections -----------------------------------------------------------------------------------------
 @section("env")
 def env(device: torch.device) -> None:
-    info: dict[str, Any] = {"torch": torch.__version__, "device": str(device)}
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info |= {
@@ -259,6 +295,28 @@ def _build(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> tuple[
     return model, vae
 
 
+def make_rollout(
+    model: WorldModel,
+    vae: CausalVideoVAE,
+    *,
+    height: int,
+    width: int,
+    compile: CompileMode = "off",
+    backend: str = "inductor",
+) -> Rollout:
+    """The benchmarks' stream: hashed text, block noise seeded 0 (every run draws the same noise)."""
+    return Rollout(
+        model,
+        vae=vae,
+        text_encoder=HashingEncoder(dim=model.cfg.text_dim),
+        height=height,
+        width=width,
+        generator=torch.Generator().manual_seed(0),
+        compile=compile,
+        compile_backend=backend,
+    )
+
+
 def _fp8(model: WorldModel, device: torch.device) -> int:
     swapped = 0
     for i in range(model.cfg.num_experts):  # expert by expert: the bf16 weights are freed as we go
@@ -280,14 +338,7 @@ def _stream(
     warmup: int = 1,
 ) -> dict[str, Any]:
     """Run ``blocks`` blocks after ``warmup``; frames/s with VAE decode included, plus the video."""
-    rollout = Rollout(
-        model,
-        vae=vae,
-        text_encoder=HashingEncoder(dim=model.cfg.text_dim),
-        height=height,
-        width=width,
-        generator=torch.Generator().manual_seed(0),
-    )
+    rollout = make_rollout(model, vae, height=height, width=width)
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1)) * 2 - 1
     image = image.to(device=device, dtype=model.dtype)
     _sync(device)
@@ -392,14 +443,7 @@ def profile(device: torch.device, preset: str, height: int, width: int, top: int
 
     cfg = load_preset(preset)
     model, vae = _build(cfg, device, DTYPE[device.type])
-    rollout = Rollout(
-        model,
-        vae=vae,
-        text_encoder=HashingEncoder(dim=cfg.text_dim),
-        height=height,
-        width=width,
-        generator=torch.Generator().manual_seed(0),
-    )
+    rollout = make_rollout(model, vae, height=height, width=width)
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1)) * 2 - 1
     state, _ = rollout.start(image, prompt="a torch-lit stone corridor")
     actions = [parse_action("w", mouse_dx=0.4)] * rollout.frames_per_block
@@ -530,18 +574,27 @@ def train(device: torch.device, preset: str, height: int, width: int, frames: in
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks import bench_realtime
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes (checks the script; CPU works)")
-    parser.add_argument("--out", default=None, help="write the numbers as JSON here")
+    parser.add_argument("--out", default=None, help="write the numbers as JSON here (a folder: named file)")
     parser.add_argument("--skip", nargs="*", default=[], help="sections to skip")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these sections")
     parser.add_argument("--bf16", action="store_true", help="bf16 on CPU too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bf16:
         DTYPE["cpu"] = torch.bfloat16
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick
-    env(device)
+    if device.type != "cuda" and not quick:
+        parser.error(
+            "no CUDA device: these are GPU numbers (small/a14b at 480x832). Run it on a CUDA machine, or "
+            "add --quick to check the script on this CPU with tiny shapes"
+        )
+    if quick:  # the numbers are not the point, and a shared CPU's thread contention slows blocks 100x
+        torch.set_num_threads(1)
     todo: dict[str, Callable[[], None]] = {
         "gemm": lambda: gemm(device, 256 if quick else 8192),
         "fp8": lambda: fp8(
@@ -576,15 +629,25 @@ def main() -> None:
         "rollout-a14b": lambda: rollout_a14b(
             device, "tiny" if quick else "a14b", *((64, 64) if quick else (480, 832)), 1 if quick else 3
         ),
+        **bench_realtime.sections(device, quick=quick),
     }
-    for name, run in todo.items():
-        if name not in args.skip:
-            run()
+    unknown = sorted((set(args.only or []) | set(args.skip)) - set(todo))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; the sections are {sorted(todo)}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(RESULTS, f, indent=2, default=str)
-        print(f"\nwrote {args.out}")
+        OUT.append(results_path(args.out, device))
+    env(device)
+    for name, run in todo.items():
+        if name not in args.skip and (args.only is None or name in args.only):
+            run()
+            save_results()
+    for path in OUT:
+        print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    # The importable module's main, not this __main__ copy's: its sections and bench_realtime's then
+    # share one RESULTS.
+    from benchmarks import bench_gpu
+
+    bench_gpu.main()

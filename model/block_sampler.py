@@ -6,12 +6,15 @@ call :func:`denoise_block` with a :class:`~worldloop.model.diffusion.sampler.Sch
 difference is the *gradient policy*: serving runs every step without gradient; training stops at a
 random exit step, which alone records a graph. ``tests/model/test_block_sampler.py`` checks that, with
 the same weights, noise and inputs, the training rollout under ``no_grad`` equals ``Rollout`` bit for bit.
+A rollout with ``compile="step"`` runs each step — forward and scheduler update — as one compiled
+callable (:mod:`worldloop.model.compiled_step`), with the same noise draws.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -19,6 +22,9 @@ from torch import Tensor
 from worldloop.model.arch.kv_cache import KVCache
 from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.diffusion.sampler import Scheduler
+
+if TYPE_CHECKING:
+    from worldloop.model.compiled_step import CompiledStep
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ def denoise_block(
     camera_tokens: Tensor | None = None,
     exit_step: int | None = None,
     grad: bool = False,
+    compiled: CompiledStep | None = None,
 ) -> Tensor:
     """Clean latents (B, C, f, h, w) of block ``block_index``, from ``noise()`` through the scheduler's
     steps ``0 .. exit_step`` (default: all). Nothing is written to ``cache``: commit the block with
@@ -68,10 +75,17 @@ def denoise_block(
         camera_tokens: ``model.encode_camera(camera)`` when the caller has it.
         exit_step: the step whose x0 estimate is the block (Self-Forcing's random exit).
         grad: the exit step records a graph (training); every other step runs without gradient.
+        compiled: run each step (forward + scheduler update) as this compiled callable (serving);
+            the same noise draws, so the same block up to the compiled kernels' rounding.
     """
     last = len(scheduler) - 1 if exit_step is None else exit_step
     if not 0 <= last < len(scheduler):
         raise ValueError(f"exit step {exit_step} is not one of the scheduler's {len(scheduler)} steps")
+    if compiled is not None and (grad or exit_step is not None):
+        raise ValueError(
+            "a compiled step runs every step without gradient (serving); training's exit "
+            "steps and gradients denoise eagerly"
+        )
     start = noise()
     x = scheduler.initial(start)
     b, f = x.shape[0], x.shape[2]
@@ -80,6 +94,20 @@ def denoise_block(
             camera_tokens = model.encode_camera(camera)
     for i, t in enumerate(scheduler.timesteps[: last + 1]):
         t_frames = torch.full((b, f), float(t), dtype=start.dtype, device=x.device)
+        if compiled is not None:  # forward + update in one call; zeros where the step takes no noise
+            x, _ = compiled.step(
+                x,
+                scheduler=scheduler,
+                timesteps=t_frames,
+                t_next=torch.full((b, f), scheduler.next_timestep(i), device=x.device),
+                noise=noise() if scheduler.renoises and i < last else torch.zeros_like(start),
+                cond=cond,
+                camera_tokens=camera_tokens,
+                block_index=block_index,
+                cache=cache,
+                expert=model.expert_for(t),
+            )
+            continue
         with torch.set_grad_enabled(grad and i == last):
             v = model.forward_step(
                 x.to(start.dtype),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,6 +25,12 @@ class AttentionBackend(str, Enum):
     sdpa = "sdpa"  # torch.nn.functional.scaled_dot_product_attention: any device, dtype, mask
     sage = "sage"  # sageattention.sageattn: CUDA, fp16/bf16, head dim 64/96/128, no mask; else ValueError
     auto = "auto"  # sage when usable for these inputs, otherwise sdpa (silently)
+
+
+CompileMode = Literal["off", "blocks", "step"]
+"""How a rollout runs the DiT: eagerly (``off``); each DiT block ``torch.compile``d (``blocks``, regional,
+:func:`~worldloop.model.arch.dit.compile_blocks`); or each block's whole denoising step as one compiled
+callable, CUDA graphs on CUDA (``step``, :class:`~worldloop.model.compiled_step.CompiledStep`)."""
 
 
 class CausalConfig(BaseModel):

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from worldloop.model.arch.camera_encoder import group_plucker
+from worldloop.model.arch.dit import compile_blocks
 from worldloop.model.arch.kv_cache import KVCache
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
 from worldloop.model.block_sampler import BlockNoise, denoise_block
 from worldloop.model.camera.actions import ActionFrame, CameraState
 from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding
+from worldloop.model.compiled_step import CompiledStep
+from worldloop.model.config import CompileMode
 from worldloop.model.diffusion.sampler import FewStepScheduler
 from worldloop.model.diffusion.schedule import few_step_timesteps
 from worldloop.model.text.encoder import TextEncoder
@@ -58,7 +62,13 @@ class Rollout:
         timesteps: Sequence[float] | None = None,
         shift: float = 5.0,
         generator: torch.Generator | None = None,
+        compile: CompileMode = "off",
+        compile_backend: str = "inductor",
     ) -> None:
+        """``compile="blocks"`` compiles ``model``'s DiT blocks in place (every user of the model gets
+        them); ``"step"`` keeps the model as it is and runs each block's denoising steps and clean pass
+        through one compiled callable of this rollout's own (see :data:`CompileMode`).
+        ``compile_backend`` is ``torch.compile``'s (``"eager"``: trace only, for quick checks)."""
         cfg = model.cfg
         if text_encoder.dim != cfg.text_encoder_dim:
             raise ValueError(
@@ -70,6 +80,13 @@ class Rollout:
         boundary = cfg.boundary if cfg.num_experts == 2 else None
         self.scheduler = FewStepScheduler(timesteps or few_step_timesteps(4, shift=shift, boundary=boundary))
         self.noise = BlockNoise(generator)
+        self.compiled: CompiledStep | None = None
+        if compile == "blocks":
+            compile_blocks(model, backend=compile_backend)
+        elif compile == "step":
+            self.compiled = CompiledStep(model, backend=compile_backend)
+        elif compile != "off":
+            raise ValueError(f"compile must be 'off', 'blocks' or 'step', got {compile!r}")
 
     @property
     def timesteps(self) -> list[float]:
@@ -173,7 +190,11 @@ class Rollout:
         cfg, b = self.model.cfg, state.reference.shape[0]
         if instruction is not None and instruction != state.instruction:
             state.instruction = instruction
-            self.model.recache(state.cache, self.conditioning(state.prompt, instruction, batch=b))
+            conditioning = self.conditioning(state.prompt, instruction, batch=b)
+            commit = (
+                None if self.compiled is None else partial(self.compiled.commit, scheduler=self.scheduler)
+            )
+            self.model.recache(state.cache, conditioning, commit=commit)
             state.recaches += 1
         track = actions_to_camera(
             actions,
@@ -201,9 +222,26 @@ class Rollout:
             block_index=block,
             cache=state.cache,
             camera_tokens=camera_tokens,
+            compiled=self.compiled,
         )
-        self.model.commit_block(
-            state.cache, block_index=block, latents=x0, cond=cond, camera=camera, camera_tokens=camera_tokens
-        )
+        if self.compiled is None:
+            self.model.commit_block(
+                state.cache,
+                block_index=block,
+                latents=x0,
+                cond=cond,
+                camera=camera,
+                camera_tokens=camera_tokens,
+            )
+        else:
+            self.compiled.commit(
+                state.cache,
+                scheduler=self.scheduler,
+                block_index=block,
+                latents=x0,
+                cond=cond,
+                camera=camera,
+                camera_tokens=camera_tokens,
+            )
         state.camera, state.next_block = track.end, block + 1
         return x0

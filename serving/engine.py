@@ -205,11 +205,9 @@ class Streams:
                 raise RuntimeError(f"--fp8: float8 matmuls are not supported on {self.device}")
             for expert in model.experts:  # expert by expert: peak memory is one layer, not a model
                 quantize_fp8(expert)
-        from worldloop.model.arch.dit import compile_blocks, set_attention_backend
+        from worldloop.model.arch.dit import set_attention_backend
 
         set_attention_backend(model, self.cfg.attention)
-        if self.cfg.compile:
-            compile_blocks(model)
         self.rollout = Rollout(
             model,
             vae=vae,
@@ -217,9 +215,17 @@ class Streams:
             height=self.cfg.height or stack.spec.height,  # default: the size it was trained at
             width=self.cfg.width or stack.spec.width,
             timesteps=stack.timesteps,  # the checkpoint's schedule (a distilled student's own)
+            compile=self.cfg.compile,
         )
         self.dtype = dtype
         self.lane = DecodeLane(self.device)
+        # CUDA graphs (compile="step" on CUDA) are recorded per thread (cudagraph trees keep thread-local
+        # state), and callers reach us from a pool of threads: every denoise runs on this one thread.
+        self._model_thread = (
+            concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="denoise")
+            if self.rollout.compiled is not None and self.rollout.compiled.graphs
+            else None
+        )
         self.decodes = True  # False on a sequence-parallel rank left out of the decode (see parallelize)
 
     def parallelize(self, group: ProcessGroup | None) -> None:
@@ -336,9 +342,7 @@ class Streams:
             raise ValueError(
                 f"a block takes {rollout.frames_per_block} per-frame actions, got {len(actions)}"
             )
-        latents = rollout.denoise(stream.state, list(actions), instruction=text)
-        if self.device.type == "cuda":  # this thread's stream only: a decode in the lane keeps running
-            torch.cuda.current_stream(self.device).synchronize()
+        latents = self._denoise(stream.state, list(actions), text)
         t1 = time.perf_counter()
         stream.blocks += 1
         self._phase(session, stream.blocks, "denoise", t0, t1)
@@ -351,6 +355,17 @@ class Streams:
         job = _Denoised(stream, latents, block)
         reads = [latents, *(t for t in stream.state.decode_cache.past if t is not None)]
         return self.lane.submit(lambda: self._decode(job), reads=reads)
+
+    def _denoise(self, state: StreamState, actions: list[ActionFrame], text: str | None) -> torch.Tensor:
+        """The block's clean latents (its K/V committed), on the denoise thread when there is one."""
+
+        def run() -> torch.Tensor:
+            latents = self.rollout.denoise(state, actions, instruction=text)
+            if self.device.type == "cuda":  # this thread's stream only: a decode in the lane keeps running
+                torch.cuda.current_stream(self.device).synchronize()
+            return latents
+
+        return run() if self._model_thread is None else self._model_thread.submit(run).result()
 
     def _decode(self, job: _Denoised) -> Block:
         """The lane's job: decode ``job``'s latents with its stream's VAE cache (in block order)."""
@@ -380,8 +395,10 @@ class Streams:
         return self._streams.pop(session, None) is not None
 
     def shutdown(self) -> None:
-        """Finish the decodes in the lane and stop its thread."""
+        """Finish the decodes in the lane and stop its thread (and the denoise thread, if any)."""
         self.lane.shutdown()
+        if self._model_thread is not None:
+            self._model_thread.shutdown(wait=True)
 
 
 class VideoEngine(Protocol):

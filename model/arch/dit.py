@@ -109,6 +109,13 @@ class ExpertTransformer(nn.Module):
     def _sinusoid(self, timesteps: Tensor) -> Tensor:
         return sinusoidal_embedding(timesteps, self.cfg.freq_dim).to(self.patch_embedding.weight.dtype)
 
+    def rope(self, frame_start: int, grid: tuple[int, int, int], device: torch.device) -> KV:
+        """(cos, sin) tables (F·P, Dh/2) float32 on ``device`` of a token ``grid`` (F, h', w') whose
+        frames start at ``frame_start`` — what :meth:`forward` computes itself when not given them."""
+        positions = token_positions(frame_start, *grid)  # (F·P, 3)
+        cos, sin = rope_cos_sin(positions, head_dim=self.cfg.head_dim, theta=self.cfg.rope_theta)
+        return cos.to(device), sin.to(device)
+
     # -- the transformer ----------------------------------------------------------------------------
     def forward(
         self,
@@ -122,6 +129,8 @@ class ExpertTransformer(nn.Module):
         camera_tokens: Tensor | None = None,
         attn_mask: Tensor | None = None,
         past: Sequence[KV | None] | None = None,
+        past_mask: Tensor | None = None,
+        rope: KV | None = None,
     ) -> tuple[Tensor, list[KV]]:
         """Predict the flow velocity of latent frames ``frame_start ..``.
 
@@ -134,6 +143,11 @@ class ExpertTransformer(nn.Module):
             camera_tokens: (B, F·P, dim) from the camera encoder, added after patch embedding.
             attn_mask: (F·P, Lpast + F·P) bool, or None for full attention.
             past: per layer cached (k, v) (B, Lpast, H, Dh) or None.
+            past_mask: (Lpast,) bool, which of ``past``'s tokens every query may see (a fixed-size
+                past: the whole KV buffer with its empty slots masked, as compiled steps read it); the
+                block's own tokens are always visible. Not together with ``attn_mask``.
+            rope: (cos, sin) of the frame-major tokens from ``frame_start`` on (:meth:`rope`), on the
+                device; a compiled step passes them so that no host work runs inside its graph.
         Returns:
             velocity (B, latent_channels, F, h, w) and this call's per-layer rotated (k, v).
         """
@@ -142,24 +156,28 @@ class ExpertTransformer(nn.Module):
         tokens, grid = patchify(x, self.patch_embedding)  # (B, F·P, dim), grid (F, h', w')
         if camera_tokens is not None:
             tokens = tokens + camera_tokens.to(tokens.dtype)
-        positions = token_positions(frame_start, grid[0], grid[1], grid[2])  # (F·P, 3)
+        if past_mask is not None:  # one row for every query: past slots as given, own block visible
+            if attn_mask is not None:
+                raise ValueError("give attn_mask (training) or past_mask (a fixed-size past), not both")
+            attn_mask = torch.cat([past_mask, past_mask.new_ones(tokens.shape[1])])[None]  # (1, Lp + L)
+        # RoPE tables (F·P, Dh/2) of frame-major tokens; one host→device copy per forward, not one per
+        # attention call (on an H200 those were 600 pageable transfers per 480p block, a quarter of it
+        # host-bound). A compiled step brings its own, so that no host tensor enters its graph.
+        cos, sin = self.rope(frame_start, grid, tokens.device) if rope is None else rope
         # Per-token cross-attention mask (instruction turns): each token sees its frame's context row.
         # Built once per forward over frame-major tokens, then sharded like the tokens themselves.
         token_mask = None
         if frame_context_mask is not None:  # (B, F, Lc) → (B, F·P, Lc)
             token_mask = frame_context_mask.repeat_interleave(tokens.shape[1] // grid[0], dim=1)
         sharding = self.token_sharding
-        if sharding is not None:  # this worker's F·P/N tokens, with their positions
+        if sharding is not None:  # this worker's F·P/N tokens, with their RoPE rows
             tokens = sharding.shard(tokens, num_frames=grid[0], dim=1)
-            positions = sharding.shard(positions, num_frames=grid[0], dim=0)
-            if attn_mask is not None:
+            cos = sharding.shard(cos, num_frames=grid[0], dim=0)
+            sin = sharding.shard(sin, num_frames=grid[0], dim=0)
+            if attn_mask is not None and past_mask is None:  # a past_mask row is the same for any order
                 attn_mask = sharding.attention_mask(attn_mask, num_frames=grid[0])
             if token_mask is not None:  # the mask follows this worker's query tokens
                 token_mask = sharding.shard(token_mask, num_frames=grid[0], dim=1)
-        cos, sin = rope_cos_sin(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta)
-        # One host→device copy per forward, not one per attention call (4 per layer): on an H200 the
-        # per-call copies were 600 pageable transfers per 480p block, a quarter of it host-bound.
-        cos, sin = cos.to(tokens.device), sin.to(tokens.device)
         # 2. timestep modulation, one vector per latent frame
         e, e6 = self.time(timesteps)
         # 3. blocks

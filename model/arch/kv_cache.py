@@ -132,6 +132,24 @@ class KVCache:
             return ranges[-1][1]
         return torch.cat([torch.arange(a, b) for a, b in ranges])
 
+    def visible_mask(self, expert: int, query_block: int) -> Tensor | None:
+        """The cached tokens ``query_block`` may attend to as a mask over the whole buffer: (capacity,)
+        bool on the buffer's device, or ``None`` when that is every token (a full cache: every block
+        from the window's filling on, until a recache empties the window).
+
+        With it a reader takes the buffer at its fixed size instead of :meth:`visible_index`'s
+        length, which changes while the cache fills: what compiled steps need for static shapes.
+        """
+        visible = self.visible_index(expert, query_block)
+        if isinstance(visible, int) and visible == self.layout.capacity:
+            return None
+        mask = torch.zeros(self.layout.capacity, dtype=torch.bool)
+        if isinstance(visible, int):
+            mask[:visible] = True
+        else:
+            mask[visible] = True
+        return mask.to(self.experts[expert].keys.device)
+
     def past(self, expert: int, layer: int, visible: Tensor | int) -> tuple[Tensor, Tensor] | None:
         """Cached (k, v) of ``layer`` restricted to ``visible`` (see :meth:`visible_index`)."""
         kv = self.experts[expert]
@@ -151,6 +169,11 @@ class KVCache:
         if layer == kv.keys.shape[0] - 1:
             slots = self.slot_blocks[expert]
             slots[start] = block
+
+    def write_block(self, expert: int, block: int, kv: list[tuple[Tensor, Tensor]]) -> None:
+        """Store ``block``'s rotated keys/values of every layer, ``kv[layer]`` = (k, v) (B, L, H, Dh)."""
+        for layer, (k, v) in enumerate(kv):
+            self.write(expert, block, layer, k, v)
 
     def invalidate_window(self) -> None:
         """Forget which window blocks are current (recache rewrites them); sinks stay."""

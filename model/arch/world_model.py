@@ -8,6 +8,7 @@ KV (the t = 0 pass) and :meth:`recache` rebuilds the window for a new instructio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -300,8 +301,7 @@ class WorldModel(nn.Module):
             past=past,
         )
         if update_cache:
-            for layer, (k, v) in enumerate(new_kv):
-                cache.write(expert, block_index, layer, k, v)
+            cache.write_block(expert, block_index, new_kv)
         return y.to(latents.dtype)
 
     def encode_camera(self, camera: Tensor) -> Tensor:
@@ -336,22 +336,24 @@ class WorldModel(nn.Module):
             )
         cache.remember(block_index, BlockInputs(latents=latents, cond=cond, camera=camera))
 
-    def recache(self, cache: KVCache, conditioning: Conditioning) -> int:
+    def recache(
+        self, cache: KVCache, conditioning: Conditioning, *, commit: Callable[..., None] | None = None
+    ) -> int:
         """New instruction: replace cross-attention K/V and recompute the window's self-attention K/V.
 
         Sink blocks keep the K/V they were written with. Returns the number of blocks recomputed.
         The cross-attention context follows grad mode (training trains it, as :meth:`set_context`); the
-        recomputed window is detached, as every committed block is.
+        recomputed window is detached, as every committed block is. ``commit`` recomputes each block in
+        place of :meth:`commit_block`, with its keywords (a compiled rollout's clean pass).
         """
         self.set_context(cache, conditioning)
         cache.invalidate_window()
         blocks = sorted(cache.history)
+        commit = self.commit_block if commit is None else commit
         with torch.no_grad():
             for b in blocks:
                 item = cache.history[b]
-                self.commit_block(
-                    cache, block_index=b, latents=item.latents, cond=item.cond, camera=item.camera
-                )
+                commit(cache, block_index=b, latents=item.latents, cond=item.cond, camera=item.camera)
         return len(blocks)
 
 

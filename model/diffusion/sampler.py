@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from worldloop.model.diffusion.flow_matching import add_noise, x0_from_velocity
+from worldloop.model.diffusion.flow_matching import add_noise, expand_sigma, x0_from_velocity
 from worldloop.model.diffusion.schedule import NUM_TRAIN_TIMESTEPS, timesteps_to_sigmas
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -60,6 +60,17 @@ class Scheduler(ABC):
         (B,) or (B, F)) and its predicted ``velocity``: ``(x at timesteps[i + 1], x0 estimate)``.
         After the last step the first element is the clean latent."""
 
+    def next_timestep(self, i: int) -> float:
+        """The timestep after step ``i``: 0 (clean) after the last."""
+        return self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0.0
+
+    @abstractmethod
+    def update(self, x: Tensor, velocity: Tensor, t: Tensor, t_next: Tensor, noise: Tensor) -> Tensor:
+        """:meth:`step`'s next state from tensors alone, for a step compiled once for every step index:
+        ``t`` as :meth:`step` takes it, ``t_next`` (float32, ``t``'s shape) the next timestep
+        (:meth:`next_timestep`, 0 after the last) and ``noise`` the fresh noise (zeros where :meth:`step`
+        takes none). No branch on the step index, so one traced graph serves every step."""
+
 
 class FewStepScheduler(Scheduler):
     """Consistency / DMD-style sampling (Self-Forcing): at each ``t_i`` predict ``x0`` from the velocity,
@@ -77,6 +88,11 @@ class FewStepScheduler(Scheduler):
             return x0, x0
         sigma = timesteps_to_sigmas(torch.full(t.shape, self.timesteps[i + 1], device=x.device))
         return add_noise(x0, noise, sigma), x0
+
+    def update(self, x: Tensor, velocity: Tensor, t: Tensor, t_next: Tensor, noise: Tensor) -> Tensor:
+        # After the last step σ_next = 0 and the noise is zeros: (1 − 0)·x0 + 0·0 is x0 exactly.
+        x0 = x0_from_velocity(x, velocity, timesteps_to_sigmas(t))
+        return add_noise(x0, noise, timesteps_to_sigmas(t_next))
 
 
 class EulerScheduler(Scheduler):
@@ -97,6 +113,11 @@ class EulerScheduler(Scheduler):
     ) -> tuple[Tensor, Tensor]:
         x0 = x0_from_velocity(x, velocity, timesteps_to_sigmas(t))
         return x + (self.sigmas[i + 1] - self.sigmas[i]) * velocity.to(x.dtype), x0
+
+    def update(self, x: Tensor, velocity: Tensor, t: Tensor, t_next: Tensor, noise: Tensor) -> Tensor:
+        # σ from tensors in float32: may differ from step()'s host (float64) difference in the last ulp.
+        d_sigma = timesteps_to_sigmas(t_next.float()) - timesteps_to_sigmas(t.float())  # (B,) or (B, F)
+        return x + expand_sigma(d_sigma, x).to(x.dtype) * velocity.to(x.dtype)
 
 
 def sample(

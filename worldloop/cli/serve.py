@@ -28,7 +28,13 @@ def serve_run(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     fp8: bool = typer.Option(False, "--fp8", help="FP8 weights and activations (CUDA, sm_89+)."),
     attention: str = typer.Option("sdpa", "--attention", help="Self-attention kernel: sdpa | sage | auto."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the DiT blocks."),
+    compile_mode: str | None = typer.Option(
+        None,
+        "--compile-mode",
+        help="torch.compile: off | blocks (each DiT block) | step (each block's whole denoising step, "
+        "CUDA graphs on CUDA; one device per replica). Default off.",
+    ),
+    compile_: bool = typer.Option(False, "--compile", help="Same as --compile-mode blocks."),
     height: int = typer.Option(None, "--height", help="Frame height (default: the model's trained size)."),
     width: int = typer.Option(None, "--width", help="Frame width (default: the model's trained size)."),
     replicas: int = typer.Option(1, "--replicas", help="Generator replicas (minimum when autoscaling)."),
@@ -40,13 +46,17 @@ def serve_run(
     from worldloop.serving.app import ServeOptions, build_app
     from worldloop.settings import get_settings
 
+    if compile_ and compile_mode not in (None, "blocks"):
+        raise typer.BadParameter(
+            f"--compile means --compile-mode blocks, not {compile_mode}: give one of them"
+        )
     args = {
         "model": model,
         "sp": devices,
         "device": device,
         "fp8": fp8,
         "attention": attention,
-        "compile": compile_,
+        "compile": compile_mode if compile_mode is not None else ("blocks" if compile_ else None),
         "height": height,
         "width": width,
         "replicas": replicas,
