@@ -76,21 +76,18 @@ class BlockDecode(nn.Module):
     def forward(self, z: Tensor, *, first: bool) -> Tensor:
         cfg = self.cfg
         rows = z.permute(0, 2, 3, 4, 1)  # (B, t, h, w, n)
-        parts = []
+        frames = []
         if first:
-            parts.append(self.first(rows[:, :1]))
+            frames.append(self._video(self.first(rows[:, :1]), frames=1))
             rows = rows[:, 1:]
-        frames = [
-            rows_to_video(p, frames=1, channels=cfg.in_channels, spatial=cfg.spatial_stride) for p in parts
-        ]
         if rows.shape[1]:
-            out = self.rest(rows)
-            frames.append(
-                rows_to_video(
-                    out, frames=cfg.temporal_stride, channels=cfg.in_channels, spatial=cfg.spatial_stride
-                )
-            )
+            frames.append(self._video(self.rest(rows), frames=cfg.temporal_stride))
         return torch.cat(frames, dim=2)
+
+    def _video(self, rows: Tensor, *, frames: int) -> Tensor:
+        return rows_to_video(
+            rows, frames=frames, channels=self.cfg.in_channels, spatial=self.cfg.spatial_stride
+        )
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import Tensor
 from worldloop.data import Mixture
 from worldloop.model.train.config import Stage, TrainConfig
 from worldloop.model.train.objectives import base
-from worldloop.model.train.windows import WindowSampler
+from worldloop.model.train.windows import Window, WindowSampler
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 from worldloop.model.vae.latent_stats import fit_latent_stats
 from worldloop.model.vae.linear_code import fit_linear_code
@@ -34,11 +34,16 @@ def fit_fresh_code(vae: CausalVideoVAE, cfg: TrainConfig, data: Mixture) -> floa
     if not vae.cfg.linear_code or cfg.vae is None:
         return None
     assert vae.encoder.code is not None and vae.decoder.code is not None
+    videos = torch.stack([w.video for w in fixed_windows(cfg, data, seed=CODE_SEED, count=CODE_CLIPS)])
+    return fit_linear_code(vae.encoder.code, vae.decoder.code, [videos])
+
+
+def fixed_windows(cfg: TrainConfig, data: Mixture, *, seed: int, count: int) -> list[Window]:
+    """``count`` windows of the stage's last clip length, the same for every rank and every resume."""
     sampler = WindowSampler(
-        data, frames=cfg.curriculum[-1].frames, height=cfg.height, width=cfg.width, seed=CODE_SEED
+        data, frames=cfg.curriculum[-1].frames, height=cfg.height, width=cfg.width, seed=seed
     )
-    windows = sampler.batch(list(range(CODE_CLIPS)))
-    return fit_linear_code(vae.encoder.code, vae.decoder.code, [torch.stack([w.video for w in windows])])
+    return sampler.batch(list(range(count)))
 
 
 class VAEObjective(base.Objective):
@@ -74,15 +79,9 @@ class VAEObjective(base.Objective):
     def before_checkpoint(self, device: torch.device) -> None:
         """Measure the latent statistics on ``latent_stats_clips`` fixed windows (every rank, in the
         same order: under ZeRO-3 the encoder's forward gathers its partitions collectively)."""
-        frames = self.cfg.curriculum[-1].frames
-        sampler = WindowSampler(
-            self.data, frames=frames, height=self.cfg.height, width=self.cfg.width, seed=STATS_SEED
-        )
         dtype = next(self.vae.parameters()).dtype
-        videos = (
-            w.video[None].to(device=device, dtype=dtype)
-            for w in sampler.batch(list(range(self.loss_cfg.latent_stats_clips)))
-        )
+        windows = fixed_windows(self.cfg, self.data, seed=STATS_SEED, count=self.loss_cfg.latent_stats_clips)
+        videos = (w.video[None].to(device=device, dtype=dtype) for w in windows)
         was_training = self.vae.training
         self.vae.eval()
         fit_latent_stats(self.vae, videos)
