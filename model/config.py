@@ -82,6 +82,12 @@ class ModelConfig(BaseModel):
     attention: AttentionBackend = Field(AttentionBackend.sdpa, description="Attention kernel.")
     causal: CausalConfig = Field(default_factory=CausalConfig, description="Sink + window layout.")
     vae: VAEConfig = Field(description="The video VAE whose latents the model denoises.")
+    i2v_still: bool = Field(
+        False,
+        description="I2V channels of latent frames >= 1 carry the still latent (the latent a video "
+        "holding the reference image still would have, CausalVideoVAE.still_latent) instead of zeros: "
+        "the model predicts the change from a still scene. False: Wan's I2V layout (load Wan weights).",
+    )
     motion: CameraMotion = Field(default_factory=CameraMotion, description="Action → camera speeds.")
     fov_deg: float = Field(75.0, gt=10.0, lt=170.0, description="Horizontal field of view for K.")
 
@@ -168,6 +174,7 @@ def tiny() -> ModelConfig:
         camera_dim=32,
         causal=CausalConfig(block_frames=2, num_sink_blocks=1, window_blocks=2),
         vae=tiny_vae(),
+        i2v_still=True,
     )
 
 

@@ -46,6 +46,7 @@ class StreamState:
     instruction: str | None
     next_block: int = 1
     recaches: int = 0
+    still: Tensor | None = None  # (B, C, 1, h, w) the image held still (ModelConfig.i2v_still), else None
 
 
 class Rollout:
@@ -147,6 +148,7 @@ class Rollout:
         vae_weight = next(self.vae.parameters())
         image = image.to(device=vae_weight.device, dtype=vae_weight.dtype)  # e.g. fp32 host pixels
         reference = self.vae.encode(image[:, :, None])  # (B, C, 1, h, w)
+        still = self.vae.still_latent(reference) if self.model.cfg.i2v_still else None
         cache = self.model.new_cache(batch=b, height=self.height, width=self.width, dtype=self.model.dtype)
         self.model.set_context(cache, self.conditioning(prompt, instruction, batch=b))
         track = actions_to_camera(
@@ -157,7 +159,7 @@ class Rollout:
         self.model.commit_block(cache, block_index=0, latents=reference, cond=cond, camera=camera)
         decode_cache = self.vae.new_decode_cache()
         first = self.vae.decode_step(reference, decode_cache)
-        state = StreamState(cache, decode_cache, reference, track.end, prompt, instruction)
+        state = StreamState(cache, decode_cache, reference, track.end, prompt, instruction, still=still)
         return state, first.clamp(-1, 1)
 
     @torch.no_grad()
@@ -209,7 +211,11 @@ class Rollout:
         frame_start = state.cache.layout.frame_start(block)
         ref = state.reference
         cond = i2v_condition(
-            ref, num_frames=f, temporal_stride=cfg.vae.temporal_stride, frame_start=frame_start
+            ref,
+            num_frames=f,
+            temporal_stride=cfg.vae.temporal_stride,
+            frame_start=frame_start,
+            still=state.still,
         )
         shape = (b, cfg.latent_channels, f, ref.shape[3], ref.shape[4])
         camera_tokens = self.model.encode_camera(camera)  # shared by every step and the clean pass

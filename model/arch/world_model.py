@@ -358,16 +358,29 @@ class WorldModel(nn.Module):
 
 
 def i2v_condition(
-    reference: Tensor, *, num_frames: int, temporal_stride: int, frame_start: int = 0
+    reference: Tensor,
+    *,
+    num_frames: int,
+    temporal_stride: int,
+    frame_start: int = 0,
+    still: Tensor | None = None,
 ) -> Tensor:
     """Wan I2V channels for latent frames ``frame_start ..``: (B, stride + C, num_frames, h, w).
 
     ``reference`` (B, C, 1, h, w) is the image's latent. Frame 0 carries it with a mask of ones (all
-    ``stride`` video frames known); every other frame carries zeros.
+    ``stride`` video frames known); every other frame carries zeros, or with ``still`` (B, C, 1, h, w)
+    (:meth:`~worldloop.model.vae.autoencoder.CausalVideoVAE.still_latent`, ``ModelConfig.i2v_still``)
+    the latent of the image held still, its mask still zero.
     """
     b, c, _, h, w = reference.shape
     mask = reference.new_zeros(b, temporal_stride, num_frames, h, w)
     y = reference.new_zeros(b, c, num_frames, h, w)
+    if still is not None:
+        if still.shape != reference.shape:
+            raise ValueError(
+                f"still latent {tuple(still.shape)} must match the reference {tuple(reference.shape)}"
+            )
+        y[:] = still.to(y.dtype)
     if frame_start == 0:
         mask[:, :, 0] = 1.0
         y[:, :, 0] = reference[:, :, 0]

@@ -56,6 +56,7 @@ def self_forcing_rollout(
     first_row: int = 0,
     exit_steps: Sequence[int] | None = None,
     turns: Mapping[int, Conditioning] | None = None,
+    still: Tensor | None = None,
 ) -> SelfForcingRollout:
     """Generate ``num_blocks`` blocks after the reference latent frame.
 
@@ -75,9 +76,17 @@ def self_forcing_rollout(
         turns: instruction changes, block → the conditioning from that block on; before the block the
             cache is recached with it (:meth:`WorldModel.recache`), exactly as serving's ``Rollout``
             does when a player types a new instruction. ``conditioning`` holds until the first turn.
+        still: (B, C, 1, h, w) the reference held still, for a model with ``i2v_still`` (every block's
+            I2V channels carry it, as serving's ``Rollout`` does).
     """
     cfg = student.cfg
     f, stride = cfg.causal.block_frames, cfg.vae.temporal_stride
+    if cfg.i2v_still != (still is not None):
+        raise ValueError(
+            "the student conditions on the still latent (i2v_still): pass still"
+            if cfg.i2v_still
+            else "still is given, but the student does not condition on it (i2v_still is off)"
+        )
     b, c, _, h, w = reference.shape
     total = 1 + num_blocks * f
     block_noise = BlockNoise(generator, global_batch, first_row)
@@ -111,7 +120,7 @@ def self_forcing_rollout(
             with torch.set_grad_enabled(context_grad):
                 student.recache(cache, turns[block])
         start = cache.layout.frame_start(block)
-        cond = i2v_condition(reference, num_frames=f, temporal_stride=stride, frame_start=start)
+        cond = i2v_condition(reference, num_frames=f, temporal_stride=stride, frame_start=start, still=still)
         cam = camera[:, start : start + f]
         if forced[block - 1]:
             assert context is not None

@@ -233,3 +233,15 @@ class CausalVideoVAE(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents (B, z, T, h, w) -> video (B, C, 1 + 4(T - 1), 8h, 8w), not clamped."""
         return self.decode_step(latents, self.new_decode_cache())
+
+    @torch.no_grad()
+    def still_latent(self, reference: Tensor) -> Tensor:
+        """The latent frame (B, z, 1, h, w) that a video holding ``reference``'s image still has after
+        its first frame: ``reference`` (B, z, 1, h, w), a first-frame latent, is decoded (clamped, as
+        it is shown), repeated over 1 + ``temporal_stride`` frames and encoded again; latent frame 1
+        is the answer. The world model's I2V channels carry it at every later frame when
+        ``ModelConfig.i2v_still`` is set. Built from the latent alone, so training, the scores and
+        serving derive the same one."""
+        image = self.decode(reference[:, :, :1]).clamp(-1.0, 1.0)  # (B, C, 1, H, W)
+        still = image.expand(-1, -1, 1 + self.cfg.temporal_stride, -1, -1)
+        return self.encode(still)[:, :, 1:2]

@@ -70,6 +70,7 @@ def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit()
                 width=SIZE,
                 exit_steps=[len(rollout.timesteps) - 1] * blocks,  # the serving policy: every step
                 turns=turns,
+                still=state.still,
             )
         assert out.recaches == len(turns or {})
         return out.video_latents

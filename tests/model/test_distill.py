@@ -41,6 +41,7 @@ def _inputs(blocks: int = 2, size: int = 32) -> dict:
             torch.randn(1, 1 + 4 * (t - 1), 6, size, size, generator=g), temporal_stride=4
         ),
         "conditioning": Conditioning(text, torch.ones(1, 5, dtype=torch.bool)),
+        "still": torch.randn(1, Z, 1, size // 8, size // 8, generator=g),  # tiny: i2v_still
     }
 
 

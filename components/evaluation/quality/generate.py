@@ -112,7 +112,8 @@ def teacher_video(
     rays = plucker_embedding(track.intrinsics, track.c2w, h, w)  # (F, 6, H, W)
     camera = group_plucker(rays[None], temporal_stride=stride)  # (1, T, 6·stride, H, W)
     t_frames = camera.shape[1]
-    cond = i2v_condition(reference, num_frames=t_frames, temporal_stride=stride)  # (1, stride + C, T, h, w)
+    still = vae.still_latent(reference) if cfg.i2v_still else None
+    cond = i2v_condition(reference, num_frames=t_frames, temporal_stride=stride, still=still)
     text = stack.text_encoder.encode([prompt])
     conditioning = Conditioning(text.tokens, text.mask)
 

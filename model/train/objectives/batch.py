@@ -64,6 +64,7 @@ class PreparedBatch:
     camera: Tensor  # (B, T, 6·stride, H, W)
     conditioning: Conditioning  # scene text, and (when fed) each instruction over the latent frames it holds
     turns: TurnTokens | None = None  # the instructions (when fed), each with where it is issued
+    still: Tensor | None = None  # (B, C, 1, h, w) frame 0 held still, when the model conditions on it
 
     @property
     def instruction_blocks(self) -> tuple[int | None, ...]:
@@ -117,25 +118,29 @@ def prepare_batch(
     with_instruction: bool,
     device: torch.device | str = "cpu",
     block_frames: int | None = None,
+    still: bool = False,
 ) -> PreparedBatch:
     """Encode ``windows`` into model inputs. ``with_instruction`` feeds the instructions (stage 2 on):
     each turn encoded on its own, in force from the latent frame it is issued in (a bidirectional
     model's per-frame turns, :class:`InstructionTurns`), and with ``block_frames`` (a causal student's
-    block) from the block that holds that frame too."""
+    block) from the block that holds that frame too. ``still``: the I2V
+    channels carry the reference held still (a model with ``ModelConfig.i2v_still``)."""
     video = torch.stack([w.video for w in windows]).to(device)
     latents = vae.encode(video)
     stride = vae.cfg.temporal_stride
     height, width = video.shape[-2:]
     rays = torch.stack([plucker_embedding(w.intrinsics, w.c2w, height, width) for w in windows])
     camera = group_plucker(rays.to(device), temporal_stride=stride)
-    cond = i2v_condition(latents[:, :, :1], num_frames=latents.shape[2], temporal_stride=stride)
+    reference = latents[:, :, :1]
+    still_latent = vae.still_latent(reference) if still else None
+    cond = i2v_condition(reference, num_frames=latents.shape[2], temporal_stride=stride, still=still_latent)
     text = text_encoder.encode([w.caption for w in windows])
     conditioning = Conditioning(text.tokens.to(device), text.mask.to(device))
     if not with_instruction:
-        return PreparedBatch(latents, cond, camera, conditioning)
+        return PreparedBatch(latents, cond, camera, conditioning, still=still_latent)
     turns = encode_turns(windows, text_encoder, stride, block_frames, device)
     per_frame = InstructionTurns(turns.tokens, turns.mask, turns.frame_turn(latents.shape[2]))
-    return PreparedBatch(latents, cond, camera, replace(conditioning, turns=per_frame), turns)
+    return PreparedBatch(latents, cond, camera, replace(conditioning, turns=per_frame), turns, still_latent)
 
 
 def encode_turns(

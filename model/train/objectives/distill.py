@@ -152,6 +152,7 @@ class DistillObjective(Objective):
             with_instruction=True,
             device=batch.device,
             block_frames=self.student.cfg.causal.block_frames,
+            still=self.student.cfg.i2v_still,
         )
 
     def rollout(self, inputs: PreparedBatch, batch: RankBatch, *, salt: int) -> Tensor:
@@ -172,6 +173,7 @@ class DistillObjective(Objective):
             width=self.cfg.width,
             global_batch=batch.global_batch,
             first_row=batch.first_row,
+            still=inputs.still,
         ).video_latents
 
     def student_sample(

@@ -17,6 +17,7 @@ teaches "open the door" on the frames where the door opens and "make it night" a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,7 @@ from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.config import ParamGroup, Stage, TrainConfig
 from worldloop.model.train.objectives import base
 from worldloop.model.train.objectives.batch import PreparedBatch, prepare_batch
+from worldloop.model.train.windows import Window
 from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 
@@ -116,11 +118,12 @@ class FlowMatchingObjective(base.Objective):
     def loss(self, batch: base.RankBatch, forward: base.Forward) -> tuple[Tensor, base.Metrics]:
         """Flow-matching loss of one micro-batch; each sample's σ and noise from its own seed."""
         inputs = prepare_batch(
-            batch.windows,
+            self.drop_captions(batch),
             vae=self.vae,
             text_encoder=self.text_encoder,
             with_instruction=self.cfg.stage is Stage.instruction,
             device=batch.device,
+            still=self.model.cfg.i2v_still,
         )
         gens = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i) for i in batch.indices]
         loss = flow_matching_loss(
@@ -132,6 +135,20 @@ class FlowMatchingObjective(base.Objective):
             forward=forward,
         )
         return loss, {}
+
+    def drop_captions(self, batch: base.RankBatch) -> list[Window]:
+        """The batch's windows, each replaced by its unconditional twin (empty text, no instruction —
+        what the stage-3/4 real score's guidance takes as unconditional) with probability
+        ``caption_dropout``, drawn from the sample's own seed (the same on any data-parallel layout)."""
+        p = self.cfg.caption_dropout
+        if p == 0.0:
+            return list(batch.windows)
+        draws = [
+            float(torch.rand((), generator=torch.Generator().manual_seed(self.cfg.seed * 5_000_011 + i)))
+            for i in batch.indices
+        ]
+        windows = zip(batch.windows, draws, strict=True)
+        return [replace(w, caption="", turns=()) if u < p else w for w, u in windows]
 
     def metadata(self) -> dict[str, str]:
         return {"model_config": self.model.cfg.model_dump_json()}

@@ -125,6 +125,15 @@ class LongExtensionObjective(DistillObjective):
                     f"the shortest rollout ({self.lcfg.min_rollout_blocks} blocks = {shortest} frames)"
                 )
 
+    def window_still(self, first: Tensor, prev: int) -> Tensor | None:
+        """The still latent the scores' I2V channels carry for a window whose frame 0 is ``first``
+        (latent frame ``prev`` of the rollout), for a model with ``i2v_still``: the reference held
+        still (:meth:`CausalVideoVAE.still_latent`) at the clip's start; later, ``first`` is already a
+        4-frame latent, so the same frame held still is itself."""
+        if not self.student.cfg.i2v_still:
+            return None
+        return self.vae.still_latent(first) if prev == 0 else first
+
     def student_sample(
         self, inputs: PreparedBatch, batch: RankBatch, *, salt: int, grad: bool
     ) -> StudentSample:
@@ -156,6 +165,7 @@ class LongExtensionObjective(DistillObjective):
                 grad_from=plan.start,
                 global_batch=batch.global_batch,
                 first_row=batch.first_row,
+                still=inputs.still,
             ).video_latents
         prev = (plan.start - 1) * f  # the latent frame just before the window
         clip = x[:, :, prev:]  # (B, C, 1 + window·f, h, w)
@@ -165,9 +175,17 @@ class LongExtensionObjective(DistillObjective):
             frames=1 + stride * (clip.shape[2] - 1),
             temporal_stride=stride,
         ).to(device=clip.device)
-        cond = i2v_condition(clip[:, :, :1].detach(), num_frames=clip.shape[2], temporal_stride=stride)
+        first = clip[:, :, :1].detach()
+        cond = i2v_condition(
+            first, num_frames=clip.shape[2], temporal_stride=stride, still=self.window_still(first, prev)
+        )
         real_first = inputs.latents[:, :, prev : prev + 1]
-        real_cond = i2v_condition(real_first, num_frames=clip.shape[2], temporal_stride=stride)
+        real_cond = i2v_condition(
+            real_first,
+            num_frames=clip.shape[2],
+            temporal_stride=stride,
+            still=self.window_still(real_first, prev),
+        )
         before = plan.forced[: plan.start - 1]
         info = {
             "rollout_blocks": float(plan.end),
