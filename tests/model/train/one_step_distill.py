@@ -27,7 +27,10 @@ def one_step_distill(
             "height": size,
             "width": size,
             "batch_size": 1,
-            "distill": cfg.distill.model_copy(update={"critic_steps_per_generator": 1}),  # type: ignore[union-attr]
+            # guidance on (tiny's preset has none), so the real score's unconditional branch runs too
+            "distill": cfg.distill.model_copy(  # type: ignore[union-attr]
+                update={"critic_steps_per_generator": 1, "guidance_scale": 3.0}
+            ),
         }
     )
     torch.manual_seed(0)
