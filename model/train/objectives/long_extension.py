@@ -125,14 +125,15 @@ class LongExtensionObjective(DistillObjective):
                     f"the shortest rollout ({self.lcfg.min_rollout_blocks} blocks = {shortest} frames)"
                 )
 
-    def window_still(self, first: Tensor, prev: int) -> Tensor | None:
+    @staticmethod
+    def window_still(inputs: PreparedBatch, first: Tensor, prev: int) -> Tensor | None:
         """The still latent the scores' I2V channels carry for a window whose frame 0 is ``first``
-        (latent frame ``prev`` of the rollout), for a model with ``i2v_still``: the reference held
-        still (:meth:`CausalVideoVAE.still_latent`) at the clip's start; later, ``first`` is already a
-        4-frame latent, so the same frame held still is itself."""
-        if not self.student.cfg.i2v_still:
+        (latent frame ``prev`` of the rollout), for a model with ``i2v_still``: at the clip's start
+        ``first`` is the reference (the rollout keeps it), so the batch's own still latent; later,
+        ``first`` is already a 4-frame latent, so the same frame held still is itself."""
+        if inputs.still is None:
             return None
-        return self.vae.still_latent(first) if prev == 0 else first
+        return inputs.still if prev == 0 else first
 
     def student_sample(
         self, inputs: PreparedBatch, batch: RankBatch, *, salt: int, grad: bool
@@ -177,14 +178,17 @@ class LongExtensionObjective(DistillObjective):
         ).to(device=clip.device)
         first = clip[:, :, :1].detach()
         cond = i2v_condition(
-            first, num_frames=clip.shape[2], temporal_stride=stride, still=self.window_still(first, prev)
+            first,
+            num_frames=clip.shape[2],
+            temporal_stride=stride,
+            still=self.window_still(inputs, first, prev),
         )
         real_first = inputs.latents[:, :, prev : prev + 1]
         real_cond = i2v_condition(
             real_first,
             num_frames=clip.shape[2],
             temporal_stride=stride,
-            still=self.window_still(real_first, prev),
+            still=self.window_still(inputs, real_first, prev),
         )
         before = plan.forced[: plan.start - 1]
         info = {
