@@ -92,6 +92,7 @@ def denoise_block(
     if camera_tokens is None:
         with torch.set_grad_enabled(grad):
             camera_tokens = model.encode_camera(camera)
+    warped = cond if compiled is None else model.condition(cond, camera)  # the compiled step reads it as is
     for i, t in enumerate(scheduler.timesteps[: last + 1]):
         t_frames = torch.full((b, f), float(t), dtype=start.dtype, device=x.device)
         if compiled is not None:  # forward + update in one call; zeros where the step takes no noise
@@ -101,7 +102,7 @@ def denoise_block(
                 timesteps=t_frames,
                 t_next=torch.full((b, f), scheduler.next_timestep(i), device=x.device),
                 noise=noise() if scheduler.renoises and i < last else torch.zeros_like(start),
-                cond=cond,
+                cond=warped,
                 camera_tokens=camera_tokens,
                 block_index=block_index,
                 cache=cache,

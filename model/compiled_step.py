@@ -127,6 +127,7 @@ class CompiledStep:
         cache: KVCache,
         expert: int,
     ) -> tuple[Tensor, list[KV]]:
+        # ``cond``: the I2V channels as the experts read them (``WorldModel.condition``).
         """One step of block ``block_index``: :meth:`Scheduler.update` of ``x`` (B, C, f, h, w) after
         ``expert``'s velocity at ``timesteps`` (B, f), and the block's per-layer rotated (k, v) (B, L, H,
         Dh). Nothing is written to ``cache``. Under CUDA graphs the K/V are the graph's own memory: use
@@ -189,6 +190,7 @@ class CompiledStep:
         b, f = latents.shape[0], latents.shape[2]
         t0 = latents.new_zeros(b, f)
         zeros = torch.zeros_like(latents)
+        seen = self.model.condition(cond, camera)  # what the experts read (i2v_warp moves the still latent)
         for e in range(self.model.cfg.num_experts):
             _, new_kv = self.step(
                 latents,
@@ -196,7 +198,7 @@ class CompiledStep:
                 timesteps=t0,
                 t_next=torch.zeros(b, f, device=latents.device),
                 noise=zeros,
-                cond=cond,
+                cond=seen,
                 camera_tokens=camera_tokens,
                 block_index=block_index,
                 cache=cache,

@@ -88,6 +88,13 @@ class ModelConfig(BaseModel):
         "holding the reference image still would have, CausalVideoVAE.still_latent) instead of zeros: "
         "the model predicts the change from a still scene. False: Wan's I2V layout (load Wan weights).",
     )
+    i2v_warp: float | None = Field(
+        None,
+        gt=0.0,
+        description="With i2v_still: each generated frame's still latent is the reference seen from that "
+        "frame's camera through a plane this far (world units) from the reference camera "
+        "(worldloop.model.arch.warp). None: the reference held still.",
+    )
     motion: CameraMotion = Field(default_factory=CameraMotion, description="Action → camera speeds.")
     fov_deg: float = Field(75.0, gt=10.0, lt=170.0, description="Horizontal field of view for K.")
 
@@ -96,6 +103,8 @@ class ModelConfig(BaseModel):
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} must be divisible by num_heads {self.num_heads}")
         head_dim = self.dim // self.num_heads
+        if self.i2v_warp is not None and not self.i2v_still:
+            raise ValueError("i2v_warp moves the still latent: it needs i2v_still")
         if head_dim % 2 or head_dim < 6:
             raise ValueError(f"head dim {head_dim} must be even and >= 6 for 3D RoPE")
         if any(p < 1 for p in self.patch_size):
@@ -158,6 +167,11 @@ class ModelConfig(BaseModel):
         return L * block + patch + text + time + head
 
 
+# SynthWorld's rooms put walls 1.5-6 units from the camera: a plane at 3 units zooms and slides the
+# reference the right way for a move, and any depth is exact for a turn (worldloop.model.arch.warp).
+WARP_DEPTH = 3.0
+
+
 def tiny() -> ModelConfig:
     """CPU preset for tests and ``make demo``: trains in minutes, two experts like a14b."""
     return ModelConfig(
@@ -175,6 +189,7 @@ def tiny() -> ModelConfig:
         causal=CausalConfig(block_frames=2, num_sink_blocks=1, window_blocks=2),
         vae=tiny_vae(),
         i2v_still=True,
+        i2v_warp=WARP_DEPTH,
     )
 
 

@@ -18,6 +18,7 @@ from worldloop.model.arch.camera_encoder import CameraEncoder
 from worldloop.model.arch.dit import ExpertTransformer, set_attention_backend
 from worldloop.model.arch.interaction import InteractionExtractor
 from worldloop.model.arch.kv_cache import BlockInputs, CacheLayout, KVCache
+from worldloop.model.arch.warp import warp_condition
 from worldloop.model.config import ModelConfig
 
 
@@ -201,7 +202,7 @@ class WorldModel(nn.Module):
         """
         b, _, t, h, w = latents.shape
         dtype = self.dtype  # inputs arrive in fp32 from the data path; bf16 training runs bf16 weights
-        x = torch.cat([latents.to(dtype), cond.to(dtype)], dim=1)
+        x = torch.cat([latents.to(dtype), self.condition(cond, camera).to(dtype)], dim=1)
         cam = self.camera_encoder(camera.to(dtype))
         ctx, ctx_mask = self.context_tokens(conditioning)
         frame_mask = self.frame_context_mask(conditioning, ctx_mask, num_frames=t)  # (B, T, Lc) with turns
@@ -290,7 +291,7 @@ class WorldModel(nn.Module):
             raise ValueError("cache has no context: call set_context(cache, conditioning) first")
         visible = cache.visible_index(expert, block_index)
         past = [cache.past(expert, layer, visible) for layer in range(self.cfg.num_layers)]
-        x = torch.cat([latents, cond.to(latents.dtype)], dim=1).to(self.dtype)
+        x = torch.cat([latents, self.condition(cond, camera).to(latents.dtype)], dim=1).to(self.dtype)
         y, new_kv = self.expert(expert)(
             x,
             timesteps=timesteps,
@@ -303,6 +304,15 @@ class WorldModel(nn.Module):
         if update_cache:
             cache.write_block(expert, block_index, new_kv)
         return y.to(latents.dtype)
+
+    def condition(self, cond: Tensor, camera: Tensor) -> Tensor:
+        """The I2V channels the experts read: ``cond`` as given, or with ``i2v_warp`` its still latents
+        moved by each frame's camera (:func:`~worldloop.model.arch.warp.warp_condition`)."""
+        if self.cfg.i2v_warp is None:
+            return cond
+        return warp_condition(
+            cond, camera, temporal_stride=self.cfg.vae.temporal_stride, depth=self.cfg.i2v_warp
+        )
 
     def encode_camera(self, camera: Tensor) -> Tensor:
         """Grouped Plücker rays (B, f, 6·stride, H, W) → camera tokens (B, f·P, dim), model dtype."""

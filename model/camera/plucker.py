@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from worldloop.model.camera.actions import ActionFrame, CameraMotion, CameraState, continue_poses
@@ -77,3 +78,34 @@ def plucker_embedding(intrinsics: Tensor, c2w: Tensor, height: int, width: int) 
     origin = pose[:, None, :3, 3].expand_as(dirs)
     rays = torch.cat([torch.linalg.cross(origin, dirs, dim=-1), dirs], dim=-1)  # (F, HW, 6)
     return rays.transpose(1, 2).reshape(-1, 6, height, width).float()
+
+
+def pose_from_plucker(rays: Tensor) -> tuple[Tensor, Tensor]:
+    """The camera-to-world rotation and centre that ``[o × d, d]`` rays of a pinhole grid describe.
+
+    The inverse of :func:`plucker_embedding`, also on rays averaged over pixel blocks (``d`` need not be
+    unit: a block's mean moment is still ``o × mean d``), for a principal point at the image centre: the
+    mean ray is the optical axis (the grid is symmetric about it), the right half's mean minus the left
+    half's is the camera's x axis, and ``o`` solves ``Σ (|d|² I − d dᵀ) o = Σ d × m`` (least squares over
+    the moments ``m = o × d``). Computed in float32 whatever ``rays`` holds.
+
+    Args:
+        rays: (N, 6, H, W).
+    Returns:
+        R (N, 3, 3) with columns x right, y down, z forward; o (N, 3).
+    """
+    if rays.dim() != 4 or rays.shape[1] != 6:
+        raise ValueError(f"need rays (N, 6, H, W), got {tuple(rays.shape)}")
+    r = rays.float()
+    m, d = r[:, :3].flatten(2), r[:, 3:].flatten(2)  # (N, 3, HW)
+    width = rays.shape[-1]
+    z = F.normalize(d.mean(dim=2), dim=1)
+    right = r[:, 3:, :, width - width // 2 :].mean(dim=(2, 3)) - r[:, 3:, :, : width // 2].mean(dim=(2, 3))
+    x = F.normalize(right - (right * z).sum(1, keepdim=True) * z, dim=1)
+    y = torch.linalg.cross(z, x, dim=1)
+    rotation = torch.stack([x, y, z], dim=2)
+    eye = torch.eye(3, device=rays.device, dtype=torch.float32)
+    a = (d * d).sum(dim=(1, 2))[:, None, None] * eye - d @ d.transpose(1, 2)  # Σ (|d|² I − d dᵀ)
+    b = torch.linalg.cross(d, m, dim=1).sum(dim=2)  # Σ d × m
+    origin = torch.linalg.solve(a, b[..., None])[..., 0]
+    return rotation, origin
