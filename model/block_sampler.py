@@ -92,7 +92,7 @@ def denoise_block(
     if camera_tokens is None:
         with torch.set_grad_enabled(grad):
             camera_tokens = model.encode_camera(camera)
-    warped = cond if compiled is None else model.condition(cond, camera)  # the compiled step reads it as is
+    seen = model.condition(cond, camera)  # the I2V channels every step reads (i2v_warp: once per block)
     for i, t in enumerate(scheduler.timesteps[: last + 1]):
         t_frames = torch.full((b, f), float(t), dtype=start.dtype, device=x.device)
         if compiled is not None:  # forward + update in one call; zeros where the step takes no noise
@@ -102,7 +102,7 @@ def denoise_block(
                 timesteps=t_frames,
                 t_next=torch.full((b, f), scheduler.next_timestep(i), device=x.device),
                 noise=noise() if scheduler.renoises and i < last else torch.zeros_like(start),
-                cond=warped,
+                cond=seen,
                 camera_tokens=camera_tokens,
                 block_index=block_index,
                 cache=cache,
@@ -119,6 +119,7 @@ def denoise_block(
                 cache=cache,
                 expert=model.expert_for(t),
                 camera_tokens=camera_tokens,
+                seen_cond=seen,
             )
             fresh = noise() if scheduler.renoises and i < last else None
             x, _ = scheduler.step(i, x, v, t_frames, fresh)

@@ -127,11 +127,11 @@ class CompiledStep:
         cache: KVCache,
         expert: int,
     ) -> tuple[Tensor, list[KV]]:
-        # ``cond``: the I2V channels as the experts read them (``WorldModel.condition``).
         """One step of block ``block_index``: :meth:`Scheduler.update` of ``x`` (B, C, f, h, w) after
         ``expert``'s velocity at ``timesteps`` (B, f), and the block's per-layer rotated (k, v) (B, L, H,
-        Dh). Nothing is written to ``cache``. Under CUDA graphs the K/V are the graph's own memory: use
-        them before the next call."""
+        Dh). ``cond`` is the I2V channels as the experts read them (:meth:`WorldModel.condition`).
+        Nothing is written to ``cache``. Under CUDA graphs the K/V are the graph's own memory: use them
+        before the next call."""
         layout = cache.layout
         if x.shape[2] != layout.frames_in_block(block_index) or block_index == 0:
             raise ValueError(

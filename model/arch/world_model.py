@@ -272,6 +272,7 @@ class WorldModel(nn.Module):
         expert: int,
         update_cache: bool = False,
         camera_tokens: Tensor | None = None,
+        seen_cond: Tensor | None = None,
     ) -> Tensor:
         """Velocity for one block, attending to the cached sinks + window.
 
@@ -282,6 +283,7 @@ class WorldModel(nn.Module):
             update_cache: write this block's K/V into the cache (the clean t = 0 pass).
             camera_tokens: ``encode_camera(camera)`` when the caller already has it (every denoising
                 step of a block shares the camera: encode it once).
+            seen_cond: ``condition(cond, camera)`` when the caller already has it (likewise).
         """
         layout = cache.layout
         if latents.shape[2] != layout.frames_in_block(block_index):
@@ -291,7 +293,8 @@ class WorldModel(nn.Module):
             raise ValueError("cache has no context: call set_context(cache, conditioning) first")
         visible = cache.visible_index(expert, block_index)
         past = [cache.past(expert, layer, visible) for layer in range(self.cfg.num_layers)]
-        x = torch.cat([latents, self.condition(cond, camera).to(latents.dtype)], dim=1).to(self.dtype)
+        seen = self.condition(cond, camera) if seen_cond is None else seen_cond
+        x = torch.cat([latents, seen.to(latents.dtype)], dim=1).to(self.dtype)
         y, new_kv = self.expert(expert)(
             x,
             timesteps=timesteps,
@@ -332,6 +335,7 @@ class WorldModel(nn.Module):
         t0 = latents.new_zeros(latents.shape[0], latents.shape[2])
         if camera_tokens is None:
             camera_tokens = self.encode_camera(camera)
+        seen = self.condition(cond, camera)  # every expert reads the same I2V channels
         for e in range(self.cfg.num_experts):
             self.forward_step(
                 latents,
@@ -343,6 +347,7 @@ class WorldModel(nn.Module):
                 expert=e,
                 update_cache=True,
                 camera_tokens=camera_tokens,
+                seen_cond=seen,
             )
         cache.remember(block_index, BlockInputs(latents=latents, cond=cond, camera=camera))
 
