@@ -41,6 +41,14 @@ class Window:
     c2w: Tensor  # (F, 4, 4), c2w[0] = identity
     caption: str  # long or short scene caption, with the turns' interaction captions appended
     turns: tuple[Turn, ...] = ()
+    # the scene caption alone: what a model fed the turns reads, as a player's prompt never names the
+    # instruction still to come (None: ``caption`` has no interaction appended)
+    scene: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        """The text beside the turns: the scene caption alone."""
+        return self.caption if self.scene is None else self.scene
 
     @property
     def instruction(self) -> str | None:
@@ -105,7 +113,7 @@ def cut_window(
     K[:, 1] *= height / h0
     c2w = torch.from_numpy(np.linalg.inv(clip.c2w[start]) @ clip.c2w[start:end]).float()
     captions = clip.meta.captions
-    caption = captions.long if rng.random() < long_prob else captions.short
+    caption = scene = captions.long if rng.random() < long_prob else captions.short
     video = video.permute(1, 0, 2, 3).clamp(-1, 1)
     issued = [(i, f) for i, f in clip_turns(clip) if f < end]  # turns issued before the window's end
     earlier = [n for n, (_, f) in enumerate(issued) if f <= start]
@@ -116,7 +124,7 @@ def cut_window(
         imperative = rng.random() < 0.5  # players type imperatives; captions describe: train on both
         text = interaction.instruction if imperative else interaction.text
         turns.append(Turn(text, max(0, onset - start)))
-    return Window(video, K, c2w, caption, tuple(turns))
+    return Window(video, K, c2w, caption, tuple(turns), scene)
 
 
 def clip_turns(clip: LoadedClip) -> list[tuple[InteractionCaption, int]]:

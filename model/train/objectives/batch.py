@@ -134,7 +134,9 @@ def prepare_batch(
     reference = latents[:, :, :1]
     still_latent = vae.still_latent(reference) if still else None
     cond = i2v_condition(reference, num_frames=latents.shape[2], temporal_stride=stride, still=still_latent)
-    text = text_encoder.encode([w.caption for w in windows])
+    # Fed the turns, a model reads the scene caption beside them, as in serving (prompt, then each
+    # instruction at its block); without them, the caption that also describes the clip's events.
+    text = text_encoder.encode([w.prompt if with_instruction else w.caption for w in windows])
     conditioning = Conditioning(text.tokens.to(device), text.mask.to(device))
     if not with_instruction:
         return PreparedBatch(latents, cond, camera, conditioning, still=still_latent)

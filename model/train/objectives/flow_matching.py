@@ -148,7 +148,7 @@ class FlowMatchingObjective(base.Objective):
             for i in batch.indices
         ]
         windows = zip(batch.windows, draws, strict=True)
-        return [replace(w, caption="", turns=()) if u < p else w for w, u in windows]
+        return [replace(w, caption="", turns=(), scene=None) if u < p else w for w, u in windows]
 
     def metadata(self) -> dict[str, str]:
         return {"model_config": self.model.cfg.model_dump_json()}

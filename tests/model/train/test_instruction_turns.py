@@ -13,8 +13,11 @@ from clip_datasets import DOOR, make_dataset
 from one_step_distill import one_step_distill
 
 from worldloop.data import Mixture
+from worldloop.model import load_preset
+from worldloop.model.text import HashingEncoder
 from worldloop.model.train.objectives.batch import issue_block, prepare_batch
 from worldloop.model.train.windows import WindowSampler, cut_window
+from worldloop.model.vae import CausalVideoVAE
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +83,29 @@ def test_stage3_rollouts_recache_exactly_once_where_the_instruction_is_issued(
     model.recache = spy  # type: ignore[method-assign]
     trainer.run()
     assert len(calls) == 2 and all(n > 0 for n in calls)  # one per rollout (critic's, generator's)
+
+
+class Recording(HashingEncoder):
+    """The hashing encoder, keeping every text it was asked to encode."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=384)
+        self.texts: list[str] = []
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        self.texts.extend(texts)
+        return super().encode(texts)
+
+
+def test_a_model_fed_the_turns_reads_the_scene_caption_alone(door_clips: Mixture) -> None:
+    """Stage 1 reads the caption with the interaction appended; stage 2 on reads the scene caption beside
+    the turns, as serving gives a player's prompt and the instruction at its block."""
+    window = WindowSampler(door_clips, frames=17, height=32, width=32, seed=0).sample(0)
+    assert window.turns and DOOR.text in window.caption
+    assert window.prompt and DOOR.text not in window.prompt and window.caption.startswith(window.prompt)
+    vae = CausalVideoVAE(load_preset("tiny").vae)
+    for fed, scene in ((False, window.caption), (True, window.prompt)):
+        encoder = Recording()
+        prepare_batch([window], vae=vae, text_encoder=encoder, with_instruction=fed)
+        assert encoder.texts[0] == scene
+        assert encoder.texts[1:] == ([t.instruction for t in window.turns] if fed else [])
