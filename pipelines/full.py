@@ -58,6 +58,7 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
         synthetic_weight: float = 0.5,
         long_clips: int = 4,
         long_frames: int = 161,
+        twins: bool = True,
         parent_run_id: str = "",
     ) -> int:
         # labelled clips for training; raw pairs with bad items for curation; long clips for stage 4
@@ -70,11 +71,14 @@ def build(cluster: ClusterConfig | None = None, *, cache_key: str | None = None)
                 raw=is_raw,
                 bad_fraction=bad,
                 parent_run_id=parent_run_id,
+                twins=twin,
             ).set_display_name(label)
-            for count, length, is_raw, bad, label in (
-                (clips, frames, False, 0.0, "synthworld"),
-                (raw_clips, frames, True, 0.4, "synthworld-raw"),
-                (long_clips, long_frames, False, 0.0, "synthworld-long"),
+            # the labelled clips with their counterfactual twins (``twins``): beside its twin, a clip's
+            # event is told apart only by its instruction, which stage 2 must learn to read
+            for count, length, is_raw, bad, twin, label in (
+                (clips, frames, False, 0.0, twins, "synthworld"),
+                (raw_clips, frames, True, 0.4, False, "synthworld-raw"),
+                (long_clips, long_frames, False, 0.0, False, "synthworld-long"),
             )
         )
         curated = curate(  # the user's pairs when source_uri is set, else SynthWorld's raw pairs

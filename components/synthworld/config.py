@@ -33,6 +33,11 @@ class SynthConfig(BaseModel):
         description="Chance a clip with an interaction is multi-turn: later events follow, one turn each.",
     )
     max_turns: int = Field(3, ge=1, le=3, description="Most events (turns) in a multi-turn clip.")
+    twins: bool = Field(
+        False,
+        description="Also write each clip with an interaction as its counterfactual twin: the same shot, "
+        "world and camera with no event triggered and no instruction (NAME-twin).",
+    )
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of written videos.")
 
     @model_validator(mode="after")

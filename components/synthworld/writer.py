@@ -13,11 +13,12 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from worldloop.components.synthworld.clip import Clip, generate_clip
+from worldloop.components.synthworld.clip import Clip, generate_clip, render_without_event
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.schema import ClipRecord, EventRecord
 from worldloop.data import (
@@ -94,20 +95,40 @@ def clip_record(clip: Clip, name: str, cfg: SynthConfig) -> ClipRecord:
     )
 
 
-def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> ClipRecord:
+def twin_name(name: str) -> str:
+    return f"{name}-twin"
+
+
+def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> list[ClipRecord]:
+    """Clip ``index`` (and, with ``cfg.twins``, its counterfactual twin after it)."""
     name = clip_name(index)
-    meta = out / f"{name}.json"
-    if meta.exists():
-        return ClipRecord.model_validate_json(meta.read_text(encoding="utf-8"))
+    meta, twin_meta = out / f"{name}.json", out / f"{twin_name(name)}.json"
+    if meta.exists() and (not cfg.twins or twin_meta.exists()):
+        records = [ClipRecord.model_validate_json(meta.read_text(encoding="utf-8"))]
+        if cfg.twins and records[0].events:
+            records.append(ClipRecord.model_validate_json(twin_meta.read_text(encoding="utf-8")))
+        return records
     clip = generate_clip(cfg, clip_seed(seed, index))
+    records = []
+    if cfg.twins and clip.events:
+        # The same shot with nothing triggered and nothing asked: beside its clip, the only input that
+        # differs is the instruction, so a model can tell the event from the scene only through it.
+        still = replace(clip.shot, event=None, followups=())
+        twin = replace(
+            clip, frames=render_without_event(clip, cfg), shot=still, interactions=(), event_masks=()
+        )
+        encode_mp4(twin.frames, out / f"{twin_name(name)}.mp4", fps=cfg.fps, crf=cfg.crf)
+        records.append(clip_record(twin, twin_name(name), cfg))
     encode_mp4(clip.frames, out / f"{name}.mp4", fps=cfg.fps, crf=cfg.crf)
     for i, masks in enumerate(clip.event_masks):
         tmp = out / f".{name}.masks-{i}.tmp.npz"
         tmp.write_bytes(pack_masks(masks))
         os.replace(tmp, out / mask_file(name, i))
-    record = clip_record(clip, name, cfg)
-    atomic_text(meta, record.model_dump_json(indent=1))
-    return record
+    records.insert(0, clip_record(clip, name, cfg))
+    for record in records[1:]:  # the twin first: the clip's JSON, written last, marks both complete
+        atomic_text(out / f"{record.name}.json", record.model_dump_json(indent=1))
+    atomic_text(meta, records[0].model_dump_json(indent=1))
+    return records
 
 
 def load_masks(path: str | Path) -> np.ndarray:
@@ -128,7 +149,7 @@ def index_entry(record: ClipRecord) -> dict[str, object]:
     }
 
 
-def _one(args: tuple[Path, SynthConfig, int, int]) -> ClipRecord:
+def _one(args: tuple[Path, SynthConfig, int, int]) -> list[ClipRecord]:
     return write_clip(*args)
 
 
@@ -145,7 +166,7 @@ def write_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, cfg, seed, i) for i in range(clips)]
-    results: Iterator[ClipRecord]
+    results: Iterator[list[ClipRecord]]
     if workers > 1:
         pool = ProcessPoolExecutor(max_workers=workers)
         results = pool.map(_one, jobs)
@@ -153,10 +174,10 @@ def write_dataset(
         pool, results = None, map(_one, jobs)
     records = []
     try:
-        for record in results:
-            records.append(record)
+        for written in results:
+            records.extend(written)
             if progress:
-                progress(record)
+                progress(written[0])
     finally:
         if pool:
             pool.shutdown()

@@ -47,9 +47,15 @@ def synth(
         0.4, "--bad-fraction", help="Share of deliberately bad items with --raw."
     ),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes (labelled mode)."),
+    twins: bool = typer.Option(
+        False,
+        "--twins",
+        help="Labelled mode: also write each clip's counterfactual twin (same shot, no event, no "
+        "instruction) as NAME-twin.",
+    ),
 ) -> None:
     kinds = tuple(EventKind(k.strip()) for k in events.split(",") if k.strip()) or tuple(EventKind)
-    cfg = SynthConfig(size=size, frames=frames, fps=fps, event_kinds=kinds)
+    cfg = SynthConfig(size=size, frames=frames, fps=fps, event_kinds=kinds, twins=twins)
     started = time.perf_counter()
     with _progress() as bar:
         task = bar.add_task("raw pairs" if raw else "clips", total=clips)
@@ -67,7 +73,10 @@ def synth(
             records = write_dataset(
                 out, cfg, clips=clips, seed=seed, workers=workers, progress=lambda _: bar.advance(task)
             )
-            tally = Counter(r.events[0].kind if r.events else "no event" for r in records)
+            tally = Counter(
+                r.events[0].kind if r.events else "twin" if r.name.endswith("-twin") else "no event"
+                for r in records
+            )
     elapsed = time.perf_counter() - started
     table = Table(title=f"SynthWorld → {out}")
     table.add_column("defect" if raw else "event")

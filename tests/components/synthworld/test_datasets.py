@@ -40,6 +40,32 @@ def test_labelled_folder_round_trips_and_resumes(tmp_path) -> None:
     assert (tmp_path / "clip_00001.mp4").stat().st_mtime_ns == stamp  # finished clips are skipped
 
 
+def test_twins_are_the_same_shot_with_nothing_triggered(tmp_path) -> None:
+    cfg = CFG.model_copy(update={"twins": True, "multi_turn_probability": 0.0})
+    records = write_dataset(tmp_path, cfg, clips=2, seed=2)
+    assert [r.name for r in records] == ["clip_00000", "clip_00000-twin", "clip_00001", "clip_00001-twin"]
+    for clip, twin in zip(records[::2], records[1::2], strict=True):
+        assert clip.events and not twin.events
+        assert (twin.c2w, twin.actions, twin.captions, twin.scene) == (
+            clip.c2w,
+            clip.actions,
+            clip.captions,
+            clip.scene,
+        )
+        a = decode_video(tmp_path / clip.video)[0].astype(np.float32)
+        b = decode_video(tmp_path / twin.video)[0].astype(np.float32)
+        onset = clip.events[0].onset_frame
+        masks = load_masks(tmp_path / clip.events[0].mask_file)
+        assert np.abs(a[:onset] - b[:onset]).mean() < 1.0  # the same frames (up to the codec) before it
+        late = slice(clip.events[0].full_frame, None)
+        assert np.abs(a[late] - b[late])[masks[late]].mean() > 10 * np.abs(a[:onset] - b[:onset]).mean() + 5
+    # training reads both: the twin's clip has no instruction
+    data = json.loads((tmp_path / "dataset.json").read_text())
+    assert [c["key"] for s in data["shards"] for c in s["clips"]] == [r.name for r in records]
+    (tmp_path / "clip_00001.json").unlink()  # killed after the twin, before the clip's JSON
+    assert write_dataset(tmp_path, cfg, clips=2, seed=2) == records
+
+
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("raw")
