@@ -9,33 +9,24 @@ that ignores its camera has gains near 0. Prints a table; ``--json`` writes the 
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
+from benchmarks.models_arg import each_model, models_parser
 from worldloop.components.evaluation.quality.camera_use import CAMERAS, SIGMAS, camera_use
 from worldloop.components.evaluation.quality.heldout import held_out_set
-from worldloop.platform.stack import load_model_stack
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_camera_use", description=__doc__)
-    parser.add_argument("models", nargs="+", help="LABEL=URI or URI")
+    parser = models_parser("python -m benchmarks.bench_camera_use", __doc__)
     parser.add_argument("--clips", type=int, default=8, help="Held-out clips")
     parser.add_argument("--blocks", type=int, default=2, help="Causal blocks per clip")
-    parser.add_argument("--repeats", type=int, default=3, help="Noise draws per level")
-    parser.add_argument("--json", type=Path, help="Write the numbers here")
+    parser.set_defaults(repeats=3)
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float]] = {}
-    for item in args.models:
-        label, _, uri = item.partition("=") if "=" in item else (item, "", item)
-        started = time.perf_counter()
-        stack = load_model_stack(uri)
+    for label, stack in each_model(args.models):
         held = held_out_set(stack.spec, clips=args.clips, blocks=args.blocks)
         results[label] = camera_use(stack, held, repeats=args.repeats)
-        print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
     print(f"\n{'model':<24} {'σ':>5} " + " ".join(f"{c:>9}" for c in CAMERAS))
     for label, scores in results.items():
         for sigma in SIGMAS:

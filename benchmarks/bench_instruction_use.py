@@ -10,17 +10,14 @@ the numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
+from benchmarks.models_arg import each_model, models_parser
 from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
 from worldloop.components.evaluation.quality.instruction_use import INSTRUCTIONS, instruction_use
 from worldloop.components.evaluation.suite import SUITE_TAG, LoadedSuite, build_synthworld_suite, load_suite
 from worldloop.components.synthworld import EventKind
-from worldloop.platform.stack import load_model_stack
 from worldloop.settings import get_settings
 
 
@@ -41,20 +38,13 @@ def held_out_suite(size: int, frames: int) -> LoadedSuite:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_instruction_use", description=__doc__)
-    parser.add_argument("models", nargs="+", help="LABEL=URI or URI")
+    parser = models_parser("python -m benchmarks.bench_instruction_use", __doc__)
     parser.add_argument("--frames", type=int, default=33, help="Video frames per case")
-    parser.add_argument("--repeats", type=int, default=2, help="Noise draws per level")
-    parser.add_argument("--json", type=Path, help="Write the numbers here")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float]] = {}
-    for item in args.models:
-        label, _, uri = item.partition("=") if "=" in item else (item, "", item)
-        started = time.perf_counter()
-        stack = load_model_stack(uri)
+    for label, stack in each_model(args.models):
         suite = held_out_suite(stack.spec.height, args.frames)
         results[label] = instruction_use(stack, suite, repeats=args.repeats)
-        print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
     print(f"\n{'model':<24} " + " ".join(f"{i:>9}" for i in INSTRUCTIONS) + "  gain wrong / none   toward")
     for label, s in results.items():
         errors = " ".join(f"{s[f'x0_mse.{i}']:9.4f}" for i in INSTRUCTIONS)

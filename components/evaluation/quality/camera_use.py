@@ -22,6 +22,7 @@ from worldloop.components.evaluation.quality.heldout import HeldOutSet
 from worldloop.model.camera.intrinsics import intrinsics_from_fov
 from worldloop.model.diffusion.flow_matching import add_noise
 from worldloop.model.train.objectives.batch import prepare_batch
+from worldloop.model.train.objectives.flow_matching import predict_velocity
 from worldloop.model.train.windows import Window
 from worldloop.platform.stack import ModelStack
 
@@ -75,14 +76,7 @@ def camera_use(
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1000 + r))
             x_t = add_noise(x0, noise, levels)
             for name, camera in cameras.items():
-                v = model(
-                    x_t,
-                    timesteps=levels * 1000.0,
-                    cond=batch.cond,
-                    camera=camera,
-                    conditioning=batch.conditioning,
-                    causal=False,
-                )
+                v = predict_velocity(model, x_t, levels, batch, camera=camera)
                 x0_hat = x_t - levels[:, None, :, None, None] * v.float()
                 errors[name] += F.mse_loss(x0_hat[:, :, 1:], x0[:, :, 1:]).item() / repeats
         for name in CAMERAS:

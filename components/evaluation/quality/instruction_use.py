@@ -31,6 +31,7 @@ from worldloop.components.synthworld import SynthConfig
 from worldloop.model.camera.intrinsics import intrinsics_from_fov
 from worldloop.model.diffusion.flow_matching import add_noise
 from worldloop.model.train.objectives.batch import PreparedBatch, onset_latent_frame, prepare_batch
+from worldloop.model.train.objectives.flow_matching import predict_velocity
 from worldloop.model.train.windows import Turn, Window
 from worldloop.platform.stack import ModelStack
 
@@ -103,14 +104,7 @@ def instruction_use(
                 x_t = add_noise(z_event, noise, levels)
                 x0_hat = {}
                 for name, batch in batches.items():
-                    v = model(
-                        x_t,
-                        timesteps=levels * 1000.0,
-                        cond=batch.cond,
-                        camera=batch.camera,
-                        conditioning=batch.conditioning,
-                        causal=False,
-                    )
+                    v = predict_velocity(model, x_t, levels, batch)
                     x0_hat[name] = (x_t - levels[:, None, :, None, None] * v.float())[:, :, after]
                     err = (x0_hat[name] - z_event[:, :, after]).pow(2).mean().item()
                     errors[name] += err / (repeats * len(sigmas) * len(chosen))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from worldloop.model.arch.dit import set_gradient_checkpointing
-from worldloop.model.arch.world_model import WorldModel
+from worldloop.model.arch.world_model import Conditioning, WorldModel
 from worldloop.model.diffusion.flow_matching import add_noise, velocity_target
 from worldloop.model.diffusion.schedule import sample_training_sigmas
 from worldloop.model.text.encoder import TextEncoder
@@ -33,6 +33,28 @@ from worldloop.model.train.objectives import base
 from worldloop.model.train.objectives.batch import PreparedBatch, prepare_batch
 from worldloop.model.train.windows import Window
 from worldloop.model.vae.autoencoder import CausalVideoVAE
+
+
+def predict_velocity(
+    model: Callable[..., Tensor],
+    x_t: Tensor,
+    sigma: Tensor,
+    batch: PreparedBatch,
+    *,
+    causal: bool = False,
+    camera: Tensor | None = None,
+    conditioning: Conditioning | None = None,
+) -> Tensor:
+    """The model's velocity for ``x_t`` at per-frame noise levels ``sigma`` (B, T) with ``batch``'s I2V
+    condition, camera and conditioning (``camera`` / ``conditioning``, when given, in place of its own)."""
+    return model(
+        x_t,
+        timesteps=sigma * 1000.0,
+        cond=batch.cond,
+        camera=batch.camera if camera is None else camera,
+        conditioning=batch.conditioning if conditioning is None else conditioning,
+        causal=causal,
+    )
 
 
 def flow_matching_loss(
@@ -72,14 +94,7 @@ def flow_matching_loss(
     sigma = torch.cat([torch.zeros(b, 1), torch.cat(sigmas)], dim=1).to(x0.device)
     noise = torch.cat(noises).to(x0)
     x_t = add_noise(x0, noise, sigma)
-    v = (forward or model)(
-        x_t,
-        timesteps=sigma * 1000.0,
-        cond=batch.cond,
-        camera=batch.camera,
-        conditioning=batch.conditioning,
-        causal=causal,
-    )
+    v = predict_velocity(forward or model, x_t, sigma, batch, causal=causal)
     target = velocity_target(x0, noise)
     return F.mse_loss(v[:, :, 1:].float(), target[:, :, 1:].float())
 
