@@ -127,15 +127,21 @@ def test_two_zero_processes_resumed_match_one_plain_process(
     # Summation order differs (two ranks' gradients averaged vs one batch of two, ZeRO-3's own linear
     # kernels), and Adam divides by √v, which magnifies that float noise where gradients are tiny: allow
     # a tenth of one Adam step of each model (student lr ≤ 1e-4, critic lr ≤ 1e-3; the EMA moves 0.001
-    # of the student's step). A run that went wrong moves a whole step: a resumed run scoring against
-    # the wrong teacher was 1.7e-4 off in the student, a tenth of a step was float noise (≤ 4e-6).
+    # of the student's step). A weight whose gradient is float noise itself (~1e-9, inside Adam's eps)
+    # moves by lr·g/eps in either run, so a few such weights may differ by more: at most one in 100,000
+    # of a model, and never by half a step (2 of 2.7M student weights were 1.1e-5 and 2.2e-5 off). A run
+    # that went wrong moves whole steps: a resumed run scoring against the wrong teacher was 1.7e-4 off.
     for name, tolerance in (("model", 1e-5), ("critic", 1e-4), ("ema", 1e-6), ("teacher", 0.0)):
         x, y = load_file(str(a / f"{name}.safetensors")), load_file(str(b / f"{name}.safetensors"))
         assert x.keys() == y.keys()
+        beyond = 0
         for k in x:
             assert x[k].shape == y[k].shape, f"{name}/{k}: {y[k].shape} (partition?) vs {x[k].shape}"
-            diff = float((y[k] - x[k]).abs().max())
-            assert diff <= tolerance, f"{name}/{k}: max |Δ| {diff:.2e}"
+            diff = (y[k] - x[k]).abs()
+            assert float(diff.max()) <= 5 * tolerance, f"{name}/{k}: max |Δ| {float(diff.max()):.2e}"
+            beyond += int((diff > tolerance).sum())
+        allowed = sum(v.numel() for v in x.values()) // 100_000 if tolerance else 0  # teacher: none
+        assert beyond <= allowed, f"{name}: {beyond} weights off"
     fresh = build_world_model(load_preset("tiny"))
     load_checkpoint(b, model=fresh, optimizer=None, ema=None)  # full tensors, loadable without DeepSpeed
     saved = load_file(str(b / "model.safetensors"))
