@@ -70,11 +70,12 @@ class Settings(BaseSettings):
         ),
     )
     data_cache_mb: int = Field(
-        256,
+        1024,
         ge=0,
         description=(
             "Decoded training clips a training process keeps in memory, per dataset (MiB); the rest "
-            "is read from the shards again when needed, so memory does not grow with the data."
+            "is read from the shards again when needed, so memory does not grow with the data. 1 GiB "
+            "holds 200 SynthWorld clips of 33 frames at 128 px (400 of them thrashed 256 MiB)."
         ),
     )
     registered_model: str = Field(
