@@ -39,20 +39,27 @@ INSTRUCTIONS = ("true", "wrong", "none")
 SIGMAS = (0.8, 0.95)
 
 
-def _window(
-    stack: ModelStack, suite: LoadedSuite, case: InterBenchCase, frames: np.ndarray, turns: tuple[Turn, ...]
-) -> Window:
+def _windows(
+    stack: ModelStack,
+    suite: LoadedSuite,
+    case: InterBenchCase,
+    shots: list[tuple[np.ndarray, tuple[Turn, ...]]],
+) -> list[Window]:
+    """One window per (frames, turns), along the case's commanded camera path."""
     size = suite.suite.size
     k = torch.from_numpy(intrinsics_from_fov(size, size, SynthConfig().fov_deg)).float()
-    video = torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 127.5 - 1.0
-    count = video.shape[1]
-    c2w = torch.from_numpy(commanded_path(stack, suite, case)[:count]).float()
-    return Window(video, k.expand(count, 3, 3).clone(), c2w, case.prompt, turns)
+    c2w = torch.from_numpy(commanded_path(stack, suite, case)).float()
+    windows = []
+    for frames, turns in shots:
+        video = torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 127.5 - 1.0
+        count = video.shape[1]
+        windows.append(Window(video, k.expand(count, 3, 3).clone(), c2w[:count], case.prompt, turns))
+    return windows
 
 
-def _prepare(stack: ModelStack, window: Window) -> PreparedBatch:
+def _prepare(stack: ModelStack, windows: list[Window]) -> PreparedBatch:
     return prepare_batch(
-        [window],
+        windows,
         vae=stack.vae,
         text_encoder=stack.text_encoder,
         with_instruction=True,
@@ -88,29 +95,25 @@ def instruction_use(
             "wrong": (Turn(other, issued.instruction_frame),),
             "none": (),
         }
-        batches = {
-            name: _prepare(stack, _window(stack, suite, case, truth.event, t)) for name, t in turns.items()
-        }
-        z_event = batches["true"].latents
-        z_none = _prepare(stack, _window(stack, suite, case, truth.counterfactual, ())).latents
+        # One batch, one row per instruction (the event's video each time), and the shot without it.
+        batch = _prepare(stack, _windows(stack, suite, case, [(truth.event, t) for t in turns.values()]))
+        (z_none,) = _prepare(stack, _windows(stack, suite, case, [(truth.counterfactual, ())])).latents
+        z_event = batch.latents[:1]
         first = onset_latent_frame(issued.instruction_frame, temporal_stride=stack.vae.cfg.temporal_stride)
         after = slice(first, None)
-        change = (z_event - z_none)[:, :, after].float()
+        change = (z_event[0] - z_none)[:, after].float()
         for sigma in sigmas:
-            levels = torch.full((1, z_event.shape[2]), float(sigma))
+            levels = torch.full((len(turns), z_event.shape[2]), float(sigma))
             levels[:, 0] = 0.0  # the reference stays clean, as in training
             for r in range(repeats):
                 noise = torch.randn(z_event.shape, generator=torch.Generator().manual_seed(seed * 1000 + r))
-                x_t = add_noise(z_event, noise, levels)
-                x0_hat = {}
-                for name, batch in batches.items():
-                    v = predict_velocity(model, x_t, levels, batch)
-                    x0_hat[name] = (x_t - levels[:, None, :, None, None] * v.float())[:, :, after]
-                    err = (x0_hat[name] - z_event[:, :, after]).pow(2).mean().item()
-                    errors[name] += err / (repeats * len(sigmas) * len(chosen))
-                moved = ((x0_hat["true"] - x0_hat["none"]) * change).sum() / change.pow(2).sum().clamp_min(
-                    1e-12
-                )
+                x_t = add_noise(z_event, noise, levels[:1]).expand(len(turns), -1, -1, -1, -1)
+                v = predict_velocity(model, x_t, levels, batch)
+                x0_hat = (x_t - levels[:, None, :, None, None] * v.float())[:, :, after]
+                err = (x0_hat - z_event[:, :, after]).pow(2).mean(dim=(1, 2, 3, 4))
+                for name, e in zip(turns, err.tolist(), strict=True):
+                    errors[name] += e / (repeats * len(sigmas) * len(chosen))
+                moved = ((x0_hat[0] - x0_hat[2]) * change).sum() / change.pow(2).sum().clamp_min(1e-12)
                 toward.append(moved.item())
     out = {f"x0_mse.{name}": errors[name] for name in INSTRUCTIONS}
     for name in INSTRUCTIONS[1:]:
