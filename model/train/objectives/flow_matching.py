@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from worldloop.model.arch.dit import set_gradient_checkpointing
-from worldloop.model.arch.world_model import Conditioning, WorldModel
+from worldloop.model.arch.world_model import WorldModel
 from worldloop.model.diffusion.flow_matching import add_noise, velocity_target
 from worldloop.model.diffusion.schedule import sample_training_sigmas
 from worldloop.model.text.encoder import TextEncoder
@@ -43,16 +43,15 @@ def predict_velocity(
     *,
     causal: bool = False,
     camera: Tensor | None = None,
-    conditioning: Conditioning | None = None,
 ) -> Tensor:
     """The model's velocity for ``x_t`` at per-frame noise levels ``sigma`` (B, T) with ``batch``'s I2V
-    condition, camera and conditioning (``camera`` / ``conditioning``, when given, in place of its own)."""
+    condition, camera and conditioning (``camera``, when given, in place of its own)."""
     return model(
         x_t,
         timesteps=sigma * 1000.0,
         cond=batch.cond,
         camera=batch.camera if camera is None else camera,
-        conditioning=batch.conditioning if conditioning is None else conditioning,
+        conditioning=batch.conditioning,
         causal=causal,
     )
 
