@@ -186,12 +186,21 @@ def drift_table(results: Mapping[str, QualityResult], blocks: int) -> Table:
 
 
 def ladder_columns(results: Mapping[str, QualityResult]) -> dict[str, Mapping[str, float | None]]:
-    """Baselines (random per sampler, frozen, truth) first, then one column per rung."""
+    """Baselines (random per sampler, frozen, the decoded I2V input, truth) first, then one column per
+    rung."""
     columns: dict[str, Mapping[str, float | None]] = {}
     for result in results.values():
         columns[f"random ({result.payload['sampler']['kind']})"] = result.metrics["random"]
     first = next(iter(results.values()))
-    columns["frozen"], columns["truth"] = first.metrics["frozen"], first.metrics["truth"]
+    columns["frozen"] = first.metrics["frozen"]
+    inputs: list[Mapping[str, float | None]] = []  # the decoded I2V input: one column per distinct VAE
+    for label, result in results.items():
+        for name in ("plane", "still"):
+            metrics = result.metrics.get(name)
+            if metrics is not None and metrics not in inputs:
+                inputs.append(metrics)
+                columns[name if len(inputs) == 1 else f"{name} ({label})"] = metrics
+    columns["truth"] = first.metrics["truth"]
     for name, result in results.items():
         columns[name] = result.metrics["model"]
     return columns

@@ -37,6 +37,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
+from worldloop.model.arch.anchor import anchored
 from worldloop.model.arch.dit import KV, ExpertTransformer
 from worldloop.model.arch.kv_cache import BlockInputs, KVCache
 from worldloop.model.arch.world_model import WorldModel
@@ -63,9 +64,12 @@ def _block_step(
     keys: Tensor,
     values: Tensor,
     past_mask: Tensor | None,
+    anchor: float | None,
+    stride: int,
 ) -> tuple[Tensor, list[KV]]:
     """What the compiled callable runs: :meth:`WorldModel.forward_step` over the whole cache buffer, then
-    :meth:`Scheduler.update`. Returns the next state and the block's per-layer rotated (k, v)."""
+    :meth:`Scheduler.update`. Returns the next state and the block's per-layer rotated (k, v). ``anchor``
+    and ``stride``: the model's ``i2v_anchor`` and VAE temporal stride (:meth:`WorldModel.anchor`)."""
     latents = x.to(noise.dtype)  # the denoiser's dtype (the scheduler may keep a wider state)
     inputs = torch.cat([latents, cond.to(latents.dtype)], dim=1).to(expert.patch_embedding.weight.dtype)
     velocity, new_kv = expert(
@@ -79,6 +83,8 @@ def _block_step(
         past_mask=past_mask,
         rope=(cos, sin),
     )
+    if anchor is not None:
+        velocity = anchored(velocity, latents, cond, timesteps, stride=stride, std=anchor)
     return scheduler.update(x, velocity.to(latents.dtype), timesteps, t_next, noise), new_kv
 
 
@@ -167,6 +173,8 @@ class CompiledStep:
                 keys=kv.keys,
                 values=kv.values,
                 past_mask=cache.visible_mask(expert, block_index),
+                anchor=self.model.cfg.i2v_anchor,
+                stride=self.model.cfg.vae.temporal_stride,
             ),
         )
         return (x_next.clone() if self.graphs else x_next), new_kv  # the state outlives the next call

@@ -27,6 +27,7 @@ from worldloop.components.registry.tags import (
 )
 
 CONTESTANTS = ("model", *BASELINES)
+INPUTS = ("plane", "still")  # the decoded I2V input, kept beside them where the report has it
 SETUP_KEYS = ("seed", "clips", "blocks", "height", "width")
 
 
@@ -69,8 +70,10 @@ def read_quality(quality: Mapping[str, Any] | Path | None, quality_dir: Path | N
 
 
 def quality_tags(payload: Mapping[str, Any]) -> dict[str, str]:
-    """The version tags of a quality payload: headline metrics per contestant, and the held-out setup."""
-    metrics = {name: dict(payload["contestants"][name]["metrics"]) for name in CONTESTANTS}
+    """The version tags of a quality payload: headline metrics per contestant (the model, the gate's
+    baselines and the decoded I2V input where measured), and the held-out setup."""
+    names = [*CONTESTANTS, *(n for n in INPUTS if n in payload["contestants"])]
+    metrics = {name: dict(payload["contestants"][name]["metrics"]) for name in names}
     text = json.dumps(metrics, sort_keys=True)
     if len(text) > MAX_TAG_CHARS:  # keep the summaries, drop the per-block detail
         metrics = {n: {k: v for k, v in m.items() if ".block" not in k} for n, m in metrics.items()}

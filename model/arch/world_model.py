@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from worldloop.model.arch.anchor import anchored
 from worldloop.model.arch.camera_encoder import CameraEncoder
 from worldloop.model.arch.dit import ExpertTransformer, set_attention_backend
 from worldloop.model.arch.interaction import InteractionExtractor
@@ -202,7 +203,8 @@ class WorldModel(nn.Module):
         """
         b, _, t, h, w = latents.shape
         dtype = self.dtype  # inputs arrive in fp32 from the data path; bf16 training runs bf16 weights
-        x = torch.cat([latents.to(dtype), self.condition(cond, camera).to(dtype)], dim=1)
+        seen = self.condition(cond, camera)
+        x = torch.cat([latents.to(dtype), seen.to(dtype)], dim=1)
         cam = self.camera_encoder(camera.to(dtype))
         ctx, ctx_mask = self.context_tokens(conditioning)
         frame_mask = self.frame_context_mask(conditioning, ctx_mask, num_frames=t)  # (B, T, Lc) with turns
@@ -231,7 +233,7 @@ class WorldModel(nn.Module):
                 attn_mask=mask,
             )
             out[idx] = y.to(out.dtype)
-        return out
+        return self.anchor(out, latents, seen, timesteps)
 
     # -- streaming ----------------------------------------------------------------------------------
     def new_cache(self, *, batch: int, height: int, width: int, dtype: torch.dtype | None = None) -> KVCache:
@@ -306,7 +308,16 @@ class WorldModel(nn.Module):
         )
         if update_cache:
             cache.write_block(expert, block_index, new_kv)
-        return y.to(latents.dtype)
+        return self.anchor(y.to(latents.dtype), latents, seen, timesteps)
+
+    def anchor(self, raw: Tensor, latents: Tensor, seen: Tensor, timesteps: Tensor) -> Tensor:
+        """The velocity from the experts' output ``raw``: itself, or with ``i2v_anchor`` plus the prior
+        around the I2V latent the experts read (:mod:`~worldloop.model.arch.anchor`)."""
+        if self.cfg.i2v_anchor is None:
+            return raw
+        return anchored(
+            raw, latents, seen, timesteps, stride=self.cfg.vae.temporal_stride, std=self.cfg.i2v_anchor
+        )
 
     def condition(self, cond: Tensor, camera: Tensor) -> Tensor:
         """The I2V channels the experts read: ``cond`` as given, or with ``i2v_warp`` its still latents

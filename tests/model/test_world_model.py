@@ -12,9 +12,9 @@ from worldloop.model.config import CausalConfig, a14b
 Z = tiny().latent_channels  # latent channels of the tiny preset
 
 
-def _model(**causal: int) -> WorldModel:
+def _model(anchor: float | None = None, **causal: int) -> WorldModel:
     torch.manual_seed(0)
-    cfg = tiny()
+    cfg = tiny().model_copy(update={"i2v_anchor": anchor})
     if causal:
         cfg = cfg.model_copy(update={"causal": CausalConfig(**causal)})
     model = WorldModel(cfg).eval()
@@ -47,7 +47,8 @@ def _clip(
     # clean sink frame, then one noise level per block (as in teacher / diffusion forcing)
     levels = torch.rand(batch, blocks, generator=g) * 1000
     timesteps = torch.cat([torch.zeros(batch, 1), levels.repeat_interleave(cfg.causal.block_frames, 1)], 1)
-    cond = i2v_condition(latents[:, :, :1], num_frames=t, temporal_stride=4)
+    still = torch.randn(batch, Z, 1, h, h, generator=g)  # what the I2V channels of frames ≥ 1 carry
+    cond = i2v_condition(latents[:, :, :1], num_frames=t, temporal_stride=4, still=still)
     camera = torch.randn(batch, t, 24, size, size, generator=g)
     return {"latents": latents, "timesteps": timesteps, "cond": cond, "camera": camera}
 
@@ -63,9 +64,9 @@ def _block(clip: dict[str, torch.Tensor], model: WorldModel, b: int) -> dict[str
     }
 
 
-@pytest.mark.parametrize("expert", [0, 1])
-def test_cached_steps_equal_full_block_causal_forward(expert: int) -> None:
-    model = _model(block_frames=2, num_sink_blocks=1, window_blocks=2)
+@pytest.mark.parametrize(("expert", "anchor"), [(0, None), (1, None), (0, 0.5)])
+def test_cached_steps_equal_full_block_causal_forward(expert: int, anchor: float | None) -> None:
+    model = _model(anchor, block_frames=2, num_sink_blocks=1, window_blocks=2)
     blocks = 6  # more blocks than the window: eviction and the ring buffer are exercised
     clip = _clip(model, batch=2, blocks=blocks)
     # route every sample to `expert` by choosing noise levels on its side of the boundary
@@ -183,7 +184,7 @@ def test_expert_switch_exactly_at_the_boundary() -> None:
     cond = _conditioning(2, seed=0)
     with torch.no_grad():
         out = model(**clip, conditioning=cond)
-        x = torch.cat([clip["latents"], clip["cond"]], dim=1)
+        x = torch.cat([clip["latents"], model.condition(clip["cond"], clip["camera"])], dim=1)
         ctx, mask = model.context_tokens(cond)
         cam = model.camera_encoder(clip["camera"])
         attn = model.block_mask(clip["latents"].shape[2], 4)

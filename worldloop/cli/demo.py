@@ -39,13 +39,16 @@ def _fmt(value: float | None) -> str:
 
 
 def quality_table(info: ModelVersionInfo) -> Table:
-    """The version's quality ladder beside its two baselines (what the gate compared)."""
+    """The version's quality ladder beside its two baselines (what the gate compared) and, where
+    measured, its decoded I2V input (what the world model adds over it)."""
     quality = info.evidence.quality or {}
+    columns = {"model": "model", "random": "random weights", "frozen": "frozen first frame"}
+    columns |= {n: f"{n} (its I2V input)" for n in ("plane", "still") if n in quality}
     table = Table(title=f"Quality ladder of v{info.version} (held-out SynthWorld)")
-    for i, name in enumerate(("metric", "model", "random weights", "frozen first frame")):
+    for i, name in enumerate(("metric", *columns.values())):
         table.add_column(name, justify="left" if i == 0 else "right")
     for metric in HEADLINE:
-        table.add_row(metric, *(_fmt(quality.get(c, {}).get(metric)) for c in ("model", "random", "frozen")))
+        table.add_row(metric, *(_fmt(quality.get(c, {}).get(metric)) for c in columns))
     return table
 
 

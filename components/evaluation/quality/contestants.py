@@ -3,6 +3,9 @@
 * ``model`` — the stack the URI names, sampled with the chosen :class:`~.generate.Sampler`;
 * ``random`` — the same spec with random weights (world model and VAE), sampled the same way;
 * ``frozen`` — the true first frame repeated: no model at all (no VAE either, so no reconstruction);
+* ``plane`` — for a model with ``i2v_warp`` (``still`` with ``i2v_still`` alone): the I2V latent it
+  reads for each frame — the reference seen from the commanded camera through its plane — decoded by
+  its VAE. No world model: what the experts add over their own geometric input;
 * ``truth`` — SynthWorld's own render of the same first frame and actions: the ceiling of every
   measure that goes through the camera estimator or the InterBench judge (their own error).
 """
@@ -19,6 +22,7 @@ from worldloop.components.evaluation.interbench import generate_case
 from worldloop.components.evaluation.quality.generate import (
     TEACHER_STEPS,
     Sampler,
+    plane_video,
     rollout_video,
     teacher_video,
     vae_reconstruction,
@@ -99,6 +103,29 @@ class FrozenContestant:
 
     def interbench_video(self, suite: LoadedSuite, case: InterBenchCase, *, seed: int) -> np.ndarray:
         return np.repeat(suite.image(case.id)[None], case.frames, axis=0)
+
+
+@dataclass
+class PlaneContestant:
+    """The model's I2V latent of each frame, decoded (:func:`~.generate.plane_video`)."""
+
+    stack: ModelStack
+    fov_deg: float  # field of view of the held-out data (the camera rays)
+    name: str = "plane"
+
+    def video(
+        self, held: HeldOutSet, clip: HeldOutClip, actions: Sequence[ActionFrame], *, seed: int
+    ) -> np.ndarray:
+        return plane_video(self.stack, clip.frames[0], actions, fov_deg=self.fov_deg)
+
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray | None:
+        return None
+
+    def interbench_video(self, suite: LoadedSuite, case: InterBenchCase, *, seed: int) -> np.ndarray:
+        actions = case.action_frames()
+        stride = self.stack.model.cfg.vae.temporal_stride
+        actions += [actions[-1]] * (-(len(actions) - 1) % stride)  # whole latent frames: hold the last
+        return plane_video(self.stack, suite.image(case.id), actions, fov_deg=self.fov_deg)[: case.frames]
 
 
 @dataclass

@@ -89,6 +89,40 @@ def rollout_video(
     return to_uint8(torch.cat(frames, dim=2)[0])
 
 
+def clip_inputs(
+    stack: ModelStack, image: np.ndarray, actions: Sequence[ActionFrame], *, fov_deg: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What a whole clip from ``image`` (H, W, 3) under ``actions`` gives the model: the reference latent
+    (1, C, 1, h, w), the grouped camera rays (1, T, 6·stride, H, W) and the I2V channels (1, stride + C,
+    T, h, w), with the still latent when the spec has ``i2v_still``."""
+    vae, cfg = stack.vae, stack.model.cfg
+    h, w = image.shape[:2]
+    stride = cfg.vae.temporal_stride
+    reference = vae.encode(to_pixels(image)[:, :, None])
+    track = actions_to_camera(actions, width=w, height=h, fov_deg=fov_deg, motion=cfg.motion)
+    rays = plucker_embedding(track.intrinsics, track.c2w, h, w)  # (F, 6, H, W)
+    camera = group_plucker(rays[None], temporal_stride=stride)
+    still = vae.still_latent(reference) if cfg.i2v_still else None
+    cond = i2v_condition(reference, num_frames=camera.shape[1], temporal_stride=stride, still=still)
+    return reference, camera, cond
+
+
+@torch.no_grad()
+def plane_video(
+    stack: ModelStack, image: np.ndarray, actions: Sequence[ActionFrame], *, fov_deg: float
+) -> np.ndarray:
+    """The I2V latent the model reads for every generated frame — the reference seen from the frame's
+    commanded camera through the plane (``i2v_warp``), or held still (``i2v_still`` alone) — decoded by
+    the stack's VAE, after the reference frame itself: (F, H, W, 3) uint8. Needs ``i2v_still``."""
+    cfg = stack.model.cfg
+    if not cfg.i2v_still:
+        raise ValueError("the plane baseline needs a model whose I2V channels carry the still latent")
+    reference, camera, cond = clip_inputs(stack, image, actions, fov_deg=fov_deg)
+    latents = stack.model.condition(cond, camera)[:, cfg.vae.temporal_stride :].clone()
+    latents[:, :, :1] = reference
+    return to_uint8(stack.vae.decode(latents)[0])
+
+
 @torch.no_grad()
 def teacher_video(
     stack: ModelStack,
@@ -104,16 +138,9 @@ def teacher_video(
     ODE over ``steps`` timesteps shifted by the spec's shift, frame 0 clean (see the module doc).
     ``fov_deg``: the field of view of the data the camera rays describe. Returns (F, H, W, 3) uint8."""
     model, vae, cfg = stack.model, stack.vae, stack.model.cfg
-    h, w = image.shape[:2]
-    stride = cfg.vae.temporal_stride
     # 1. Reference latent, camera rays per latent frame, I2V channels, text
-    reference = vae.encode(to_pixels(image)[:, :, None])  # (1, C, 1, h, w)
-    track = actions_to_camera(actions, width=w, height=h, fov_deg=fov_deg, motion=cfg.motion)
-    rays = plucker_embedding(track.intrinsics, track.c2w, h, w)  # (F, 6, H, W)
-    camera = group_plucker(rays[None], temporal_stride=stride)  # (1, T, 6·stride, H, W)
+    reference, camera, cond = clip_inputs(stack, image, actions, fov_deg=fov_deg)
     t_frames = camera.shape[1]
-    still = vae.still_latent(reference) if cfg.i2v_still else None
-    cond = i2v_condition(reference, num_frames=t_frames, temporal_stride=stride, still=still)
     text = stack.text_encoder.encode([prompt])
     conditioning = Conditioning(text.tokens, text.mask)
 

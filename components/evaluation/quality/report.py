@@ -13,7 +13,7 @@ from worldloop.components.evaluation.quality.heldout import HeldOutSet
 from worldloop.components.evaluation.quality.measures import PSNR_CAP, ContestantScores
 from worldloop.video import encode_mp4
 
-PLOTTED = ("model", "random", "frozen")
+PLOTTED = ("model", "random", "frozen", "plane", "still")  # those the report has
 SEPARATOR_PX = 2
 
 
@@ -38,8 +38,9 @@ def ladder_table(title: str, columns: Mapping[str, Mapping[str, float | None]], 
 
 
 def plot_block_psnr(path: Path, payload: dict[str, Any], *, blocks: int) -> Path:
-    """PSNR of block 0 (the reference frame) … block B for model, random and frozen, as a PNG. A capped
-    (identical, +inf) value is drawn at the top edge and labelled."""
+    """PSNR of block 0 (the reference frame) … block B for model, random, frozen and the decoded I2V
+    input (plane/still, where the report has it), as a PNG. A capped (identical, +inf) value is drawn
+    at the top edge and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,6 +49,7 @@ def plot_block_psnr(path: Path, payload: dict[str, Any], *, blocks: int) -> Path
     series = {
         name: [payload["contestants"][name]["metrics"][f"rollout.psnr.block{b}"] for b in range(blocks + 1)]
         for name in PLOTTED
+        if name in payload["contestants"]
     }
     finite = [v for values in series.values() for v in values if v is not None and v < PSNR_CAP]
     top = (max(finite) if finite else 30.0) + 5.0

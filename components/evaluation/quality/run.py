@@ -26,6 +26,7 @@ from worldloop.components.evaluation.quality.contestants import (
     Contestant,
     FrozenContestant,
     ModelContestant,
+    PlaneContestant,
     TruthContestant,
 )
 from worldloop.components.evaluation.quality.generate import (
@@ -61,7 +62,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CLIPS, DEFAULT_BLOCKS, DEFAULT_CASES = 4, 2, 6
 INTERBENCH_BLOCKS = 4  # InterBench cases run 1 + 4 blocks of frames (tiny: 33, the shipped suite's length)
-CONTESTANTS = ("model", "random", "frozen", "truth")
+CONTESTANTS = ("model", "random", "frozen", "truth")  # in every report (plane/still where the spec has them)
+CACHED = ("random", "frozen", "truth")  # baselines that depend on the spec and sampler only, not on weights
 BaselineCache = dict[str, ContestantScores]  # reuse of baselines across calls (the bench's rungs)
 
 
@@ -107,14 +109,20 @@ def build_contestants(
     stack: ModelStack, sampler: Sampler, *, fov_deg: float, teacher_steps: int, seed: int
 ) -> dict[str, Contestant]:
     """The model, random weights of its spec (same sampler, weights seeded with ``seed``), the frozen
-    first frame and the truth, in :data:`CONTESTANTS` order."""
+    first frame and the truth, in :data:`CONTESTANTS` order; before the truth, for a model whose I2V
+    channels carry the still latent, its decoded I2V input (``plane`` with ``i2v_warp``, else ``still``)."""
     random = random_weight_stack(stack, seed=seed)
-    return {
+    contestants: dict[str, Contestant] = {
         "model": ModelContestant("model", stack, sampler, fov_deg, teacher_steps),
         "random": ModelContestant("random", random, sampler, fov_deg, teacher_steps),
         "frozen": FrozenContestant(),
-        "truth": TruthContestant(),
     }
+    cfg = stack.model.cfg
+    if cfg.i2v_still:
+        name = "plane" if cfg.i2v_warp is not None else "still"
+        contestants[name] = PlaneContestant(stack, fov_deg, name)
+    contestants["truth"] = TruthContestant()
+    return contestants
 
 
 def _cache_key(
@@ -183,7 +191,7 @@ def run_quality(
     scores: dict[str, ContestantScores] = {}
     for name, contestant in contestants.items():
         key = _cache_key(name, stack, chosen, held, cases=cases, seed=seed, teacher_steps=teacher_steps)
-        if name != "model" and baselines is not None and key in baselines:
+        if name in CACHED and baselines is not None and key in baselines:
             scores[name] = baselines[key]
             done += per_contestant
             continue
@@ -199,7 +207,7 @@ def run_quality(
             with_fidelity=name != "truth",
             on_video=tick,
         )
-        if name != "model" and baselines is not None:
+        if name in CACHED and baselines is not None:
             baselines[key] = scores[name]
     payload = _payload(stack, chosen, held, scores, suite, seed=seed, teacher_steps=teacher_steps)
     _write_files(out, payload, held, scores, fps=stack.spec.fps)

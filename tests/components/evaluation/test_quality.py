@@ -23,12 +23,15 @@ from worldloop.components.evaluation.quality.contestants import FrozenContestant
 from worldloop.components.evaluation.quality.generate import (
     Sampler,
     choose_sampler,
+    clip_inputs,
+    plane_video,
     random_weight_stack,
     teacher_video,
 )
 from worldloop.components.evaluation.quality.heldout import DIRECTION_PAIRS, HeldOutSet, held_out_set
 from worldloop.components.evaluation.quality.measures import ContestantScores, block_slices, measure
-from worldloop.components.evaluation.quality.run import CONTESTANTS, quality_suite
+from worldloop.components.evaluation.quality.run import CONTESTANTS, build_contestants, quality_suite
+from worldloop.model.camera import parse_action
 from worldloop.model.spec import ModelSpec, SamplingSchedule, build_modules, preset_spec, write_spec
 from worldloop.platform import stack as stack_module
 from worldloop.platform.stack import load_model_stack
@@ -154,7 +157,8 @@ def test_cli_writes_every_number_and_file(
     assert code == 0
     payload: dict[str, Any] = json.loads((out / "quality.json").read_text())
     keys = metric_keys(BLOCKS)
-    assert payload["metric_keys"] == keys and set(payload["contestants"]) == set(CONTESTANTS)
+    # tiny's I2V channels carry the warped still latent: its decoded input is measured beside the model
+    assert payload["metric_keys"] == keys and set(payload["contestants"]) == {*CONTESTANTS, "plane"}
     for name, contestant in payload["contestants"].items():
         assert set(contestant["metrics"]) == set(keys), name
     model = payload["contestants"]["model"]["metrics"]
@@ -236,3 +240,36 @@ def test_interbench_streams_with_the_checkpoint_timesteps(
     monkeypatch.setattr(stack_module, "Rollout", Spy)
     video = interbench.generate_case(stack, suite, suite.cases[0])
     assert seen == [list(TIMESTEPS)] and video.shape == (9, 64, 64, 3)
+
+
+def test_the_plane_baseline_is_the_models_i2v_input_decoded(
+    cli: tuple[Path, Path, int, str], held: HeldOutSet
+) -> None:
+    """Frame 0 is the VAE's reconstruction of the image; a still camera gives the decoded still latent at
+    every later frame; a turn moves it; a model without the still latent has no such baseline."""
+    root, _, _, _ = cli
+    stack = load_model_stack(str(root / "ckpt"))
+    image, fov = held.clips[0].frames[0], held.cfg.fov_deg
+    still = [parse_action("none")] * held.frames
+    turn = [parse_action("none")] + [parse_action("none", mouse_dx=4.0)] * (held.frames - 1)
+    video, turned = (
+        plane_video(stack, image, still, fov_deg=fov),
+        plane_video(stack, image, turn, fov_deg=fov),
+    )
+    with torch.no_grad():
+        reference, _, cond = clip_inputs(stack, image, still, fov_deg=fov)
+        stride = stack.model.cfg.vae.temporal_stride
+        held_still = cond[:, stride:].clone()
+        expected = stack.vae.decode(held_still)[0]
+    rgb = ((expected.clamp(-1, 1).permute(1, 2, 3, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+    assert np.abs(video[1:].astype(int) - rgb[1:].astype(int)).max() <= 2  # the plane of a still camera
+    np.testing.assert_array_equal(video[0], turned[0])
+    assert np.abs(video[1:].astype(int) - turned[1:].astype(int)).mean() > 1.0
+    names = build_contestants(stack, Sampler.rollout, fov_deg=fov, teacher_steps=2, seed=0)
+    assert list(names) == ["model", "random", "frozen", "plane", "truth"]
+    flat = stack.spec.model.model_copy(update={"i2v_warp": None})
+    stack.model.cfg = flat
+    assert "still" in build_contestants(stack, Sampler.rollout, fov_deg=fov, teacher_steps=2, seed=0)
+    stack.model.cfg = flat.model_copy(update={"i2v_still": False})
+    with pytest.raises(ValueError, match="still latent"):
+        plane_video(stack, image, still, fov_deg=fov)

@@ -8,6 +8,7 @@ import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -345,3 +346,18 @@ def test_models_uri_loads_the_registered_weights(tmp_path: Path, settings: Setti
         load_model_stack("models:/worldloop@champion", settings=settings)
     with pytest.raises(ValueError, match="expected models:/NAME@ALIAS"):
         load_model_stack("models:/worldloop", settings=settings)
+
+
+def test_quality_tags_keep_the_decoded_i2v_input_beside_the_baselines() -> None:
+    from worldloop.cli.demo import quality_table
+    from worldloop.components.registry.evidence import quality_tags
+    from worldloop.components.registry.tags import QUALITY
+
+    payload = _quality()
+    assert set(json.loads(quality_tags(payload)[QUALITY])) == {"model", "random", "frozen"}
+    payload["contestants"]["plane"] = payload["contestants"]["frozen"]
+    kept = json.loads(quality_tags(payload)[QUALITY])
+    assert set(kept) == {"model", "random", "frozen", "plane"} and kept["plane"]["direction.all"] == 0.0
+    evidence = _evidence(3, quality={name: {"metrics": metrics} for name, metrics in kept.items()})
+    table = quality_table(SimpleNamespace(version=3, evidence=evidence))  # type: ignore[arg-type]
+    assert [c.header for c in table.columns][-1] == "plane (its I2V input)"
