@@ -21,6 +21,7 @@ from torch import Tensor
 from worldloop.model.arch.camera_encoder import group_plucker
 from worldloop.model.arch.dit import compile_blocks
 from worldloop.model.arch.kv_cache import KVCache
+from worldloop.model.arch.warp import i2v_stills
 from worldloop.model.arch.world_model import Conditioning, WorldModel, i2v_condition
 from worldloop.model.block_sampler import BlockNoise, denoise_block
 from worldloop.model.camera.actions import ActionFrame, CameraState
@@ -47,6 +48,7 @@ class StreamState:
     next_block: int = 1
     recaches: int = 0
     still: Tensor | None = None  # (B, C, 1, h, w) the image held still (ModelConfig.i2v_still), else None
+    image: Tensor | None = None  # (B, 3, H, W) the image, when each block's views are warped from it
 
 
 class Rollout:
@@ -148,7 +150,8 @@ class Rollout:
         vae_weight = next(self.vae.parameters())
         image = image.to(device=vae_weight.device, dtype=vae_weight.dtype)  # e.g. fp32 host pixels
         reference = self.vae.encode(image[:, :, None])  # (B, C, 1, h, w)
-        still = self.vae.still_latent(reference) if self.model.cfg.i2v_still else None
+        pixels = self.model.cfg.i2v_warp_pixels  # each block's I2V views come from the image itself
+        still = self.vae.still_latent(reference) if self.model.cfg.i2v_still and not pixels else None
         cache = self.model.new_cache(batch=b, height=self.height, width=self.width, dtype=self.model.dtype)
         self.model.set_context(cache, self.conditioning(prompt, instruction, batch=b))
         track = actions_to_camera(
@@ -159,8 +162,28 @@ class Rollout:
         self.model.commit_block(cache, block_index=0, latents=reference, cond=cond, camera=camera)
         decode_cache = self.vae.new_decode_cache()
         first = self.vae.decode_step(reference, decode_cache)
-        state = StreamState(cache, decode_cache, reference, track.end, prompt, instruction, still=still)
+        state = StreamState(
+            cache,
+            decode_cache,
+            reference,
+            track.end,
+            prompt,
+            instruction,
+            still=still,
+            image=image if pixels else None,
+        )
         return state, first.clamp(-1, 1)
+
+    @torch.no_grad()
+    def stills(self, state: StreamState, camera: Tensor) -> Tensor | None:
+        """What the I2V channels of ``state``'s stream carry after frame 0 for frames with ``camera``
+        (B, t, 6·stride, H, W): its still latent, or with ``i2v_warp_pixels`` their views of the image
+        (B, C, t, h, w) — a block's, or a whole path's for a training rollout that replays the stream."""
+        if state.image is None:
+            return state.still
+        return i2v_stills(
+            self.model.cfg, self.vae, reference=state.reference, image=state.image, camera=camera
+        )
 
     @torch.no_grad()
     def step(
@@ -215,7 +238,7 @@ class Rollout:
             num_frames=f,
             temporal_stride=cfg.vae.temporal_stride,
             frame_start=frame_start,
-            still=state.still,
+            still=self.stills(state, camera),
         )
         shape = (b, cfg.latent_channels, f, ref.shape[3], ref.shape[4])
         camera_tokens = self.model.encode_camera(camera)  # shared by every step and the clean pass

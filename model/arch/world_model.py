@@ -322,7 +322,7 @@ class WorldModel(nn.Module):
     def condition(self, cond: Tensor, camera: Tensor) -> Tensor:
         """The I2V channels the experts read: ``cond`` as given, or with ``i2v_warp`` its still latents
         moved by each frame's camera (:func:`~worldloop.model.arch.warp.warp_condition`)."""
-        if self.cfg.i2v_warp is None:
+        if self.cfg.i2v_warp is None or self.cfg.i2v_warp_pixels:
             return cond
         return warp_condition(
             cond, camera, temporal_stride=self.cfg.vae.temporal_stride, depth=self.cfg.i2v_warp
@@ -396,15 +396,23 @@ def i2v_condition(
     ``reference`` (B, C, 1, h, w) is the image's latent. Frame 0 carries it with a mask of ones (all
     ``stride`` video frames known); every other frame carries zeros, or with ``still`` (B, C, 1, h, w)
     (:meth:`~worldloop.model.vae.autoencoder.CausalVideoVAE.still_latent`, ``ModelConfig.i2v_still``)
-    the latent of the image held still, its mask still zero.
+    the latent of the image held still, its mask still zero. ``still`` may also hold one latent per
+    frame (``ModelConfig.i2v_warp_pixels``): (B, C, num_frames, h, w) for exactly these frames, or
+    (B, C, T, h, w) for the clip's frames from 0, of which ``frame_start ..`` are taken.
     """
     b, c, _, h, w = reference.shape
     mask = reference.new_zeros(b, temporal_stride, num_frames, h, w)
     y = reference.new_zeros(b, c, num_frames, h, w)
     if still is not None:
-        if still.shape != reference.shape:
+        frames = still.shape[2]
+        if frames not in (1, num_frames):
+            still = still[:, :, frame_start : frame_start + num_frames]
+        if still.shape[:2] + still.shape[3:] != reference.shape[:2] + reference.shape[3:] or still.shape[
+            2
+        ] not in (1, num_frames):
             raise ValueError(
-                f"still latent {tuple(still.shape)} must match the reference {tuple(reference.shape)}"
+                f"still latent {tuple(still.shape)} must match the reference {tuple(reference.shape)} "
+                f"(one frame, or one per frame of the {num_frames} from frame {frame_start})"
             )
         y[:] = still.to(y.dtype)
     if frame_start == 0:

@@ -19,9 +19,9 @@ from worldloop.model.vae import CausalVideoVAE
 SIZE = 32
 
 
-def _rollout(seed: int) -> Rollout:
+def _rollout(seed: int, *, pixels: bool = False) -> Rollout:
     torch.manual_seed(0)
-    cfg = tiny()
+    cfg = tiny().model_copy(update={"i2v_warp_pixels": pixels})
     model = WorldModel(cfg).eval()
     for expert in model.experts:
         torch.nn.init.normal_(expert.head.head.weight, std=0.05)
@@ -35,9 +35,12 @@ def _rollout(seed: int) -> Rollout:
     )
 
 
-def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit() -> None:
-    """Three blocks with a new instruction at the second: one recache in each, the same video."""
-    rollout, blocks = _rollout(seed=11), 3
+@pytest.mark.parametrize("pixels", [False, True])
+def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit(pixels: bool) -> None:
+    """Three blocks with a new instruction at the second: one recache in each, the same video. With
+    ``i2v_warp_pixels`` serving warps each block's views from the image, training takes the whole
+    path's views once (``i2v_stills``): the same latents."""
+    rollout, blocks = _rollout(seed=11, pixels=pixels), 3
     model, cfg = rollout.model, rollout.model.cfg
     image = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     keys = ["w", "a", "w+d"]
@@ -55,6 +58,8 @@ def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit()
         served.append(rollout.denoise(state, actions, instruction="open the door" if k >= 1 else None))
     assert state.recaches == 1
     turn = {2: rollout.conditioning("a torch-lit stone corridor", "open the door", batch=1)}
+    still = rollout.stills(state, torch.cat(cameras, dim=1))  # the whole path's (i2v_warp_pixels: views)
+    assert still is not None and (still.shape[2] > 1) == pixels  # one still latent, or a view per frame
 
     def train_rollout(seed: int, turns: dict | None = turn) -> torch.Tensor:
         with torch.no_grad():
@@ -70,7 +75,7 @@ def test_training_rollout_under_no_grad_equals_the_serving_rollout_bit_for_bit()
                 width=SIZE,
                 exit_steps=[len(rollout.timesteps) - 1] * blocks,  # the serving policy: every step
                 turns=turns,
-                still=state.still,
+                still=still,
             )
         assert out.recaches == len(turns or {})
         return out.video_latents

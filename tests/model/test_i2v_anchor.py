@@ -63,7 +63,7 @@ def test_an_untrained_anchored_model_predicts_the_warped_still_latent() -> None:
     reads — the reference seen through the plane from each frame's camera — and without the anchor the
     same model predicts x0 = x_t (velocity 0)."""
     torch.manual_seed(0)
-    cfg = tiny().model_copy(update={"i2v_anchor": 0.5})
+    cfg = tiny().model_copy(update={"i2v_anchor": 0.5, "i2v_warp_pixels": False})  # the model warps
     model = WorldModel(cfg).eval()
     h = SIZE // cfg.vae.spatial_stride
     reference, still = (
@@ -88,4 +88,9 @@ def test_an_untrained_anchored_model_predicts_the_warped_still_latent() -> None:
 
 def test_the_anchor_needs_the_still_latent() -> None:
     with pytest.raises(ValueError, match="needs i2v_still"):
-        ModelConfig(**(tiny().model_dump() | {"i2v_still": False, "i2v_warp": None, "i2v_anchor": 1.0}))
+        ModelConfig(
+            **(
+                tiny().model_dump()
+                | {"i2v_still": False, "i2v_warp": None, "i2v_warp_pixels": False, "i2v_anchor": 1.0}
+            )
+        )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worldloop.model import i2v_condition, load_preset
+from worldloop.model import WorldModel, i2v_condition, load_preset
 from worldloop.model.arch.world_model import Conditioning
 from worldloop.model.config import small
 from worldloop.model.distill.self_forcing import self_forcing_rollout
@@ -63,7 +63,8 @@ def test_training_batches_and_serving_derive_the_same_still_latent() -> None:
     intrinsics = torch.tensor([[SIZE, 0.0, SIZE / 2], [0.0, SIZE, SIZE / 2], [0.0, 0.0, 1.0]]).expand(9, 3, 3)
     window = Window(video, intrinsics.clone(), torch.eye(4).expand(9, 4, 4).clone(), "a room", ())
     vae, text = _vae(), HashingEncoder(dim=384)
-    batch = prepare_batch([window], vae=vae, text_encoder=text, with_instruction=False, still=True)
+    latent_warp = load_preset("tiny").model_copy(update={"i2v_warp_pixels": False})
+    batch = prepare_batch([window], vae=vae, text_encoder=text, with_instruction=False, i2v=latent_warp)
     assert batch.still is not None and torch.equal(batch.still, vae.still_latent(batch.latents[:, :, :1]))
     stride = vae.cfg.temporal_stride
     assert torch.equal(
@@ -75,10 +76,15 @@ def test_training_batches_and_serving_derive_the_same_still_latent() -> None:
     cfg = load_preset("tiny")
     assert cfg.i2v_still  # tiny conditions on it; Wan-layout presets do not (their weights load as is)
     assert not small().i2v_still
+    torch.manual_seed(0)
+    rollout = Rollout(WorldModel(latent_warp).eval(), vae=vae, text_encoder=text, height=SIZE, width=SIZE)
+    state, _ = rollout.start(video[None, :, 0], prompt="a room")
+    assert state.still is not None and torch.equal(state.still, vae.still_latent(state.reference))
+    # tiny warps the image itself (i2v_warp_pixels): the stream keeps the image, each block its views
     model, _ = build_modules(preset_spec("tiny", height=SIZE, width=SIZE), seed=0)
     rollout = Rollout(model.eval(), vae=vae, text_encoder=text, height=SIZE, width=SIZE)
     state, _ = rollout.start(video[None, :, 0], prompt="a room")
-    assert state.still is not None and torch.equal(state.still, vae.still_latent(state.reference))
+    assert state.still is None and state.image is not None and torch.equal(state.image, video[None, :, 0])
 
 
 def test_a_still_conditioned_student_refuses_a_rollout_without_it() -> None:

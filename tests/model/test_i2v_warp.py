@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from worldloop.model import actions_to_camera, plucker_embedding, tiny
+from worldloop.model import WorldModel, actions_to_camera, plucker_embedding, tiny
 from worldloop.model.arch.camera_encoder import group_plucker
-from worldloop.model.arch.warp import plane_grid, warp_condition
+from worldloop.model.arch.warp import plane_grid, warp_condition, warp_image, warped_stills
 from worldloop.model.arch.world_model import i2v_condition
 from worldloop.model.camera import parse_action
 from worldloop.model.camera.actions import rotation_yaw_pitch
@@ -110,3 +110,47 @@ def test_warp_needs_the_still_latent() -> None:
     assert tiny().i2v_warp is not None and tiny().i2v_still
     with pytest.raises(ValueError, match="needs i2v_still"):
         ModelConfig(**(tiny().model_dump() | {"i2v_still": False}))
+
+
+def test_pixel_warp_moves_the_image_itself_with_its_edges_extended() -> None:
+    """A still camera shows the image at every frame; a turn right slides it left by the homography's
+    amount and fills the uncovered side with the image's edge, not zeros."""
+    ramp = torch.linspace(-1, 1, SIZE)  # a ramp along x: the edge extended is the last column everywhere
+    image = torch.stack([ramp.expand(3, SIZE, SIZE), -ramp.expand(3, SIZE, SIZE)])
+    still, turn = _camera("none").expand(2, -1, -1, -1, -1), _camera("none", dx=6.0).expand(2, -1, -1, -1, -1)
+    views = warp_image(image, still, temporal_stride=STRIDE, depth=3.0)  # (B·T, 3, 4, H, W)
+    assert views.shape == (2 * 3, 3, STRIDE, SIZE, SIZE)
+    held = image.repeat_interleave(3, 0)[:, :, None].expand_as(views)
+    torch.testing.assert_close(views, held, atol=1e-5, rtol=0)
+    turned = warp_image(image, turn, temporal_stride=STRIDE, depth=3.0)
+    last = turned.unflatten(0, (2, 3))[:, 2, :, -1]  # latent frame 2's last view: 48° right
+    assert (last[..., -SIZE // 8 :] - image[..., -1:]).abs().max() < 1e-5  # the right edge, extended
+    assert (last[..., : SIZE // 4] - image[..., : SIZE // 4]).abs().mean() > 0.1  # the rest moved
+
+
+def test_warped_stills_are_per_latent_frame_so_a_stream_gets_the_clips_views() -> None:
+    """Each latent frame's view latent depends on its own camera only: a block's, computed from the
+    block's camera alone (serving), equals that block's slice of the whole clip's (training). A still
+    camera gives the latent of the image held still."""
+    from worldloop.model.vae import CausalVideoVAE, tiny_vae
+
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(tiny_vae().model_copy(update={"linear_code": False})).eval()
+    image = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
+    camera = _camera("w+a", dx=2.0)
+    whole = warped_stills(vae, image, camera, depth=3.0)  # (1, C, 3, h, w)
+    block = warped_stills(vae, image, camera[:, 1:3], depth=3.0)
+    torch.testing.assert_close(block, whole[:, :, 1:3], atol=1e-5, rtol=0)
+    still = warped_stills(vae, image, _camera("none"), depth=3.0)
+    held = vae.encode(image[:, :, None].expand(-1, -1, 1 + STRIDE, -1, -1))[:, :, 1:2]
+    torch.testing.assert_close(still, held.expand_as(still), atol=1e-4, rtol=0)
+    assert (whole[:, :, 2] - still[:, :, 2]).abs().mean() > 1e-3  # the camera moved the view
+
+
+def test_with_pixel_views_the_model_reads_the_channels_as_given() -> None:
+    cfg = tiny().model_copy(update={"i2v_warp_pixels": True})
+    model = WorldModel(cfg)
+    cond = torch.randn(1, STRIDE + cfg.latent_channels, 3, 8, 8)
+    assert model.condition(cond, _camera("none", dx=6.0, frames=9)) is cond
+    with pytest.raises(ValueError, match="needs i2v_warp"):
+        ModelConfig(**(tiny().model_dump() | {"i2v_warp": None, "i2v_anchor": None, "i2v_warp_pixels": True}))

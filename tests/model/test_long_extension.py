@@ -131,3 +131,26 @@ def test_stage4_needs_a_teacher_and_long_enough_clips(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="shorter than the shortest rollout"):
         build_trainer(short, model, data=clips, checkpoint_dir=tmp_path / "b", teacher=model, **kw)  # type: ignore[arg-type]
+
+
+def test_a_window_after_the_start_keeps_the_views_the_student_read() -> None:
+    """The scores' I2V channels for a window from latent frame ``prev``: at the start the batch's own;
+    later, frame ``prev`` held still, or with per-frame views (``i2v_warp_pixels``) the views of the
+    stream's image from frame ``prev`` on."""
+    from worldloop.model.train.objectives.batch import PreparedBatch
+    from worldloop.model.train.objectives.long_extension import LongExtensionObjective
+
+    g = torch.Generator().manual_seed(0)
+    first = torch.randn(1, 16, 1, 4, 4, generator=g)
+
+    def batch(still: torch.Tensor | None) -> PreparedBatch:
+        return PreparedBatch(
+            torch.zeros(1, 16, 9, 4, 4), torch.zeros(1, 20, 9, 4, 4), None, None, still=still
+        )  # type: ignore[arg-type]
+
+    held = torch.randn(1, 16, 1, 4, 4, generator=g)
+    views = torch.randn(1, 16, 9, 4, 4, generator=g)
+    assert LongExtensionObjective.window_still(batch(None), first, 4) is None
+    assert LongExtensionObjective.window_still(batch(held), first, 0) is held
+    assert LongExtensionObjective.window_still(batch(held), first, 4) is first
+    assert torch.equal(LongExtensionObjective.window_still(batch(views), first, 4), views[:, :, 4:])  # type: ignore[arg-type]

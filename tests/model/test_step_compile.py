@@ -26,9 +26,9 @@ SIZE = 32
 ATOL = RTOL = 1e-5
 
 
-def _rollout(compile: CompileMode = "off", *, anchor: float | None = None) -> Rollout:
+def _rollout(compile: CompileMode = "off", *, anchor: float | None = None, pixels: bool = False) -> Rollout:
     torch.manual_seed(0)
-    cfg = tiny().model_copy(update={"i2v_anchor": anchor})
+    cfg = tiny().model_copy(update={"i2v_anchor": anchor, "i2v_warp_pixels": pixels})
     model = WorldModel(cfg).eval()
     for e in range(cfg.num_experts):  # a zero-initialised head would make every stream trivially equal
         torch.nn.init.normal_(model.expert(e).head.head.weight, std=0.05)
@@ -61,14 +61,14 @@ def fresh_dynamo() -> Iterator[None]:
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("anchor", [None, 0.5])
+@pytest.mark.parametrize(("anchor", "pixels"), [(None, False), (0.5, True)])
 def test_compiled_step_streams_the_eager_video_and_stops_compiling_once_the_window_is_full(
-    fresh_dynamo: None, anchor: float | None
+    fresh_dynamo: None, anchor: float | None, pixels: bool
 ) -> None:
     window = tiny().causal.window_blocks
     blocks, switch_at = 2 * window + 3, window + 3  # fill, roll the ring twice, recache in between
-    eager = list(_blocks(_rollout(anchor=anchor), blocks, switch_at=switch_at))
-    rollout = _rollout("step", anchor=anchor)
+    eager = list(_blocks(_rollout(anchor=anchor, pixels=pixels), blocks, switch_at=switch_at))
+    rollout = _rollout("step", anchor=anchor, pixels=pixels)
     assert rollout.compiled is not None
     stream = _blocks(rollout, blocks, switch_at=switch_at)
     # Warm-up: blocks 1..window read a filling cache (the masked graph), block window + 1 a full one.

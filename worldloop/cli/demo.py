@@ -42,11 +42,20 @@ def quality_table(info: ModelVersionInfo) -> Table:
     """The version's quality ladder beside its two baselines (what the gate compared) and, where
     measured, its decoded I2V input (what the world model adds over it)."""
     quality = info.evidence.quality or {}
-    columns = {"model": "model", "random": "random weights", "frozen": "frozen first frame"}
-    columns |= {n: f"{n} (its I2V input)" for n in ("plane", "still") if n in quality}
-    table = Table(title=f"Quality ladder of v{info.version} (held-out SynthWorld)")
-    for i, name in enumerate(("metric", *columns.values())):
-        table.add_column(name, justify="left" if i == 0 else "right")
+    notes = {
+        "random": "random weights",
+        "frozen": "the first frame repeated",
+        "plane": "the model's I2V input decoded: the image through its plane, no DiT",
+        "still": "the model's I2V input decoded: the image held still, no DiT",
+    }
+    columns = ["model", "random", "frozen", *(n for n in ("plane", "still") if n in quality)]
+    table = Table(
+        title=f"Quality ladder of v{info.version} (held-out SynthWorld)",
+        caption="; ".join(f"{n}: {notes[n]}" for n in columns if n in notes),
+    )
+    table.add_column("metric", justify="left", no_wrap=True)
+    for name in columns:
+        table.add_column(name, justify="right")
     for metric in HEADLINE:
         table.add_row(metric, *(_fmt(quality.get(c, {}).get(metric)) for c in columns))
     return table

@@ -14,11 +14,14 @@ camera, so the differences are the camera's alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
 from worldloop.components.evaluation.quality.heldout import HeldOutSet
+from worldloop.model.arch.warp import i2v_stills
+from worldloop.model.arch.world_model import i2v_condition
 from worldloop.model.camera.intrinsics import intrinsics_from_fov
 from worldloop.model.diffusion.flow_matching import add_noise
 from worldloop.model.train.objectives.batch import prepare_batch
@@ -53,12 +56,13 @@ def camera_use(
     if len(held.clips) < 2:
         raise ValueError("camera use needs at least 2 held-out clips (one's camera is given to another)")
     model, cfg = stack.model, stack.model.cfg
+    windows = held_out_windows(held)
     batch = prepare_batch(
-        held_out_windows(held),
+        windows,
         vae=stack.vae,
         text_encoder=stack.text_encoder,
         with_instruction=False,
-        still=cfg.i2v_still,
+        i2v=cfg,
     )
     n = batch.latents.shape[0]
     cameras = {
@@ -67,6 +71,14 @@ def camera_use(
         "static": batch.camera[:, :1].expand_as(batch.camera).contiguous(),
     }
     x0 = batch.latents
+    inputs = {name: batch for name in cameras}
+    if cfg.i2v_warp_pixels:  # the views in the I2V channels are the camera's too, as in a rollout
+        images = torch.stack([w.video[:, 0] for w in windows])
+        stride = cfg.vae.temporal_stride
+        for name, camera in cameras.items():
+            still = i2v_stills(cfg, stack.vae, reference=x0[:, :, :1], image=images, camera=camera)
+            cond = i2v_condition(x0[:, :, :1], num_frames=x0.shape[2], temporal_stride=stride, still=still)
+            inputs[name] = replace(batch, cond=cond, still=still)
     out: dict[str, float] = {}
     for sigma in sigmas:
         levels = torch.full((n, x0.shape[2]), float(sigma))
@@ -76,7 +88,7 @@ def camera_use(
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1000 + r))
             x_t = add_noise(x0, noise, levels)
             for name, camera in cameras.items():
-                v = predict_velocity(model, x_t, levels, batch, camera=camera)
+                v = predict_velocity(model, x_t, levels, inputs[name], camera=camera)
                 x0_hat = x_t - levels[:, None, :, None, None] * v.float()
                 errors[name] += F.mse_loss(x0_hat[:, :, 1:], x0[:, :, 1:]).item() / repeats
         for name in CAMERAS:

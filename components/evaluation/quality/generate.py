@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from worldloop.model.arch.camera_encoder import group_plucker
+from worldloop.model.arch.warp import i2v_stills
 from worldloop.model.arch.world_model import Conditioning, i2v_condition
 from worldloop.model.camera.actions import ActionFrame
 from worldloop.model.camera.plucker import actions_to_camera, plucker_embedding
@@ -102,7 +103,7 @@ def clip_inputs(
     track = actions_to_camera(actions, width=w, height=h, fov_deg=fov_deg, motion=cfg.motion)
     rays = plucker_embedding(track.intrinsics, track.c2w, h, w)  # (F, 6, H, W)
     camera = group_plucker(rays[None], temporal_stride=stride)
-    still = vae.still_latent(reference) if cfg.i2v_still else None
+    still = i2v_stills(cfg, vae, reference=reference, image=to_pixels(image), camera=camera)
     cond = i2v_condition(reference, num_frames=camera.shape[1], temporal_stride=stride, still=still)
     return reference, camera, cond
 

@@ -63,7 +63,7 @@ def _prepare(stack: ModelStack, windows: list[Window]) -> PreparedBatch:
         vae=stack.vae,
         text_encoder=stack.text_encoder,
         with_instruction=True,
-        still=stack.model.cfg.i2v_still,
+        i2v=stack.model.cfg,
     )
 
 

@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 from worldloop.model.arch.camera_encoder import group_plucker
+from worldloop.model.arch.warp import i2v_stills
 from worldloop.model.arch.world_model import Conditioning, InstructionTurns, i2v_condition
 from worldloop.model.camera.plucker import plucker_embedding
+from worldloop.model.config import ModelConfig
 from worldloop.model.text.encoder import TextEncoder
 from worldloop.model.train.windows import Window
 from worldloop.model.vae.autoencoder import CausalVideoVAE
@@ -64,7 +66,9 @@ class PreparedBatch:
     camera: Tensor  # (B, T, 6·stride, H, W)
     conditioning: Conditioning  # scene text, and (when fed) each instruction over the latent frames it holds
     turns: TurnTokens | None = None  # the instructions (when fed), each with where it is issued
-    still: Tensor | None = None  # (B, C, 1, h, w) frame 0 held still, when the model conditions on it
+    # What the I2V channels of frames ≥ 1 carry, when the model conditions on it: frame 0 held still
+    # (B, C, 1, h, w), or each frame's encoded view through the plane (B, C, T, h, w; i2v_warp_pixels).
+    still: Tensor | None = None
 
     @property
     def instruction_blocks(self) -> tuple[int | None, ...]:
@@ -118,13 +122,14 @@ def prepare_batch(
     with_instruction: bool,
     device: torch.device | str = "cpu",
     block_frames: int | None = None,
-    still: bool = False,
+    i2v: ModelConfig | None = None,
 ) -> PreparedBatch:
     """Encode ``windows`` into model inputs. ``with_instruction`` feeds the instructions (stage 2 on):
     each turn encoded on its own, in force from the latent frame it is issued in (a bidirectional
     model's per-frame turns, :class:`InstructionTurns`), and with ``block_frames`` (a causal student's
-    block) from the block that holds that frame too. ``still``: the I2V
-    channels carry the reference held still (a model with ``ModelConfig.i2v_still``)."""
+    block) from the block that holds that frame too. ``i2v``: the model the batch is for, whose I2V
+    channels carry the reference held still (``i2v_still``) or each frame's view of it through the plane
+    (``i2v_warp_pixels``); None: Wan's layout (zeros after frame 0)."""
     video = torch.stack([w.video for w in windows]).to(device)
     latents = vae.encode(video)
     stride = vae.cfg.temporal_stride
@@ -132,7 +137,11 @@ def prepare_batch(
     rays = torch.stack([plucker_embedding(w.intrinsics, w.c2w, height, width) for w in windows])
     camera = group_plucker(rays.to(device), temporal_stride=stride)
     reference = latents[:, :, :1]
-    still_latent = vae.still_latent(reference) if still else None
+    still_latent = (
+        None
+        if i2v is None
+        else i2v_stills(i2v, vae, reference=reference, image=video[:, :, 0], camera=camera)
+    )
     cond = i2v_condition(reference, num_frames=latents.shape[2], temporal_stride=stride, still=still_latent)
     # Fed the turns, a model reads the scene caption beside them, as in serving (prompt, then each
     # instruction at its block); without them, the caption that also describes the clip's events.

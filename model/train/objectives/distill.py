@@ -152,7 +152,7 @@ class DistillObjective(Objective):
             with_instruction=True,
             device=batch.device,
             block_frames=self.student.cfg.causal.block_frames,
-            still=self.student.cfg.i2v_still,
+            i2v=self.student.cfg,
         )
 
     def rollout(self, inputs: PreparedBatch, batch: RankBatch, *, salt: int) -> Tensor:

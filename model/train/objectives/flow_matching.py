@@ -137,7 +137,7 @@ class FlowMatchingObjective(base.Objective):
             text_encoder=self.text_encoder,
             with_instruction=self.cfg.stage is Stage.instruction,
             device=batch.device,
-            still=self.model.cfg.i2v_still,
+            i2v=self.model.cfg,
         )
         gens = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i) for i in batch.indices]
         loss = flow_matching_loss(

@@ -130,9 +130,13 @@ class LongExtensionObjective(DistillObjective):
         """The still latent the scores' I2V channels carry for a window whose frame 0 is ``first``
         (latent frame ``prev`` of the rollout), for a model with ``i2v_still``: at the clip's start
         ``first`` is the reference (the rollout keeps it), so the batch's own still latent; later,
-        ``first`` is already a 4-frame latent, so the same frame held still is itself."""
+        ``first`` is already a 4-frame latent, so the same frame held still is itself. With per-frame
+        views (``i2v_warp_pixels``) the window's frames keep the views of the stream's image that the
+        student read for them (frame ``prev`` on)."""
         if inputs.still is None:
             return None
+        if inputs.still.shape[2] > 1:
+            return inputs.still[:, :, prev:]
         return inputs.still if prev == 0 else first
 
     def student_sample(

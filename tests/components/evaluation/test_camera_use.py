@@ -35,7 +35,7 @@ def test_camera_use_sees_which_camera_reaches_the_model() -> None:
     assert warped["gain.static"] != 0.0  # the warp moves the still latent the model reads
 
     # Without the warp, a freshly built model's camera encoder outputs zeros: the camera adds nothing.
-    cfg = stack.model.cfg.model_copy(update={"i2v_warp": None})
+    cfg = stack.model.cfg.model_copy(update={"i2v_warp": None, "i2v_warp_pixels": False})
     torch.manual_seed(3)
     plain = replace(
         stack, model=_with_output(WorldModel(cfg).eval()), spec=stack.spec.model_copy(update={"model": cfg})

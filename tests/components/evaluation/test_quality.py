@@ -267,7 +267,7 @@ def test_the_plane_baseline_is_the_models_i2v_input_decoded(
     assert np.abs(video[1:].astype(int) - turned[1:].astype(int)).mean() > 1.0
     names = build_contestants(stack, Sampler.rollout, fov_deg=fov, teacher_steps=2, seed=0)
     assert list(names) == ["model", "random", "frozen", "plane", "truth"]
-    flat = stack.spec.model.model_copy(update={"i2v_warp": None})
+    flat = stack.spec.model.model_copy(update={"i2v_warp": None, "i2v_warp_pixels": False})
     stack.model.cfg = flat
     assert "still" in build_contestants(stack, Sampler.rollout, fov_deg=fov, teacher_steps=2, seed=0)
     stack.model.cfg = flat.model_copy(update={"i2v_still": False})

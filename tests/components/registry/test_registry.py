@@ -360,4 +360,5 @@ def test_quality_tags_keep_the_decoded_i2v_input_beside_the_baselines() -> None:
     assert set(kept) == {"model", "random", "frozen", "plane"} and kept["plane"]["direction.all"] == 0.0
     evidence = _evidence(3, quality={name: {"metrics": metrics} for name, metrics in kept.items()})
     table = quality_table(SimpleNamespace(version=3, evidence=evidence))  # type: ignore[arg-type]
-    assert [c.header for c in table.columns][-1] == "plane (its I2V input)"
+    assert [c.header for c in table.columns] == ["metric", "model", "random", "frozen", "plane"]
+    assert "plane: the model's I2V input decoded" in str(table.caption)

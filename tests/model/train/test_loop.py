@@ -103,6 +103,7 @@ def test_a_step_reports_the_mean_loss_of_its_micro_batches(clips: Mixture, tmp_p
                 vae=vae,
                 text_encoder=HashingEncoder(dim=384),
                 with_instruction=False,
+                i2v=fresh.cfg,
             )
             gens = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in indices]
             loss = flow_matching_loss(fresh, batch, shift=cfg.shift, per_frame=False, generators=gens)

@@ -179,7 +179,7 @@ def test_serving_and_training_rollouts_agree_over_both_turns(two_turn_clip: Mixt
             width=SIZE,
             exit_steps=[len(rollout.timesteps) - 1] * blocks,
             turns=turns,
-            still=state.still,
+            still=rollout.stills(state, torch.cat(cameras, dim=1)),
         )
     assert trained.recaches == len(turns) == state.recaches
     assert torch.equal(trained.video_latents, torch.cat(served, dim=2))
