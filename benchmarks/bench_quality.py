@@ -36,6 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from worldloop.components.evaluation.quality.contestants import INPUTS
 from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
 from worldloop.components.evaluation.quality.report import fmt, ladder_table
 from worldloop.components.evaluation.quality.run import BaselineCache, QualityResult, run_quality
@@ -195,7 +196,7 @@ def ladder_columns(results: Mapping[str, QualityResult]) -> dict[str, Mapping[st
     columns["frozen"] = first.metrics["frozen"]
     inputs: list[Mapping[str, float | None]] = []  # the decoded I2V input: one column per distinct VAE
     for label, result in results.items():
-        for name in ("plane", "still"):
+        for name in INPUTS:
             metrics = result.metrics.get(name)
             if metrics is not None and metrics not in inputs:
                 inputs.append(metrics)

@@ -27,7 +27,8 @@ from worldloop.components.registry.tags import (
 )
 
 CONTESTANTS = ("model", *BASELINES)
-INPUTS = ("plane", "still")  # the decoded I2V input, kept beside them where the report has it
+# The decoded I2V input (components/evaluation/quality), kept beside them where the report has it.
+INPUTS = ("plane", "still")
 SETUP_KEYS = ("seed", "clips", "blocks", "height", "width")
 
 

@@ -404,12 +404,10 @@ def i2v_condition(
     mask = reference.new_zeros(b, temporal_stride, num_frames, h, w)
     y = reference.new_zeros(b, c, num_frames, h, w)
     if still is not None:
-        frames = still.shape[2]
-        if frames not in (1, num_frames):
+        if still.shape[2] not in (1, num_frames):  # the whole clip's: take these frames
             still = still[:, :, frame_start : frame_start + num_frames]
-        if still.shape[:2] + still.shape[3:] != reference.shape[:2] + reference.shape[3:] or still.shape[
-            2
-        ] not in (1, num_frames):
+        one_frame = still[:, :, :1]
+        if one_frame.shape != reference.shape or still.shape[2] not in (1, num_frames):
             raise ValueError(
                 f"still latent {tuple(still.shape)} must match the reference {tuple(reference.shape)} "
                 f"(one frame, or one per frame of the {num_frames} from frame {frame_start})"

@@ -41,6 +41,8 @@ def _fmt(value: float | None) -> str:
 def quality_table(info: ModelVersionInfo) -> Table:
     """The version's quality ladder beside its two baselines (what the gate compared) and, where
     measured, its decoded I2V input (what the world model adds over it)."""
+    from worldloop.components.registry.evidence import INPUTS
+
     quality = info.evidence.quality or {}
     notes = {
         "random": "random weights",
@@ -48,7 +50,7 @@ def quality_table(info: ModelVersionInfo) -> Table:
         "plane": "the model's I2V input decoded: the image through its plane, no DiT",
         "still": "the model's I2V input decoded: the image held still, no DiT",
     }
-    columns = ["model", "random", "frozen", *(n for n in ("plane", "still") if n in quality)]
+    columns = ["model", "random", "frozen", *(n for n in INPUTS if n in quality)]
     table = Table(
         title=f"Quality ladder of v{info.version} (held-out SynthWorld)",
         caption="; ".join(f"{n}: {notes[n]}" for n in columns if n in notes),

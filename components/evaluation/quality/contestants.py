@@ -105,6 +105,9 @@ class FrozenContestant:
         return np.repeat(suite.image(case.id)[None], case.frames, axis=0)
 
 
+INPUTS = ("plane", "still")  # the decoded I2V input's name: warped through the plane, or held still
+
+
 @dataclass
 class PlaneContestant:
     """The model's I2V latent of each frame, decoded (:func:`~.generate.plane_video`)."""

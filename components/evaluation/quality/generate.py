@@ -99,11 +99,12 @@ def clip_inputs(
     vae, cfg = stack.vae, stack.model.cfg
     h, w = image.shape[:2]
     stride = cfg.vae.temporal_stride
-    reference = vae.encode(to_pixels(image)[:, :, None])
+    pixels = to_pixels(image)
+    reference = vae.encode(pixels[:, :, None])
     track = actions_to_camera(actions, width=w, height=h, fov_deg=fov_deg, motion=cfg.motion)
     rays = plucker_embedding(track.intrinsics, track.c2w, h, w)  # (F, 6, H, W)
     camera = group_plucker(rays[None], temporal_stride=stride)
-    still = i2v_stills(cfg, vae, reference=reference, image=to_pixels(image), camera=camera)
+    still = i2v_stills(cfg, vae, reference=reference, image=pixels, camera=camera)
     cond = i2v_condition(reference, num_frames=camera.shape[1], temporal_stride=stride, still=still)
     return reference, camera, cond
 

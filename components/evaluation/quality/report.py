@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from worldloop.components.evaluation.quality.contestants import INPUTS
 from worldloop.components.evaluation.quality.heldout import HeldOutSet
 from worldloop.components.evaluation.quality.measures import PSNR_CAP, ContestantScores
 from worldloop.video import encode_mp4
 
-PLOTTED = ("model", "random", "frozen", "plane", "still")  # those the report has
+PLOTTED = ("model", "random", "frozen", *INPUTS)  # those the report has
 SEPARATOR_PX = 2
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from worldloop.components.evaluation.judges.synthworld import SynthWorldJudge
 from worldloop.components.evaluation.quality.contestants import (
+    INPUTS,
     Contestant,
     FrozenContestant,
     ModelContestant,
@@ -119,7 +120,8 @@ def build_contestants(
     }
     cfg = stack.model.cfg
     if cfg.i2v_still:
-        name = "plane" if cfg.i2v_warp is not None else "still"
+        plane, still = INPUTS
+        name = plane if cfg.i2v_warp is not None else still
         contestants[name] = PlaneContestant(stack, fov_deg, name)
     contestants["truth"] = TruthContestant()
     return contestants
