@@ -119,6 +119,12 @@ def options() -> list[Option]:
         Option("p2b16_sc_z64", "+ latent shortcut, 64 latent channels", P2_B16_SC_Z64, t),
         Option("p2b16_code", "+ linear block code (PCA-fitted)", P2_B16_CODE, t),
         Option("p2b16_code_z64", "+ linear block code, 64 latent channels", P2_B16_CODE_Z64, t),
+        Option(
+            "p2b16_code_mse",
+            "+ linear block code, MSE instead of L1",
+            P2_B16_CODE,
+            t.model_copy(update={"pixel_loss": "mse"}),
+        ),
         # The defaults chosen from the rows above (run it alone with a longer --minutes).
         Option("recipe", "tiny_vae() + tiny_vae_recipe()", tiny_vae(), tiny_vae_recipe()),
     ]

@@ -22,6 +22,7 @@ from worldloop.components.synthworld.clip import Clip, generate_clip, render_wit
 from worldloop.components.synthworld.config import SynthConfig
 from worldloop.components.synthworld.schema import ClipRecord, EventRecord
 from worldloop.data import (
+    TWIN_SUFFIX,
     ActionRecord,
     CameraTrack,
     ClipEvent,
@@ -96,7 +97,7 @@ def clip_record(clip: Clip, name: str, cfg: SynthConfig) -> ClipRecord:
 
 
 def twin_name(name: str) -> str:
-    return f"{name}-twin"
+    return f"{name}{TWIN_SUFFIX}"
 
 
 def write_clip(out: Path, cfg: SynthConfig, seed: int, index: int) -> list[ClipRecord]:

@@ -171,6 +171,14 @@ class TrainConfig(BaseModel):
         "instruction), so the model learns the unconditional branch the real score's classifier-free "
         "guidance (stages 3-4, DistillConfig.guidance_scale) subtracts. Seeded per sample.",
     )
+    counterfactual_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Stage 2: windows with turns are paired with the same window of their clip's "
+        "counterfactual twin (KEY-twin: the same shot, no event, no instruction), noised alike, and the "
+        "loss adds this weight times the error of the pair's velocity *difference* — what the "
+        "instruction alone changes (objectives/flow_matching.py). 0: no pairing.",
+    )
     checkpoint_every: int = Field(100, ge=1, description="Steps between (atomic) checkpoints.")
     log_every: int = Field(10, ge=1, description="Steps between MLflow metric logs.")
     distill: DistillConfig | None = Field(None, description="Required by stages distill and long.")
@@ -208,6 +216,8 @@ class TrainConfig(BaseModel):
             raise ValueError("stage vae trains exactly the 'vae' group, and only stage vae trains it")
         if self.stage is Stage.vae and self.vae is None:
             raise ValueError("stage vae needs a 'vae' section")
+        if self.counterfactual_weight > 0 and self.stage is not Stage.instruction:
+            raise ValueError("counterfactual_weight pairs instruction turns: only stage instruction has them")
         return self
 
     @property

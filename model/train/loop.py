@@ -225,6 +225,7 @@ class Trainer:
             width=cfg.width,
             seed=cfg.seed + 7919 * phase,
             long_caption_prob=cfg.long_caption_prob,
+            twins=cfg.counterfactual_weight > 0,
         )
 
     def rank_batch(self, sampler: WindowSampler, number: int, *, device: torch.device) -> RankBatch:

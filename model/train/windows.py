@@ -9,7 +9,7 @@ module cuts the window out of it and makes the tensors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ class Window:
     # the scene caption alone: what a model fed the turns reads, as a player's prompt never names the
     # instruction still to come (None: ``caption`` has no interaction appended)
     scene: str | None = None
+    # the same window of the clip's counterfactual twin (same shot, no event, no turns), when the
+    # sampler pairs them (WindowSampler ``twins``): what the turns alone change
+    twin: Window | None = None
 
     @property
     def prompt(self) -> str:
@@ -64,7 +67,8 @@ class Window:
 
 class WindowSampler:
     """Deterministic windows of ``frames`` frames from the clips of ``data`` (clips shorter than that
-    are left out)."""
+    are left out). With ``twins``, a window with turns whose clip has a counterfactual twin in its
+    dataset (:meth:`Mixture.twin`) carries the twin's window at the same frames as :attr:`Window.twin`."""
 
     def __init__(
         self,
@@ -75,18 +79,35 @@ class WindowSampler:
         width: int,
         seed: int,
         long_caption_prob: float = 0.5,
+        twins: bool = False,
     ) -> None:
         self.data, self.order = data, data.order(frames=frames, seed=seed)
         self.frames, self.height, self.width = frames, height, width
-        self.seed, self.long_caption_prob = seed, long_caption_prob
+        self.seed, self.long_caption_prob, self.twins = seed, long_caption_prob, twins
 
     def sample(self, index: int) -> Window:
-        """Window ``index``: the clip comes from the mixture's order, the start and caption from the seed."""
-        clip = self.data.load(self.order.locate(index))
-        rng = np.random.default_rng([self.seed, index])
+        """Window ``index``: the clip comes from the mixture's order, the start and caption from the seed
+        (the twin's window is cut with the same draws: the same frames and caption)."""
+        ref = self.order.locate(index)
+        window = self._cut(self.data.load(ref), index)
+        if not (self.twins and window.turns):
+            return window
+        twin_ref = self.data.twin(ref)
+        if twin_ref is None:
+            return window
+        clip, twin = self.data.load(ref), self.data.load(twin_ref)
+        if twin.frames.shape != clip.frames.shape:
+            raise ValueError(
+                f"clip {clip.meta.key} has {clip.frames.shape[0]} frames of {clip.frames.shape[1:3]} and "
+                f"its twin {twin.meta.key} {twin.frames.shape[0]} of {twin.frames.shape[1:3]}: a twin is "
+                "the same shot; rebuild the dataset"
+            )
+        return replace(window, twin=self._cut(twin, index))
+
+    def _cut(self, clip: LoadedClip, index: int) -> Window:
         return cut_window(
             clip,
-            rng,
+            np.random.default_rng([self.seed, index]),
             frames=self.frames,
             height=self.height,
             width=self.width,

@@ -16,6 +16,7 @@ from worldloop.data.lineage import (
     read_lineage,
 )
 from worldloop.data.mixture import (
+    TWIN_SUFFIX,
     ClipOrder,
     ClipRef,
     DataSource,
@@ -44,6 +45,7 @@ __all__ = [
     "Lineage",
     "SourceLineage",
     "StageLineage",
+    "TWIN_SUFFIX",
     "TeacherLineage",
     "merge_sources",
     "read_lineage",

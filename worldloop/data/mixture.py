@@ -35,6 +35,7 @@ from worldloop.data.store import DEFAULT_CACHE_BYTES, ClipStore, LoadedClip
 from worldloop.settings import Settings
 
 MIXTURE_FILE = "mixture.json"
+TWIN_SUFFIX = "-twin"  # a clip's counterfactual twin is stored as KEY-twin in the same dataset
 BLOCK = 1024  # samples per draw of sources
 
 
@@ -138,6 +139,13 @@ class Mixture:
 
     def load(self, ref: ClipRef) -> LoadedClip:
         return self.stores[ref.source].load(ref.shard, ref.clip)
+
+    def twin(self, ref: ClipRef) -> ClipRef | None:
+        """The counterfactual twin of clip ``ref`` (the same shot with no event and no instruction,
+        stored beside it as ``KEY`` + :data:`TWIN_SUFFIX`), or None when its source has none."""
+        store = self.stores[ref.source]
+        found = store.find(store.entry(ref.shard, ref.clip).key + TWIN_SUFFIX)
+        return None if found is None else ClipRef(ref.source, *found)
 
     def first(self, *, min_frames: int = 1) -> LoadedClip:
         """The first clip (index order) with ``min_frames`` frames, for a stage's sample video."""

@@ -75,9 +75,18 @@ class ClipStore:
         self.peak_cached_bytes = 0
         self.fetches = 0
         self._reads: dict[int, int] = {}
+        self._keys: dict[str, tuple[int, int]] | None = None  # key -> (shard, clip), built on first find
 
     def entry(self, shard: int, clip: int) -> IndexedClip:
         return self.index.shards[shard].clips[clip]
+
+    def find(self, key: str) -> tuple[int, int] | None:
+        """(shard, clip) of the clip stored as ``key``, or None."""
+        if self._keys is None:
+            self._keys = {
+                c.key: (s, i) for s, shard in enumerate(self.index.shards) for i, c in enumerate(shard.clips)
+            }
+        return self._keys.get(key)
 
     def clips(self, *, min_frames: int = 1) -> list[tuple[int, int]]:
         """(shard, clip) of every clip with at least ``min_frames`` frames, in index order."""

@@ -73,6 +73,24 @@ def flow_matching_loss(
     ``forward`` calls the model (a DeepSpeed engine must be called itself, not its ``module``:
     ZeRO-2 resets its gradient bookkeeping in the engine's forward).
     """
+    v, target = flow_matching_velocities(
+        model, batch, shift=shift, per_frame=per_frame, generators=generators, causal=causal, forward=forward
+    )
+    return F.mse_loss(v[:, :, 1:], target[:, :, 1:])
+
+
+def flow_matching_velocities(
+    model: WorldModel,
+    batch: PreparedBatch,
+    *,
+    shift: float,
+    per_frame: bool,
+    generators: Sequence[torch.Generator],
+    causal: bool = False,
+    forward: Callable[..., Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The model's velocity on ``batch`` noised with each sample's σ and noise drawn from its generator,
+    and the true velocity, both (B, C, T, h, w) float32 (frame 0, the clean reference, included)."""
     x0 = batch.latents
     b, _, t = x0.shape[:3]
     if len(generators) != b:
@@ -94,8 +112,7 @@ def flow_matching_loss(
     noise = torch.cat(noises).to(x0)
     x_t = add_noise(x0, noise, sigma)
     v = predict_velocity(forward or model, x_t, sigma, batch, causal=causal)
-    target = velocity_target(x0, noise)
-    return F.mse_loss(v[:, :, 1:].float(), target[:, :, 1:].float())
+    return v.float(), velocity_target(x0, noise).float()
 
 
 def trainable_groups(model: WorldModel, cfg: TrainConfig) -> tuple[base.LrGroup, ...]:
@@ -130,17 +147,29 @@ class FlowMatchingObjective(base.Objective):
         self.updates = (base.Update("model", "loss", self.loss),) * cfg.grad_accum
 
     def loss(self, batch: base.RankBatch, forward: base.Forward) -> tuple[Tensor, base.Metrics]:
-        """Flow-matching loss of one micro-batch; each sample's σ and noise from its own seed."""
+        """Flow-matching loss of one micro-batch; each sample's σ and noise from its own seed.
+
+        With ``counterfactual_weight`` w > 0, every window that keeps its turns and carries its twin's
+        window (:attr:`Window.twin`) brings the twin into the batch, noised with the *same* σ and noise.
+        The two differ only where the event shows, so the difference of their true velocities is what
+        the instruction alone must change, free of everything else the model gets wrong on both; the
+        loss adds w · MSE(v̂ − v̂_twin, v − v_twin) over the generated frames (``counterfactual``)."""
+        windows = self.drop_captions(batch)
+        seeds = [self.cfg.seed * 1_000_003 + i for i in batch.indices]
+        paired = [k for k, w in enumerate(windows) if w.turns and w.twin is not None]
+        if self.cfg.counterfactual_weight == 0:
+            paired = []
+        twins = [windows[k].twin for k in paired]
         inputs = prepare_batch(
-            self.drop_captions(batch),
+            windows + [t for t in twins if t is not None],
             vae=self.vae,
             text_encoder=self.text_encoder,
             with_instruction=self.cfg.stage is Stage.instruction,
             device=batch.device,
             i2v=self.model.cfg,
         )
-        gens = [torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + i) for i in batch.indices]
-        loss = flow_matching_loss(
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds + [seeds[k] for k in paired]]
+        v, target = flow_matching_velocities(
             self.model,
             inputs,
             shift=self.cfg.shift,
@@ -148,7 +177,12 @@ class FlowMatchingObjective(base.Objective):
             generators=gens,
             forward=forward,
         )
-        return loss, {}
+        loss = F.mse_loss(v[:, :, 1:], target[:, :, 1:])
+        if not paired:
+            return loss, {}
+        twin_rows = list(range(len(windows), len(windows) + len(paired)))
+        gap = F.mse_loss((v[paired] - v[twin_rows])[:, :, 1:], (target[paired] - target[twin_rows])[:, :, 1:])
+        return loss + self.cfg.counterfactual_weight * gap, {"counterfactual": float(gap.detach())}
 
     def drop_captions(self, batch: base.RankBatch) -> list[Window]:
         """The batch's windows, each replaced by its unconditional twin (empty text, no instruction —
