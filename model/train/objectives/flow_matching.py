@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,26 +57,10 @@ def predict_velocity(
     )
 
 
-def flow_matching_loss(
-    model: WorldModel,
-    batch: PreparedBatch,
-    *,
-    shift: float,
-    per_frame: bool,
-    generators: Sequence[torch.Generator],
-    causal: bool = False,
-    forward: Callable[..., Tensor] | None = None,
-) -> Tensor:
-    """MSE between predicted and true velocity over the generated latent frames (1..T-1).
-
-    One generator per sample draws that sample's σ and noise, so a sample's loss does not depend on
-    which batch, process or rank it lands in (one process and two ranks see the same numbers).
-    ``forward`` calls the model (a DeepSpeed engine must be called itself, not its ``module``:
-    ZeRO-2 resets its gradient bookkeeping in the engine's forward).
-    """
-    v, target = flow_matching_velocities(
-        model, batch, shift=shift, per_frame=per_frame, generators=generators, causal=causal, forward=forward
-    )
+def flow_matching_loss(model: WorldModel, batch: PreparedBatch, **kwargs: Any) -> Tensor:
+    """MSE between predicted and true velocity over the generated latent frames (1..T-1); ``kwargs``
+    are :func:`flow_matching_velocities`'."""
+    v, target = flow_matching_velocities(model, batch, **kwargs)
     return F.mse_loss(v[:, :, 1:], target[:, :, 1:])
 
 
@@ -90,7 +75,13 @@ def flow_matching_velocities(
     forward: Callable[..., Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The model's velocity on ``batch`` noised with each sample's σ and noise drawn from its generator,
-    and the true velocity, both (B, C, T, h, w) float32 (frame 0, the clean reference, included)."""
+    and the true velocity, both (B, C, T, h, w) float32 (frame 0, the clean reference, included).
+
+    One generator per sample draws that sample's σ and noise, so a sample's loss does not depend on
+    which batch, process or rank it lands in (one process and two ranks see the same numbers).
+    ``forward`` calls the model (a DeepSpeed engine must be called itself, not its ``module``:
+    ZeRO-2 resets its gradient bookkeeping in the engine's forward).
+    """
     x0 = batch.latents
     b, _, t = x0.shape[:3]
     if len(generators) != b:

@@ -8,15 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from multi_turn_clips import FRAMES, SIZE, two_turn_dataset, two_turn_window
+from multi_turn_clips import FRAMES, SIZE, instruction_objective, two_turn_dataset, two_turn_window
 
 from worldloop.data import Mixture
-from worldloop.model import build_world_model, load_preset
-from worldloop.model.text import HashingEncoder
-from worldloop.model.train.config import CurriculumPhase, stage_preset
+from worldloop.model.train.config import stage_preset
 from worldloop.model.train.objectives.base import RankBatch
 from worldloop.model.train.objectives.flow_matching import FlowMatchingObjective
-from worldloop.model.vae import CausalVideoVAE
 
 
 @pytest.fixture(scope="module")
@@ -25,23 +22,7 @@ def two_turn_clip(tmp_path_factory: pytest.TempPathFactory) -> Mixture:
 
 
 def _objective(dropout: float, *, seed: int = 0) -> FlowMatchingObjective:
-    cfg = stage_preset("instruction").model_copy(
-        update={
-            "height": SIZE,
-            "width": SIZE,
-            "curriculum": (CurriculumPhase(frames=FRAMES, steps=1),),
-            "caption_dropout": dropout,
-            "seed": seed,
-        }
-    )
-    mcfg = load_preset("tiny")
-    torch.manual_seed(0)
-    model = build_world_model(mcfg)
-    for expert in model.experts:  # the zero-initialised head would make every output equal
-        torch.nn.init.normal_(expert.head.head.weight, std=0.05)
-    return FlowMatchingObjective(
-        cfg, model, vae=CausalVideoVAE(mcfg.vae), text_encoder=HashingEncoder(dim=mcfg.text_dim)
-    )
+    return instruction_objective(size=SIZE, frames=FRAMES, caption_dropout=dropout, seed=seed)
 
 
 def _batch(window: Any, indices: list[int]) -> RankBatch:

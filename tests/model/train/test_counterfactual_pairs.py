@@ -11,18 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clip_datasets import _frames, _meta
+from multi_turn_clips import instruction_objective
 
 from worldloop.components.synthworld import EventKind, SynthConfig
 from worldloop.components.synthworld.writer import write_dataset
 from worldloop.data import TWIN_SUFFIX, ClipPayload, Mixture, shard_path, write_index, write_shard
-from worldloop.model import build_world_model, load_preset
-from worldloop.model.text import HashingEncoder
-from worldloop.model.train.config import CurriculumPhase, TrainConfig, stage_preset
+from worldloop.model.train.config import TrainConfig, stage_preset
 from worldloop.model.train.objectives.base import RankBatch
 from worldloop.model.train.objectives.batch import prepare_batch
 from worldloop.model.train.objectives.flow_matching import FlowMatchingObjective, flow_matching_velocities
 from worldloop.model.train.windows import Window, WindowSampler
-from worldloop.model.vae import CausalVideoVAE
 from worldloop.video import encode_mp4
 
 SIZE, FRAMES, WINDOW = 32, 17, 13
@@ -81,23 +79,7 @@ def test_a_twin_that_is_not_the_same_shot_is_refused(tmp_path: Path) -> None:
 
 
 def _objective(weight: float) -> FlowMatchingObjective:
-    cfg = stage_preset("instruction").model_copy(
-        update={
-            "height": SIZE,
-            "width": SIZE,
-            "curriculum": (CurriculumPhase(frames=WINDOW, steps=1),),
-            "caption_dropout": 0.0,
-            "counterfactual_weight": weight,
-        }
-    )
-    mcfg = load_preset("tiny")
-    torch.manual_seed(0)
-    model = build_world_model(mcfg)
-    for expert in model.experts:  # the zero-initialised head would make every output equal
-        torch.nn.init.normal_(expert.head.head.weight, std=0.05)
-    return FlowMatchingObjective(
-        cfg, model, vae=CausalVideoVAE(mcfg.vae), text_encoder=HashingEncoder(dim=mcfg.text_dim)
-    )
+    return instruction_objective(size=SIZE, frames=WINDOW, caption_dropout=0.0, counterfactual_weight=weight)
 
 
 def test_the_pair_is_noised_alike_and_the_loss_adds_the_weighted_gap(twins: Mixture) -> None:
