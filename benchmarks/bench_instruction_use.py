@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from benchmarks.models_arg import each_model, models_parser
 from worldloop.components.evaluation.quality.heldout import HELD_OUT_SEED
-from worldloop.components.evaluation.quality.instruction_use import INSTRUCTIONS, instruction_use
+from worldloop.components.evaluation.quality.instruction_use import INSTRUCTIONS, SIGMAS, instruction_use
 from worldloop.components.evaluation.suite import SUITE_TAG, LoadedSuite, build_synthworld_suite, load_suite
 from worldloop.components.synthworld import EventKind
 from worldloop.settings import get_settings
@@ -45,10 +45,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     for label, stack in each_model(args.models):
         suite = held_out_suite(stack.spec.height, args.frames)
         results[label] = instruction_use(stack, suite, repeats=args.repeats)
-    print(f"\n{'model':<24} " + " ".join(f"{i:>9}" for i in INSTRUCTIONS) + "  gain wrong / none   toward")
+    levels = " ".join(f"σ {sigma:g}".rjust(7) for sigma in SIGMAS)
+    header = " ".join(f"{i:>9}" for i in INSTRUCTIONS) + "  gain wrong / none   toward " + levels
+    print(f"\n{'model':<24} {header}")
     for label, s in results.items():
         errors = " ".join(f"{s[f'x0_mse.{i}']:9.4f}" for i in INSTRUCTIONS)
-        print(f"{label:<24} {errors}  {s['gain.wrong']:+7.1%} / {s['gain.none']:+7.1%}  {s['toward']:+.3f}")
+        per_sigma = " ".join(f"{s[f'toward.{sigma:g}']:+7.3f}" for sigma in SIGMAS)
+        gains = f"{s['gain.wrong']:+7.1%} / {s['gain.none']:+7.1%}"
+        print(f"{label:<24} {errors}  {gains}  {s['toward']:+.3f} {per_sigma}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1), encoding="utf-8")
 

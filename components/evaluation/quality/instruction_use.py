@@ -77,15 +77,15 @@ def instruction_use(
     repeats: int = 2,
     seed: int = 0,
 ) -> dict[str, float]:
-    """``x0_mse.<instruction>`` (means over σ and cases), ``gain.wrong`` / ``gain.none`` and ``toward``
-    (see the module's docstring) on the first ``cases`` single-turn cases of ``suite`` that have ground
-    truth."""
+    """``x0_mse.<instruction>`` (means over σ and cases), ``gain.wrong`` / ``gain.none``, ``toward`` and
+    ``toward.<σ>`` at each noise level (see the module's docstring) on the first ``cases`` single-turn
+    cases of ``suite`` that have ground truth."""
     chosen = [c for c in suite.select(cases) if not c.multi_turn and suite.has_truth(c.id)]
     if len(chosen) < 2:
         raise ValueError("instruction use needs at least 2 single-turn cases with ground truth")
     model = stack.model
     errors = {name: 0.0 for name in INSTRUCTIONS}
-    toward: list[float] = []
+    toward: dict[float, list[float]] = {float(sigma): [] for sigma in sigmas}
     for n, case in enumerate(chosen):
         truth = suite.truth(case.id)
         (issued,) = case.instructions()
@@ -114,10 +114,12 @@ def instruction_use(
                 for name, e in zip(turns, err.tolist(), strict=True):
                     errors[name] += e / (repeats * len(sigmas) * len(chosen))
                 moved = ((x0_hat[0] - x0_hat[2]) * change).sum() / change.pow(2).sum().clamp_min(1e-12)
-                toward.append(moved.item())
+                toward[float(sigma)].append(moved.item())
     out = {f"x0_mse.{name}": errors[name] for name in INSTRUCTIONS}
     for name in INSTRUCTIONS[1:]:
         out[f"gain.{name}"] = errors[name] / errors["true"] - 1.0
-    out["toward"] = float(np.mean(toward))
+    out["toward"] = float(np.mean([m for per_sigma in toward.values() for m in per_sigma]))
+    for sigma, moved in toward.items():  # which expert reads it: σ ≥ boundary is the high-noise one's
+        out[f"toward.{sigma:g}"] = float(np.mean(moved))
     out["cases"] = float(len(chosen))
     return out

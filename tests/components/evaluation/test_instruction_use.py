@@ -38,10 +38,14 @@ def test_instruction_use_sees_whether_the_instruction_reaches_the_model(tmp_path
     torch.manual_seed(3)
     stack = load_model_stack("preset:tiny", seed=3)
     stack = replace(stack, model=_with_output(stack.model))
-    seen = instruction_use(stack, suite, sigmas=(0.9,), repeats=1)
+    seen = instruction_use(stack, suite, sigmas=(0.5, 0.9), repeats=1)
     assert set(seen) == {
-        "x0_mse.true", "x0_mse.wrong", "x0_mse.none", "gain.wrong", "gain.none", "toward", "cases"
+        "x0_mse.true", "x0_mse.wrong", "x0_mse.none", "gain.wrong", "gain.none", "toward", "toward.0.5",
+        "toward.0.9", "cases",
     }  # fmt: skip
+    # the mean over the noise levels, and each level on its own (which expert reads the instruction)
+    assert seen["toward"] == pytest.approx((seen["toward.0.5"] + seen["toward.0.9"]) / 2)
+    assert seen["toward.0.5"] != seen["toward.0.9"]
     assert seen["cases"] == 2 and seen["x0_mse.true"] > 0
     assert seen["gain.none"] != 0.0 and seen["gain.wrong"] != 0.0 and seen["toward"] != 0.0
 
