@@ -89,13 +89,12 @@ class WindowSampler:
         """Window ``index``: the clip comes from the mixture's order, the start and caption from the seed
         (the twin's window is cut with the same draws: the same frames and caption)."""
         ref = self.order.locate(index)
-        window = self._cut(self.data.load(ref), index)
-        if not (self.twins and window.turns):
-            return window
-        twin_ref = self.data.twin(ref)
+        clip = self.data.load(ref)
+        window = self._cut(clip, index)
+        twin_ref = self.data.twin(ref) if self.twins and window.turns else None
         if twin_ref is None:
             return window
-        clip, twin = self.data.load(ref), self.data.load(twin_ref)
+        twin = self.data.load(twin_ref)
         if twin.frames.shape != clip.frames.shape:
             raise ValueError(
                 f"clip {clip.meta.key} has {clip.frames.shape[0]} frames of {clip.frames.shape[1:3]} and "

@@ -75,7 +75,9 @@ def camera_use(
     if cfg.i2v_warp_pixels:  # the views in the I2V channels are the camera's too, as in a rollout
         images = torch.stack([w.video[:, 0] for w in windows])
         stride = cfg.vae.temporal_stride
-        for name, camera in list(cameras.items())[1:]:  # the true camera's are the batch's own
+        for name, camera in cameras.items():
+            if name == "true":  # the true camera's views are the batch's own
+                continue
             still = i2v_stills(cfg, stack.vae, reference=x0[:, :, :1], image=images, camera=camera)
             cond = i2v_condition(x0[:, :, :1], num_frames=x0.shape[2], temporal_stride=stride, still=still)
             inputs[name] = replace(batch, cond=cond, still=still)

@@ -147,12 +147,12 @@ class FlowMatchingObjective(base.Objective):
         loss adds w · MSE(v̂ − v̂_twin, v − v_twin) over the generated frames (``counterfactual``)."""
         windows = self.drop_captions(batch)
         seeds = [self.cfg.seed * 1_000_003 + i for i in batch.indices]
-        paired = [k for k, w in enumerate(windows) if w.turns and w.twin is not None]
+        pairs = [(k, w.twin) for k, w in enumerate(windows) if w.turns and w.twin is not None]
         if self.cfg.counterfactual_weight == 0:
-            paired = []
-        twins = [windows[k].twin for k in paired]
+            pairs = []
+        paired = [k for k, _ in pairs]
         inputs = prepare_batch(
-            windows + [t for t in twins if t is not None],
+            windows + [twin for _, twin in pairs],
             vae=self.vae,
             text_encoder=self.text_encoder,
             with_instruction=self.cfg.stage is Stage.instruction,
