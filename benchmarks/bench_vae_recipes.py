@@ -46,7 +46,7 @@ RESULTS = Path(__file__).parent / "results" / "vae_recipes.json"
 SIZE, TRAIN_SEED, HELDOUT_SEED = 64, 0, 1
 NUM_TRAIN_CLIPS, TRAIN_FRAMES = 48, 33
 NUM_HELDOUT_CLIPS, HELDOUT_FRAMES = 8, 17
-PCA_SIZES = (16, 32, 64)  # numbers per 8×8 block and latent frame of the linear reference codes
+PCA_SIZES = (16, 32, 64, 128, 256)  # numbers per 8×8 block and latent frame of the linear reference codes
 CHECKPOINTS = (0.25, 0.5, 0.75, 1.0)  # fractions of the steps at which held-out PSNR is measured
 
 
@@ -314,7 +314,7 @@ def reference_points(data: Data) -> dict[str, float]:
     store = data.train.stores[0]
     train = [store.load(*ref).frames for ref in store.clips()]
     mean_image = np.mean([f.astype(np.float64) for c in train for f in c], axis=0)
-    out: dict[str, list[float]] = {"dataset_mean_image": [], "shortcut_alone": []}
+    out: dict[str, list[float]] = {"dataset_mean_image": [], "shortcut_alone": [], "half_resolution": []}
     out |= {f"pca{k}_per_block": [] for k in PCA_SIZES}
     bases = {}
     for length in (1, 4):  # PCA basis per latent-frame kind, fitted on training clips
@@ -329,6 +329,10 @@ def reference_points(data: Data) -> dict[str, float]:
         se = {"dataset_mean_image": ((mean_image / 255.0 - ref) ** 2).mean()}
         rec = (thumb.permute(1, 2, 3, 0).double().numpy() + 1) / 2  # (F, H, W, 3) in [0, 1]
         se["shortcut_alone"] = ((rec - ref) ** 2).mean()
+        frames = torch.from_numpy(ref).permute(0, 3, 1, 2)  # (F, 3, H, W) in [0, 1]
+        half = torch.nn.functional.avg_pool2d(frames, 2)
+        up = torch.nn.functional.interpolate(half, scale_factor=2, mode="bilinear", align_corners=False)
+        se["half_resolution"] = float(((up - frames) ** 2).mean())
         for k in PCA_SIZES:
             err = []
             for a, b in _groups(clip.shape[0]):
