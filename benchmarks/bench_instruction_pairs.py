@@ -46,7 +46,6 @@ from worldloop.model.train.windows import Window, WindowSampler
 from worldloop.platform.stack import ModelStack, load_model_stack
 
 PAIRS_PER_BATCH = 8
-HELD_OUT_PAIRS = 32
 
 
 def event_kind(instruction: str) -> str:
@@ -164,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--init", required=True, help="stage-1 checkpoint (folder, models:/…, preset:tiny)")
     parser.add_argument("--pairs", type=int, default=256, help="training pairs (windows with a twin)")
     parser.add_argument("--clips", type=int, default=400, help="training worlds rendered (with twins)")
+    parser.add_argument("--held-out-pairs", type=int, default=32, help="held-out pairs measured")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--sigma", type=float, nargs=2, default=(0.9, 1.0), metavar=("LO", "HI"))
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -181,9 +181,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     render = SynthConfig(size=2 * stack.spec.height, frames=2 * args.frames - 1, twins=True)
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(Path(tmp) / "train", render, clips=args.clips, seed=args.seed)
-        write_dataset(Path(tmp) / "held", render, clips=HELD_OUT_PAIRS + 16, seed=HELD_OUT_SEED)
+        write_dataset(Path(tmp) / "held", render, clips=args.held_out_pairs + 16, seed=HELD_OUT_SEED)
         train = pairs(Mixture.open(str(Path(tmp) / "train")), stack, args.pairs, frames=args.frames, seed=5)
-        held = pairs(Mixture.open(str(Path(tmp) / "held")), stack, HELD_OUT_PAIRS, frames=args.frames, seed=9)
+        held = pairs(
+            Mixture.open(str(Path(tmp) / "held")), stack, args.held_out_pairs, frames=args.frames, seed=9
+        )
     print(f"data: {time.perf_counter() - started:.0f} s", flush=True)
     lo, hi = args.sigma
     mid = (lo + hi) / 2
