@@ -133,24 +133,50 @@ def test_stage4_needs_a_teacher_and_long_enough_clips(tmp_path: Path) -> None:
         build_trainer(short, model, data=clips, checkpoint_dir=tmp_path / "b", teacher=model, **kw)  # type: ignore[arg-type]
 
 
-def test_a_window_after_the_start_keeps_the_views_the_student_read() -> None:
+def test_each_score_reads_the_views_of_its_own_frame_0() -> None:
     """The scores' I2V channels for a window from latent frame ``prev``: at the start the batch's own;
     later, frame ``prev`` held still, or with per-frame views (``i2v_warp_pixels``) the views of the
-    stream's image from frame ``prev`` on."""
+    window's frame 0 through its cameras — the real frame's pixels where given, else that latent decoded —
+    as a clip cut there has them (how stage 2 trained the teacher), not the stream image's views."""
+    from worldloop.model.arch.camera_encoder import group_plucker
+    from worldloop.model.arch.warp import warped_stills
+    from worldloop.model.camera.plucker import plucker_embedding
     from worldloop.model.train.objectives.batch import PreparedBatch
-    from worldloop.model.train.objectives.long_extension import LongExtensionObjective
+    from worldloop.model.train.objectives.long_extension import window_still
 
+    cfg = load_preset("tiny")
+    assert cfg.i2v_warp_pixels and cfg.i2v_warp is not None
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(cfg.vae).eval()
     g = torch.Generator().manual_seed(0)
-    first = torch.randn(1, 16, 1, 4, 4, generator=g)
+    first = torch.randn(1, 16, 1, 8, 8, generator=g)
 
     def batch(still: torch.Tensor | None) -> PreparedBatch:
         return PreparedBatch(
-            torch.zeros(1, 16, 9, 4, 4), torch.zeros(1, 20, 9, 4, 4), None, None, still=still
+            torch.zeros(1, 16, 9, 8, 8), torch.zeros(1, 20, 9, 8, 8), None, None, still=still
         )  # type: ignore[arg-type]
 
-    held = torch.randn(1, 16, 1, 4, 4, generator=g)
-    views = torch.randn(1, 16, 9, 4, 4, generator=g)
-    assert LongExtensionObjective.window_still(batch(None), first, 4) is None
-    assert LongExtensionObjective.window_still(batch(held), first, 0) is held
-    assert LongExtensionObjective.window_still(batch(held), first, 4) is first
-    assert torch.equal(LongExtensionObjective.window_still(batch(views), first, 4), views[:, :, 4:])  # type: ignore[arg-type]
+    held = torch.randn(1, 16, 1, 8, 8, generator=g)
+    views = torch.randn(1, 16, 9, 8, 8, generator=g)
+    # a window of 5 latent frames (17 video frames) turning to the left, re-based to its frame 0
+    c2w = torch.eye(4).repeat(17, 1, 1)
+    for k in range(17):
+        angle = torch.tensor(0.02 * k)
+        c2w[k, 0, 0], c2w[k, 0, 2] = torch.cos(angle), torch.sin(angle)
+        c2w[k, 2, 0], c2w[k, 2, 2] = -torch.sin(angle), torch.cos(angle)
+    K = torch.tensor([[32.0, 0, 32], [0, 32.0, 32], [0, 0, 1]]).repeat(17, 1, 1)
+    camera = group_plucker(plucker_embedding(K, c2w, 64, 64)[None], temporal_stride=4)
+    image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+
+    def call(still: torch.Tensor | None, prev: int, **kw: torch.Tensor) -> torch.Tensor | None:
+        return window_still(vae, cfg, batch(still), first, prev, camera=camera, **kw)
+
+    assert call(None, 4) is None
+    assert call(held, 0) is held and call(views, 0) is views
+    assert call(held, 4) is first
+    own = call(views, 4, image=image)
+    assert own is not None and own.shape == (1, 16, 5, 8, 8)
+    assert torch.equal(own, warped_stills(vae, image, camera, depth=cfg.i2v_warp))
+    assert not torch.allclose(own, views[:, :, 4:])  # not the stream image's views
+    decoded = vae.decode(first).clamp(-1, 1)[:, :, 0]
+    assert torch.equal(call(views, 4), warped_stills(vae, decoded, camera, depth=cfg.i2v_warp))  # type: ignore[arg-type]

@@ -17,7 +17,13 @@ DESIGN.md §6). Each piece, and the paragraph it follows:
   previous clean prediction block as an image condition; Real Score uses the actual frame from the
   original video": the aligned clip's frame 0 is the student's latent frame just before the window (the
   critic's image, trained on exactly such samples), while the real score's image is the real clip's
-  latent frame at that position (``real_first``), with the camera re-based to that frame for both.
+  latent frame at that position (``real_first``), with the camera re-based to that frame for both. With
+  per-frame views (``i2v_warp_pixels``) each score's I2V channels carry the views of *its own* image
+  through the window's cameras, as stage 2 trained the teacher (a window's views are always those of its
+  frame 0): the real clip's frame for the real score, the student's frame decoded for the fake one
+  (:func:`window_still`). Given the views of the stream's image instead — what the student read, but
+  never what a score was trained on — stage 4 fell below stage 3 on every block of 20-block rollouts;
+  with their own views it is above it from block 4 on (README, Measured).
 * **The real score is the base model** — "Previous methods ... apply DMD alignment on extended frames"
   against the bidirectional teacher: the teacher is the frozen stage-2 model, carried by the stage-3
   checkpoint (``teacher.safetensors``) and its lineage (``lineage.json`` ``teacher.weights_sha256``),
@@ -44,14 +50,17 @@ import torch
 from torch import Tensor
 
 from worldloop.model.arch.camera_encoder import group_plucker
+from worldloop.model.arch.warp import warped_stills
 from worldloop.model.arch.world_model import i2v_condition
 from worldloop.model.camera.plucker import plucker_embedding
+from worldloop.model.config import ModelConfig
 from worldloop.model.distill.self_forcing import self_forcing_rollout
 from worldloop.model.train.config import LongExtensionConfig, Stage
 from worldloop.model.train.objectives.base import RankBatch
 from worldloop.model.train.objectives.batch import PreparedBatch
 from worldloop.model.train.objectives.distill import DistillObjective, StudentSample
 from worldloop.model.train.windows import Window
+from worldloop.model.vae.autoencoder import CausalVideoVAE
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,37 @@ def window_rays(windows: Sequence[Window], *, first: int, frames: int, temporal_
     return group_plucker(torch.stack(rays), temporal_stride=temporal_stride)
 
 
+def window_still(
+    vae: CausalVideoVAE,
+    cfg: ModelConfig,
+    inputs: PreparedBatch,
+    first: Tensor,
+    prev: int,
+    *,
+    camera: Tensor,
+    image: Tensor | None = None,
+) -> Tensor | None:
+    """What a score's I2V channels carry after frame 0 for a window whose frame 0 is the latent ``first``
+    (B, C, 1, h, w), latent frame ``prev`` of the rollout, with ``camera`` the window's rays re-based to
+    that frame: at the clip's start, the batch's own (``first`` is the reference); later, the same frame
+    held still (``i2v_still``: ``first`` itself, already a 4-frame latent) or, with per-frame views
+    (``i2v_warp_pixels``), the views of ``first``'s image through ``camera`` — ``image`` (B, 3, H, W)
+    where its pixels are known (the real clip's frame), else ``first`` decoded — as a clip cut at that
+    frame has them. None for Wan's layout."""
+    if inputs.still is None:
+        return None
+    if prev == 0:
+        return inputs.still
+    if inputs.still.shape[2] == 1:
+        return first
+    if cfg.i2v_warp is None:
+        raise ValueError("per-frame I2V views need the plane's depth (ModelConfig.i2v_warp)")
+    with torch.no_grad():
+        if image is None:
+            image = vae.decode(first.detach()).clamp(-1.0, 1.0)[:, :, 0]
+        return warped_stills(vae, image, camera, depth=cfg.i2v_warp)
+
+
 class LongExtensionObjective(DistillObjective):
     """Stage ``long``: the distill objective's updates on windows of long rollouts, against the frozen
     stage-2 ``teacher`` (required: see the module docstring); the generator update also reports the
@@ -124,20 +164,6 @@ class LongExtensionObjective(DistillObjective):
                     f"stage 4 rolls out along real clips: clips of {phase.frames} frames are shorter than "
                     f"the shortest rollout ({self.lcfg.min_rollout_blocks} blocks = {shortest} frames)"
                 )
-
-    @staticmethod
-    def window_still(inputs: PreparedBatch, first: Tensor, prev: int) -> Tensor | None:
-        """The still latent the scores' I2V channels carry for a window whose frame 0 is ``first``
-        (latent frame ``prev`` of the rollout), for a model with ``i2v_still``: at the clip's start
-        ``first`` is the reference (the rollout keeps it), so the batch's own still latent; later,
-        ``first`` is already a 4-frame latent, so the same frame held still is itself. With per-frame
-        views (``i2v_warp_pixels``) the window's frames keep the views of the stream's image that the
-        student read for them (frame ``prev`` on)."""
-        if inputs.still is None:
-            return None
-        if inputs.still.shape[2] > 1:
-            return inputs.still[:, :, prev:]
-        return inputs.still if prev == 0 else first
 
     def student_sample(
         self, inputs: PreparedBatch, batch: RankBatch, *, salt: int, grad: bool
@@ -185,14 +211,15 @@ class LongExtensionObjective(DistillObjective):
             first,
             num_frames=clip.shape[2],
             temporal_stride=stride,
-            still=self.window_still(inputs, first, prev),
+            still=window_still(self.vae, mcfg, inputs, first, prev, camera=camera),
         )
         real_first = inputs.latents[:, :, prev : prev + 1]
+        real_image = torch.stack([w.video[:, stride * prev] for w in batch.windows]).to(device=clip.device)
         real_cond = i2v_condition(
             real_first,
             num_frames=clip.shape[2],
             temporal_stride=stride,
-            still=self.window_still(inputs, real_first, prev),
+            still=window_still(self.vae, mcfg, inputs, real_first, prev, camera=camera, image=real_image),
         )
         before = plan.forced[: plan.start - 1]
         info = {
