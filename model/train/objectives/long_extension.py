@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from worldloop.model.arch.camera_encoder import group_plucker
-from worldloop.model.arch.warp import warped_stills
+from worldloop.model.arch.warp import i2v_stills
 from worldloop.model.arch.world_model import i2v_condition
 from worldloop.model.camera.plucker import plucker_embedding
 from worldloop.model.config import ModelConfig
@@ -132,12 +132,10 @@ def window_still(
         return inputs.still
     if inputs.still.shape[2] == 1:
         return first
-    if cfg.i2v_warp is None:
-        raise ValueError("per-frame I2V views need the plane's depth (ModelConfig.i2v_warp)")
     with torch.no_grad():
         if image is None:
             image = vae.decode(first.detach()).clamp(-1.0, 1.0)[:, :, 0]
-        return warped_stills(vae, image, camera, depth=cfg.i2v_warp)
+        return i2v_stills(cfg, vae, reference=first, image=image, camera=camera)  # the batch's own rule
 
 
 class LongExtensionObjective(DistillObjective):
